@@ -1,0 +1,111 @@
+// CUDA twin of cpu/normalize.cpp: one warp per row, fp32 accumulation (fp64 for fp64).
+#include "common/dispatch.h"
+#include "cuda/common.cuh"
+#include "cuda/ops.h"
+
+namespace gnc {
+namespace cuda {
+
+namespace {
+
+constexpr int kWarps = 8;
+
+template <typename T>
+__global__ void normalize_fwd_kernel(const T* __restrict__ x, T* __restrict__ y,
+                                     typename Acc<T>::type* __restrict__ norm, int64_t rows,
+                                     int64_t cols, int64_t xs0, int64_t xs1, int64_t ys0,
+                                     int64_t ys1, double eps) {
+  using A = typename Acc<T>::type;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const T* xr = x + row * xs0;
+  A ss = 0;
+  for (int64_t j = lane; j < cols; j += 32) {
+    A v = load_f(xr, j * xs1);
+    ss += v * v;
+  }
+  ss = warp_sum(ss);
+  const A n = sqrt(ss);
+  const A inv = A(1) / (n > A(eps) ? n : A(eps));
+  if (lane == 0) norm[row] = n;
+  T* yr = y + row * ys0;
+  for (int64_t j = lane; j < cols; j += 32) store_f(yr, j * ys1, load_f(xr, j * xs1) * inv);
+}
+
+template <typename T>
+__global__ void normalize_bwd_kernel(const T* __restrict__ x, const typename Acc<T>::type* __restrict__ norm,
+                                     const T* __restrict__ dy, T* __restrict__ dx, int64_t rows,
+                                     int64_t cols, int64_t xs0, int64_t xs1, int64_t gs0,
+                                     int64_t gs1, int64_t ds0, int64_t ds1, double eps) {
+  using A = typename Acc<T>::type;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const T* xr = x + row * xs0;
+  const T* gr = dy + row * gs0;
+  T* dr = dx + row * ds0;
+  const A n = norm[row];
+  if (n > A(eps)) {
+    A dot = 0;
+    for (int64_t j = lane; j < cols; j += 32) dot += load_f(xr, j * xs1) * load_f(gr, j * gs1);
+    dot = warp_sum(dot);
+    const A inv = A(1) / n;
+    const A c = dot * inv * inv * inv;
+    for (int64_t j = lane; j < cols; j += 32)
+      store_f(dr, j * ds1, load_f(gr, j * gs1) * inv - load_f(xr, j * xs1) * c);
+  } else {
+    const A inv = A(1) / A(eps);
+    for (int64_t j = lane; j < cols; j += 32) store_f(dr, j * ds1, load_f(gr, j * gs1) * inv);
+  }
+}
+
+inline unsigned grid_for(int64_t rows) {
+  return static_cast<unsigned>((rows + kWarps - 1) / kWarps);
+}
+
+}  // namespace
+
+void normalize_rows_forward(const TensorView& x, const TensorView& y, const TensorView& norm,
+                            double eps, std::uintptr_t stream) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  if (rows == 0) return;
+  DeviceGuard g(x.device);
+  dispatch_float(x.dtype, "x", [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Acc<T>::type;
+    normalize_fwd_kernel<T><<<grid_for(rows), kWarps * 32, 0, as_stream(stream)>>>(
+        x.data<T>(), y.data<T>(), norm.data<A>(), rows, cols, x.stride(0), x.stride(1),
+        y.stride(0), y.stride(1), eps);
+    return 0;
+  });
+  check_launch("normalize_rows_forward");
+}
+
+void normalize_rows_backward(const TensorView& x, const TensorView& norm, const TensorView& dy,
+                             const TensorView& dx, double eps, std::uintptr_t stream) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  if (rows == 0) return;
+  DeviceGuard g(x.device);
+  dispatch_float(x.dtype, "x", [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Acc<T>::type;
+    normalize_bwd_kernel<T><<<grid_for(rows), kWarps * 32, 0, as_stream(stream)>>>(
+        x.data<T>(), norm.data<A>(), dy.data<T>(), dx.data<T>(), rows, cols, x.stride(0),
+        x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1), eps);
+    return 0;
+  });
+  check_launch("normalize_rows_backward");
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+}
+
+}  // namespace cuda
+}  // namespace gnc
