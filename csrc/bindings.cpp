@@ -71,6 +71,18 @@ void normalize_rows_backward(const TensorView& x, const TensorView& norm, const 
                       gnc::cuda::normalize_rows_backward(x, norm, dy, dx, eps, stream));
 }
 
+// ---- [hull] bindings (one-vs-rest / one-vs-one) ----------------------------
+// ---- end [hull] -------------------------------------------------------------
+
+// ---- [loss] bindings (spherical CE, HardMax) ---------------------------------
+// ---- end [loss] -------------------------------------------------------------
+
+// ---- [metrics] bindings (GNC accumulators, NCC) ------------------------------
+// ---- end [metrics] ----------------------------------------------------------
+
+// ---- [solvers] bindings -----------------------------------------------------
+// ---- end [solvers] ----------------------------------------------------------
+
 py::dict build_info() {
   py::dict d;
 #ifdef GNC_CXX_COMPILER
@@ -137,4 +149,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("norm"), py::arg("eps"), py::arg("stream") = 0, nogil);
   m.def("normalize_rows_backward", &normalize_rows_backward, py::arg("x"), py::arg("norm"),
         py::arg("grad"), py::arg("grad_input"), py::arg("eps"), py::arg("stream") = 0, nogil);
+
+  // [hull] module definitions
+  // end [hull]
+  // [loss] module definitions
+  // end [loss]
+  // [metrics] module definitions
+  // end [metrics]
+  // [solvers] module definitions
+  // end [solvers]
 }

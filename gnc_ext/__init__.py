@@ -14,3 +14,12 @@ from . import ops  # noqa: E402,F401  (registers torch.ops.gnc_ext.*)
 from .ops.normalize import normalize_rows  # noqa: E402
 
 __all__ = ["__version__", "build_info", "config", "normalize_rows"]
+
+# [hull] exports
+# end [hull]
+# [loss] exports
+# end [loss]
+# [metrics] exports
+# end [metrics]
+# [solvers] exports
+# end [solvers]

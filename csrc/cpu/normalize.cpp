@@ -1,4 +1,6 @@
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "common/dispatch.h"
 #include "cpu/ops.h"
@@ -33,15 +35,30 @@ void fwd_impl(const TensorView& x, const TensorView& y, const TensorView& norm, 
   for (int64_t i = 0; i < rows; ++i) {
     const T* xr = xp + i * xs0;
     double ss = 0.0;  // accumulate the square sum in fp64: exact enough for any d
-    for (int64_t j = 0; j < cols; ++j) {
-      double v = static_cast<double>(load_f(xr, j * xs1));
-      ss += v * v;
+    if (xs1 == 1) {
+#pragma omp simd reduction(+ : ss)
+      for (int64_t j = 0; j < cols; ++j) {
+        double v = static_cast<double>(load_f(xr, j));
+        ss += v * v;
+      }
+    } else {
+      for (int64_t j = 0; j < cols; ++j) {
+        double v = static_cast<double>(load_f(xr, j * xs1));
+        ss += v * v;
+      }
     }
-    const double n = std::sqrt(ss);
+    // A non-finite element makes the fp64 square sum non-finite; report the row's norm
+    // as NaN so the caller can raise (the Python wrapper checks norm, O(rows)).
+    const double n = std::isfinite(ss) ? std::sqrt(ss) : std::numeric_limits<double>::quiet_NaN();
     const A inv = static_cast<A>(1.0 / std::max(n, eps));
     np[i] = static_cast<A>(n);
     T* yr = yp + i * ys0;
-    for (int64_t j = 0; j < cols; ++j) store_f(yr, j * ys1, static_cast<A>(load_f(xr, j * xs1)) * inv);
+    if (xs1 == 1 && ys1 == 1) {
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) store_f(yr, j, static_cast<A>(load_f(xr, j)) * inv);
+    } else {
+      for (int64_t j = 0; j < cols; ++j) store_f(yr, j * ys1, static_cast<A>(load_f(xr, j * xs1)) * inv);
+    }
   }
 }
 
@@ -63,8 +80,15 @@ void bwd_impl(const TensorView& x, const TensorView& norm, const TensorView& dy,
     if (n > eps) {
       // y = x / n; dx = (dy - y <y, dy>) / n
       double dot = 0.0;
-      for (int64_t j = 0; j < cols; ++j)
-        dot += static_cast<double>(load_f(xr, j * x.stride(1))) * static_cast<double>(load_f(gr, j * dy.stride(1)));
+      const int64_t xs1 = x.stride(1), gs1 = dy.stride(1);
+      if (xs1 == 1 && gs1 == 1) {
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < cols; ++j)
+          dot += static_cast<double>(load_f(xr, j)) * static_cast<double>(load_f(gr, j));
+      } else {
+        for (int64_t j = 0; j < cols; ++j)
+          dot += static_cast<double>(load_f(xr, j * xs1)) * static_cast<double>(load_f(gr, j * gs1));
+      }
       const A inv = static_cast<A>(1.0 / n);
       const A c = static_cast<A>(dot / (n * n * n));
       for (int64_t j = 0; j < cols; ++j) {

@@ -6,7 +6,8 @@
 namespace gnc {
 namespace cpu {
 
-// y[i,:] = x[i,:] / max(||x[i,:]||, eps); norm[i] = ||x[i,:]|| (fp32, fp64 for fp64 x).
+// y[i,:] = x[i,:] / max(||x[i,:]||, eps); norm[i] = ||x[i,:]|| (fp32, fp64 for fp64 x),
+// NaN for a row holding a NaN/Inf (or, on CUDA, whose fp32 square sum overflows).
 void normalize_rows_forward(const TensorView& x, const TensorView& y, const TensorView& norm,
                             double eps);
 // dx = (dy - y <y, dy>) / n where n = ||x|| > eps, else dy / eps.

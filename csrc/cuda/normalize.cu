@@ -26,7 +26,7 @@ __global__ void normalize_fwd_kernel(const T* __restrict__ x, T* __restrict__ y,
     ss += v * v;
   }
   ss = warp_sum(ss);
-  const A n = sqrt(ss);
+  const A n = isfinite(ss) ? sqrt(ss) : A(NAN);  // NaN flags a non-finite row (see cpu twin)
   const A inv = A(1) / (n > A(eps) ? n : A(eps));
   if (lane == 0) norm[row] = n;
   T* yr = y + row * ys0;

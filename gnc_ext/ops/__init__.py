@@ -2,3 +2,12 @@
 them under the ``torch.ops.gnc_ext`` namespace, each with a fake (meta) kernel for
 torch.compile and an autograd formula."""
 from . import normalize  # noqa: F401
+
+# [hull] op modules
+# end [hull]
+# [loss] op modules
+# end [loss]
+# [metrics] op modules
+# end [metrics]
+# [solvers] op modules
+# end [solvers]

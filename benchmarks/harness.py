@@ -1,0 +1,221 @@
+"""A small shared benchmark harness.
+
+A benchmark script declares ``Case`` objects: a name, a ``setup(device)`` that builds
+the inputs, a dict of implementations ``{name: fn(inputs)}`` (each runs one full step,
+e.g. forward+backward) and the name of the baseline. ``run_cases`` then, for every
+case and implementation, in the same process and run:
+
+* warms up, then times ``repeats`` calls and reports the median (CUDA events on GPU,
+  ``time.perf_counter`` on CPU);
+* measures memory beyond the inputs: on GPU ``torch.cuda.max_memory_allocated``
+  above what was allocated after setup; on CPU the growth of max RSS in a **fresh
+  process** (the script re-runs itself with ``--child CASE IMPL``), since RSS is a
+  process-wide high-water mark;
+* reports the speed-up against the baseline measured in the same run
+  (``ratio = baseline_ms / impl_ms``; > 1 is faster) and the memory ratio.
+
+Results are written as JSON and as a markdown table (``--out DIR``) and printed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    setup: Callable[[str], Any]
+    impls: Dict[str, Callable[[Any], Any]]
+    baseline: str
+    devices: tuple = ("cpu", "cuda")
+    warmup: int = 2
+    repeats: int = 7
+    notes: str = ""
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], Any], device: str, warmup: int = 2, repeats: int = 7) -> Dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            a = torch.cuda.Event(enable_timing=True)
+            b = torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times)}
+
+
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _status_mib(field: str) -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def gpu_extra_mib(fn: Callable[[], Any]) -> float:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def machine_description(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+
+
+def _child(cases: List[Case], case_name: str, impl_name: str) -> None:
+    case = next(c for c in cases if c.name == case_name)
+    inputs = case.setup("cpu")
+    fn = case.impls[impl_name]
+    if _reset_peak_rss():
+        base = _status_mib("VmRSS")
+        fn(inputs)
+        extra = _status_mib("VmHWM") - base
+    else:  # no peak reset: growth of the process-wide high-water mark (a lower bound)
+        base = _maxrss_mib()
+        fn(inputs)
+        extra = _maxrss_mib() - base
+    print("@@RESULT " + json.dumps({"extra_mib": extra, "base_mib": base}))
+
+
+def cpu_extra_mib(script: str, case_name: str, impl_name: str) -> Optional[float]:
+    out = subprocess.run(
+        [sys.executable, script, "--child", case_name, impl_name], capture_output=True, text=True, timeout=1800
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("@@RESULT "):
+            return json.loads(line[len("@@RESULT "):])["extra_mib"]
+    sys.stderr.write(f"memory child failed for {case_name}/{impl_name}:\n{out.stderr[-2000:]}\n")
+    return None
+
+
+def run_cases(cases: List[Case], device: str, script: str, *, only: Optional[str] = None,
+              memory: bool = True) -> List[Dict[str, Any]]:
+    rows: List[Dict[str, Any]] = []
+    for case in cases:
+        if only and only not in case.name:
+            continue
+        if device.split(":")[0] not in case.devices:
+            continue
+        inputs = case.setup(device)
+        results = {}
+        for impl_name, fn in case.impls.items():
+            try:
+                t = time_fn(lambda: fn(inputs), device, case.warmup, case.repeats)
+                if memory:
+                    if device.startswith("cuda"):
+                        t["extra_mib"] = gpu_extra_mib(lambda: fn(inputs))
+                    else:
+                        t["extra_mib"] = cpu_extra_mib(script, case.name, impl_name)
+                results[impl_name] = t
+            except Exception as exc:  # a peer that fails is reported, not fatal
+                results[impl_name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        base = results.get(case.baseline, {})
+        for impl_name, r in results.items():
+            row = {"case": case.name, "impl": impl_name, "device": device, **r}
+            if "ms" in r and "ms" in base:
+                row["speedup_vs_baseline"] = base["ms"] / r["ms"]
+            if r.get("extra_mib") is not None and base.get("extra_mib"):
+                row["mem_ratio_vs_baseline"] = r["extra_mib"] / base["extra_mib"]
+            row["baseline"] = case.baseline
+            rows.append(row)
+        del inputs
+    return rows
+
+
+def markdown_table(rows: List[Dict[str, Any]]) -> str:
+    lines = ["| case | impl | ms (median) | extra MiB | speed-up vs baseline | mem vs baseline |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['case']} | {r['impl']} | error: {r['error']} | | | |")
+            continue
+        mem = r.get("extra_mib")
+        lines.append(
+            "| {case} | {impl}{b} | {ms:.3f} | {mem} | {sp} | {mr} |".format(
+                case=r["case"], impl=r["impl"], b=" (baseline)" if r["impl"] == r["baseline"] else "",
+                ms=r["ms"], mem="n/a" if mem is None else f"{mem:.1f}",
+                sp=f"{r['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in r else "",
+                mr=f"{r['mem_ratio_vs_baseline']:.2f}" if "mem_ratio_vs_baseline" in r else "",
+            )
+        )
+    return "\n".join(lines)
+
+
+def main(cases: List[Case], title: str, argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    p = argparse.ArgumentParser(description=title)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--only", default=None, help="run only cases whose name contains this")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--out", default=os.environ.get("OUT"), help="folder for JSON + markdown results")
+    p.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    script = os.path.abspath(sys.argv[0])
+    if args.child:
+        _child(cases, *args.child)
+        return []
+    rows = run_cases(cases, args.device, script, only=args.only, memory=not args.no_memory)
+    header = (f"## {title}\n\nDate: {_dt.date.today().isoformat()}; machine: {machine_description(args.device)}; "
+              f"command: `python {os.path.relpath(script)} {' '.join(a for a in (argv or sys.argv[1:]))}`\n")
+    table = markdown_table(rows)
+    print(header)
+    print(table)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.splitext(os.path.basename(script))[0] + "_" + args.device.split(":")[0]
+        with open(os.path.join(args.out, stem + ".json"), "w") as f:
+            json.dump({"title": title, "machine": machine_description(args.device), "rows": rows}, f, indent=1)
+        with open(os.path.join(args.out, stem + ".md"), "w") as f:
+            f.write(header + "\n" + table + "\n")
+    return rows

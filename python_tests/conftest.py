@@ -1,0 +1,44 @@
+"""Shared fixtures: every test that takes ``device`` runs once per available device.
+CUDA cases are skipped cleanly (with a reason) where gnc_ext has no CUDA kernels or
+no GPU is visible."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gnc_ext
+
+_INFO = gnc_ext.build_info()
+CUDA_OK = bool(_INFO["gpu_usable"])
+_CUDA_REASON = (
+    "no usable GPU (gnc_ext cuda_compiled=%s, torch.cuda.is_available()=%s)"
+    % (_INFO["cuda_compiled"], torch.cuda.is_available())
+)
+
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not CUDA_OK, reason=_CUDA_REASON)),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def cuda_device() -> str:
+    if not CUDA_OK:
+        pytest.skip(_CUDA_REASON)
+    return "cuda"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "cuda: needs a GPU")
+
+
+def pytest_report_header(config):
+    return "gnc_ext build: " + ", ".join(
+        f"{k}={_INFO[k]}" for k in ("version", "openmp", "omp_threads", "cuda_compiled", "cuda_archs", "gpu_usable")
+    )
