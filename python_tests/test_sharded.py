@@ -1,0 +1,105 @@
+"""ShardedSphericalCELoss equals single-process spherical_cross_entropy (loss and
+gradients) for world sizes 2 and 3 with K not divisible by them (gloo on CPU)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gnc_ext
+from gnc_ext.nn.sharded import ShardedSphericalCELoss, shard_range
+
+WORKER = os.path.join(os.path.dirname(__file__), "_sharded_worker.py")
+
+
+def _run(world, cfg, tmp_path):
+    init = tmp_path / "init"
+    procs, outs = [], []
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for r in range(world):
+        out = tmp_path / f"out{r}.json"
+        outs.append(out)
+        procs.append(subprocess.Popen([sys.executable, WORKER, str(r), str(world), str(init), str(out), json.dumps(cfg)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err[-3000:]
+    return [json.loads(o.read_text()) for o in outs]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("cfg", [
+    dict(K=7, d=5, counts=[4, 3, 5], tau=0.1, margin=0.0, margin_type="cosface", ls=0.0, reduction="mean"),
+    dict(K=11, d=4, counts=[3, 3, 2], tau=0.05, margin=0.3, margin_type="arcface", ls=0.1, reduction="sum",
+         ignore=True),
+    dict(K=10, d=3, counts=[2, 4, 3], tau=1.0, margin=0.2, margin_type="cosface", ls=0.0, reduction="none"),
+], ids=["plain-mean", "arcface-smooth-sum-ignore", "cosface-none"])
+def test_sharded_equals_single_process(world, cfg, tmp_path):
+    res = _run(world, cfg, tmp_path)
+    sizes = [r["shard"][1] for r in res]
+    assert sum(sizes) == cfg["K"] and max(sizes) - min(sizes) <= 1
+    for r in res:
+        assert r["loss"] < 1e-9, r
+        assert r["dH"] < 1e-9, r
+        assert r["dW"] < 1e-9, r
+        assert r["full_weight"] == 0.0
+
+
+def test_shard_ranges_partition():
+    for K in (2, 7, 10, 101):
+        for world in (1, 2, 3, 4):
+            if K < world:
+                continue
+            spans = [shard_range(K, world, r) for r in range(world)]
+            assert spans[0][0] == 0
+            for (o1, s1), (o2, _) in zip(spans, spans[1:]):
+                assert o1 + s1 == o2
+            assert spans[-1][0] + spans[-1][1] == K
+
+
+def test_single_process_equals_spherical_ce():
+    torch.manual_seed(0)
+    K, d = 9, 4
+    crit = ShardedSphericalCELoss(K, d, tau=0.2, margin=0.1, dtype=torch.float64)
+    W = crit.weight.detach().clone().requires_grad_(True)
+    H = torch.randn(6, d, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 8, 3, 3, 5, 1])
+    loss = crit(H, y)
+    loss.backward()
+    H2 = H.detach().clone().requires_grad_(True)
+    ref = gnc_ext.spherical_cross_entropy(H2, W, y, tau=0.2, margin=0.1)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(H.grad, H2.grad)
+    torch.testing.assert_close(crit.weight.grad, W.grad)
+
+
+def test_sampling_keeps_positives_and_is_exact_at_rate_one():
+    torch.manual_seed(1)
+    crit = ShardedSphericalCELoss(50, 8, sample_rate=0.2, tau=0.1)
+    H = torch.randn(6, 8)
+    y = torch.tensor([0, 49, 7, 7, 20, 33])
+    loss = crit(H, y)
+    loss.backward()
+    touched = (crit.weight.grad.abs().sum(1) > 0).nonzero().squeeze(1).tolist()
+    assert set(y.tolist()) <= set(touched)
+    assert len(touched) <= 10  # ceil(0.2 * 50)
+    assert torch.isfinite(loss)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="num_classes"):
+        ShardedSphericalCELoss(1, 3)
+    with pytest.raises(ValueError, match="tau"):
+        ShardedSphericalCELoss(5, 3, tau=0.0)
+    with pytest.raises(ValueError, match="sample_rate"):
+        ShardedSphericalCELoss(5, 3, sample_rate=0.0)
+    with pytest.raises(ValueError, match="margin_type"):
+        ShardedSphericalCELoss(5, 3, margin_type="sphereface")
+    crit = ShardedSphericalCELoss(5, 3)
+    with pytest.raises(ValueError, match="labels"):
+        crit(torch.randn(2, 3), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="features: expected width 3"):
+        crit(torch.randn(2, 4), torch.tensor([0, 1]))
