@@ -133,7 +133,8 @@ void hull_price_update(const TensorView& tile, const TensorView& row_ids, int64_
                                                    viol_idx, stream));
 }
 
-void hull_solve(const TensorView& W, const TensorView& classes, const TensorView& cand, double gap_tol,
+void hull_solve(const TensorView& W, const TensorView& classes, const TensorView& cand,
+                const TensorView& gram, const TensorView& init_sup, const TensorView& init_wt, double gap_tol,
                 int64_t max_iter, const TensorView& proj, const TensorView& dist, const TensorView& support,
                 const TensorView& weights, const TensorView& iters, const TensorView& status,
                 const TensorView& workspace, std::uintptr_t stream) {
@@ -146,6 +147,10 @@ void hull_solve(const TensorView& W, const TensorView& classes, const TensorView
   gnc::check_dtype(cand, gnc::DType::I64, "cand");
   if (cand.size(0) != B) gnc::fail("cand: expected one row per class");
   gnc::check_row_contiguous(cand, "cand");
+  gnc::check_shape(gram, {B, cand.size(1), cand.size(1)}, "gram");
+  gnc::check_dtype(gram, gnc::DType::F64, "gram");
+  if (!gram.is_contiguous()) gnc::fail("gram: must be contiguous");
+  gnc::check_same_device(W, gram, "W", "gram");
   gnc::check_shape(proj, {B, d}, "proj");
   gnc::check_dtype(proj, gnc::DType::F64, "proj");
   gnc::check_row_contiguous(proj, "proj");
@@ -164,13 +169,24 @@ void hull_solve(const TensorView& W, const TensorView& classes, const TensorView
   gnc::check_dtype(status, gnc::DType::I64, "status");
   for (const TensorView* t : {&classes, &cand, &proj, &dist, &support, &weights, &iters, &status})
     gnc::check_same_device(W, *t, "W", "hull_solve buffers");
+  if (init_sup.numel() > 0) {
+    gnc::check_dim(init_sup, 2, "init_support");
+    if (init_sup.size(0) != B) gnc::fail("init_support: expected one row per class");
+    gnc::check_dtype(init_sup, gnc::DType::I64, "init_support");
+    gnc::check_shape(init_wt, {B, init_sup.size(1)}, "init_weights");
+    gnc::check_dtype(init_wt, gnc::DType::F64, "init_weights");
+    gnc::check_row_contiguous(init_sup, "init_support");
+    gnc::check_row_contiguous(init_wt, "init_weights");
+    gnc::check_same_device(W, init_sup, "W", "init_support");
+    gnc::check_same_device(W, init_wt, "W", "init_weights");
+  }
   if (!(gap_tol >= 0)) gnc::fail("tol: must be >= 0");
   if (max_iter < 1) gnc::fail("max_iter: must be >= 1");
   (void)K;
   GNC_DISPATCH_DEVICE(W,
-                      gnc::cpu::hull_solve(W, classes, cand, gap_tol, max_iter, proj, dist, support, weights, iters,
+                      gnc::cpu::hull_solve(W, classes, cand, gram, init_sup, init_wt, gap_tol, max_iter, proj, dist, support, weights, iters,
                                            status),
-                      gnc::cuda::hull_solve(W, classes, cand, gap_tol, max_iter, proj, dist, support, weights,
+                      gnc::cuda::hull_solve(W, classes, cand, gram, init_sup, init_wt, gap_tol, max_iter, proj, dist, support, weights,
                                             iters, status, workspace, stream));
 }
 // ---- end [hull] -------------------------------------------------------------
@@ -257,7 +273,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("hull_price_update", &hull_price_update, py::arg("tile"), py::arg("row_ids"), py::arg("col0"),
         py::arg("thresh"), py::arg("best_val"), py::arg("best_idx"), py::arg("viol_val"), py::arg("viol_idx"),
         py::arg("stream") = 0, nogil);
-  m.def("hull_solve", &hull_solve, py::arg("W"), py::arg("classes"), py::arg("cand"), py::arg("gap_tol"),
+  m.def("hull_solve", &hull_solve, py::arg("W"), py::arg("classes"), py::arg("cand"), py::arg("gram"), py::arg("init_support"),
+        py::arg("init_weights"), py::arg("gap_tol"),
         py::arg("max_iter"), py::arg("proj"), py::arg("dist"), py::arg("support"), py::arg("weights"),
         py::arg("iters"), py::arg("status"), py::arg("workspace"), py::arg("stream") = 0, nogil);
   // end [hull]

@@ -64,8 +64,8 @@ void topm_impl(const TensorView& tile, const TensorView& row_ids, int64_t col0,
 
 // ---- Wolfe's min-norm-point algorithm (fp64) ------------------------------------
 struct Work {
-  std::vector<double> Y, x, g, yy, L, M, lam, alpha, z;
-  std::vector<int64_t> cidx;  // global class index of candidate i
+  std::vector<double> G, x, g, L, lam, alpha, z, c, e, wkd;
+  std::vector<int64_t> cidx, pos;  // global class index of candidate i
   std::vector<int> S;         // corral: candidate positions
 };
 
@@ -87,56 +87,46 @@ inline void bwd_solve(const double* L, int64_t ld, int s, double* a) {
   }
 }
 
-constexpr double kDegenerate = 1e-12;  // relative pivot floor: affine dependence
+constexpr double kDegenerate = 1e-13;  // pivot floor relative to ||(y, 1)||: affine dependence
 constexpr double kPos = 1e-15;         // weights below this are treated as zero
 
-// Full Cholesky of M[0..s) (row stride ld) into L; false if not positive definite.
-inline bool chol_full(const double* M, double* L, int64_t ld, int s) {
-  for (int i = 0; i < s; ++i) {
-    for (int j = 0; j <= i; ++j) {
-      double t = M[i * ld + j];
-      for (int k = 0; k < j; ++k) t -= L[i * ld + k] * L[j * ld + k];
-      if (i == j) {
-        if (!(t > kDegenerate * M[i * ld + i])) return false;
-        L[i * ld + i] = std::sqrt(t);
-      } else {
-        L[i * ld + j] = t / L[j * ld + j];
-      }
+// Removes row p from the lower-triangular Cholesky factor L (rows = corral points,
+// M = L L^T = [y_i.y_j + 1]) and restores triangularity with Givens rotations of
+// columns (L L^T is invariant under them): O(s^2), orthogonal, no re-factorisation.
+inline void chol_remove(double* L, int64_t ld, int s, int p) {
+  for (int i = p; i < s - 1; ++i)
+    for (int k = 0; k <= i + 1; ++k) L[i * ld + k] = L[(i + 1) * ld + k];
+  for (int j = p; j < s - 1; ++j) {
+    const double a = L[j * ld + j], b = L[j * ld + j + 1];
+    const double r = std::hypot(a, b);
+    if (r == 0.0) continue;
+    const double c = a / r, sn = b / r;
+    for (int i = j; i < s - 1; ++i) {
+      const double x = L[i * ld + j], y = L[i * ld + j + 1];
+      L[i * ld + j] = c * x + sn * y;
+      L[i * ld + j + 1] = -sn * x + c * y;
     }
+    L[j * ld + j + 1] = 0.0;
   }
-  return true;
+  for (int i = 0; i < s - 1; ++i) L[i * ld + s - 1] = 0.0;
 }
 
 template <typename T>
 void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* cand, int64_t ncand,
-               double gap_tol, int64_t max_iter, Work& w, double* proj, double* dist_out,
-               int64_t* sup_out, double* wt_out, int64_t s_out, int64_t* iters_out,
-               int64_t* status_out) {
-  // candidate points y_i = w_i - w_k
+               const double* gram, const int64_t* init_sup, const double* init_wt, int64_t n_init, double gap_tol,
+               int64_t max_iter, Work& w, double* proj, double* dist_out, int64_t* sup_out,
+               double* wt_out, int64_t s_out, int64_t* iters_out, int64_t* status_out) {
+  // valid candidate positions (the Gram matrix is indexed by position in cand)
   w.cidx.clear();
+  w.pos.clear();
   for (int64_t i = 0; i < ncand; ++i) {
     const int64_t j = cand[i];
     if (j < 0 || j == k) continue;
     w.cidx.push_back(j);
+    w.pos.push_back(i);
   }
   const int64_t n = static_cast<int64_t>(w.cidx.size());
   const T* wk = W + k * ws0;
-  w.Y.resize(static_cast<size_t>(std::max<int64_t>(n, 1) * d));
-  w.yy.resize(static_cast<size_t>(std::max<int64_t>(n, 1)));
-  w.g.resize(w.yy.size());
-  w.x.assign(static_cast<size_t>(d), 0.0);
-  double ymax = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const T* wj = W + w.cidx[i] * ws0;
-    double* y = w.Y.data() + i * d;
-    double ss = 0.0;
-    for (int64_t t = 0; t < d; ++t) {
-      y[t] = static_cast<double>(load_f(wj, t)) - static_cast<double>(load_f(wk, t));
-      ss += y[t] * y[t];
-    }
-    w.yy[i] = ss;
-    ymax = std::max(ymax, ss);
-  }
   for (int64_t i = 0; i < s_out; ++i) { sup_out[i] = -1; wt_out[i] = 0.0; }
   if (n == 0) {  // no candidate: cannot happen for K >= 2 with valid input
     *status_out = 2;
@@ -145,68 +135,116 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
     for (int64_t t = 0; t < d; ++t) proj[t] = std::numeric_limits<double>::quiet_NaN();
     return;
   }
+  w.x.assign(static_cast<size_t>(d), 0.0);
+  w.wkd.resize(static_cast<size_t>(d));
+  for (int64_t t = 0; t < d; ++t) w.wkd[t] = static_cast<double>(load_f(wk, t));
+  // compact Gram matrix of the valid candidates (n x n)
+  w.G.resize(static_cast<size_t>(n * n));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) w.G[i * n + j] = gram[w.pos[i] * ncand + w.pos[j]];
+  double ymax = 0.0;
+  for (int64_t i = 0; i < n; ++i) ymax = std::max(ymax, w.G[i * n + i]);
   const int smax = static_cast<int>(std::min<int64_t>(n, d + 1));
   const int64_t ld = smax + 1;
   w.L.assign(static_cast<size_t>(ld * ld), 0.0);
-  w.M.assign(static_cast<size_t>(ld * ld), 0.0);
   w.lam.assign(static_cast<size_t>(ld), 0.0);
   w.alpha.assign(static_cast<size_t>(ld), 0.0);
   w.z.assign(static_cast<size_t>(ld), 0.0);
+  w.c.assign(static_cast<size_t>(ld), 0.0);
+  w.e.resize(static_cast<size_t>(d));
+  w.g.resize(static_cast<size_t>(n));
   w.S.clear();
-  auto dot_y = [&](int64_t a, int64_t b) {
-    const double* ya = w.Y.data() + a * d;
-    const double* yb = w.Y.data() + b * d;
-    double s = 0.0;
-    for (int64_t t = 0; t < d; ++t) s += ya[t] * yb[t];
-    return s;
+  // Appends candidate jm to the corral's factor. The new row of L comes from the Gram
+  // matrix; its pivot is the norm of the explicit residual of (y_jm, 1) against the
+  // span of the corral's (y_i, 1), so thin simplices keep an accurate pivot (a
+  // difference of Gram entries would lose it below ~1e-8). False if affinely dependent.
+  auto append = [&](int64_t jm) -> bool {
+    const int s = static_cast<int>(w.S.size());
+    double* Ls = w.L.data() + s * ld;
+    for (int i = 0; i < s; ++i) w.z[i] = w.G[static_cast<int64_t>(w.S[i]) * n + jm] + 1.0;
+    fwd_solve(w.L.data(), ld, s, w.z.data(), Ls);
+    for (int i = 0; i < s; ++i) w.c[i] = Ls[i];
+    bwd_solve(w.L.data(), ld, s, w.c.data());  // c = M^-1 r: least-squares coefficients
+    const T* wj = W + w.cidx[jm] * ws0;
+    double e1 = 1.0;
+    for (int i = 0; i < s; ++i) e1 -= w.c[i];
+    for (int64_t t = 0; t < d; ++t) w.e[t] = static_cast<double>(load_f(wj, t)) - w.wkd[t];
+    for (int i = 0; i < s; ++i) {
+      const T* wi = W + w.cidx[w.S[i]] * ws0;
+      const double ci = w.c[i];
+      for (int64_t t = 0; t < d; ++t) w.e[t] -= ci * (static_cast<double>(load_f(wi, t)) - w.wkd[t]);
+    }
+    double piv2 = e1 * e1;
+    for (int64_t t = 0; t < d; ++t) piv2 += w.e[t] * w.e[t];
+    const double scale = w.G[jm * n + jm] + 1.0;
+    if (!(piv2 > kDegenerate * kDegenerate * scale)) return false;
+    Ls[s] = std::sqrt(piv2);
+    w.S.push_back(static_cast<int>(jm));
+    w.lam[s] = 0.0;
+    return true;
   };
-  // start from the nearest candidate (smallest ||y||)
-  int64_t j0 = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (w.yy[i] < w.yy[j0]) j0 = i;
-  w.S.push_back(static_cast<int>(j0));
-  w.lam[0] = 1.0;
-  w.M[0] = w.yy[j0] + 1.0;
-  w.L[0] = std::sqrt(w.M[0]);
-  std::copy(w.Y.begin() + j0 * d, w.Y.begin() + (j0 + 1) * d, w.x.begin());
+  // warm start from a previous corral (its points are among the candidates)
+  bool warm = false;
+  if (n_init > 0) {
+    double ls = 0.0;
+    for (int64_t a = 0; a < n_init && static_cast<int>(w.S.size()) < smax; ++a) {
+      if (init_sup[a] < 0 || !(init_wt[a] > 0)) continue;
+      for (int64_t i = 0; i < n; ++i)
+        if (w.cidx[i] == init_sup[a]) {
+          if (std::find(w.S.begin(), w.S.end(), static_cast<int>(i)) == w.S.end()) {
+            const size_t at = w.S.size();
+            if (append(i)) {
+              w.lam[at] = init_wt[a];
+              ls += init_wt[a];
+            }
+          }
+          break;
+        }
+    }
+    if (!w.S.empty() && ls > 0) {
+      for (size_t i = 0; i < w.S.size(); ++i) w.lam[i] /= ls;
+      warm = true;
+    } else {
+      w.S.clear();
+    }
+  }
+  if (!warm) {  // start from the nearest candidate (smallest ||y||)
+    int64_t j0 = 0;
+    for (int64_t i = 1; i < n; ++i)
+      if (w.G[i * n + i] < w.G[j0 * n + j0]) j0 = i;
+    w.S.push_back(static_cast<int>(j0));
+    w.lam[0] = 1.0;
+    w.L[0] = std::sqrt(w.G[j0 * n + j0] + 1.0);
+  }
   const double round_floor = (16.0 * std::sqrt(static_cast<double>(d)) + 16.0) *
                              std::numeric_limits<double>::epsilon() * std::sqrt(std::max(ymax, 1e-300));
   int64_t it = 0;
   int64_t status = 1;
   while (it < max_iter) {
     ++it;
-    double xx = 0.0;
-    for (int64_t t = 0; t < d; ++t) xx += w.x[t] * w.x[t];
-    const double xn = std::sqrt(xx);
-    if (xn == 0.0) { status = 0; break; }
-    int64_t jm = -1;
-    double gm = std::numeric_limits<double>::infinity();
-    for (int64_t i = 0; i < n; ++i) {
-      const double* y = w.Y.data() + i * d;
-      double s = 0.0;
-      for (int64_t t = 0; t < d; ++t) s += w.x[t] * y[t];
-      if (s < gm) { gm = s; jm = i; }
+    // g = G[:, S] lam  (g_j = <x, y_j>),  xx = lam^T G_SS lam
+    std::fill(w.g.begin(), w.g.end(), 0.0);
+    for (size_t i = 0; i < w.S.size(); ++i) {
+      const double l = w.lam[i];
+      const double* Gi = w.G.data() + static_cast<int64_t>(w.S[i]) * n;
+      double* g = w.g.data();
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) g[j] += l * Gi[j];
     }
+    double xx = 0.0;
+    for (size_t i = 0; i < w.S.size(); ++i) xx += w.lam[i] * w.g[w.S[i]];
+    if (!(xx > 0.0)) { status = 0; break; }
+    const double xn = std::sqrt(xx);
+    int64_t jm = 0;
+    double gm = w.g[0];
+    for (int64_t i = 1; i < n; ++i)
+      if (w.g[i] < gm) { gm = w.g[i]; jm = i; }
     if (xx - gm <= std::max(0.5 * gap_tol * xn, round_floor * xn)) { status = 0; break; }
     if (std::find(w.S.begin(), w.S.end(), static_cast<int>(jm)) != w.S.end()) { status = 2; break; }
-    const int s = static_cast<int>(w.S.size());
-    if (s >= smax) { status = 2; break; }
-    // append jm to the corral: new row of M and of its Cholesky factor
-    for (int i = 0; i < s; ++i) {
-      const double v = dot_y(w.S[i], jm) + 1.0;
-      w.M[s * ld + i] = v;
-      w.M[i * ld + s] = v;
-    }
-    w.M[s * ld + s] = w.yy[jm] + 1.0;
-    fwd_solve(w.L.data(), ld, s, w.M.data() + s * ld, w.L.data() + s * ld);
-    double d2 = w.M[s * ld + s];
-    for (int i = 0; i < s; ++i) d2 -= w.L[s * ld + i] * w.L[s * ld + i];
-    if (!(d2 > kDegenerate * w.M[s * ld + s])) { status = 2; break; }
-    w.L[s * ld + s] = std::sqrt(d2);
-    w.S.push_back(static_cast<int>(jm));
-    w.lam[s] = 0.0;
+    if (static_cast<int>(w.S.size()) >= smax) { status = 2; break; }
+    if (!append(jm)) { status = 2; break; }
     bool degenerate = false;
-    // minor cycles
+    // minor cycles: affine minimiser of the corral; step back into the simplex if needed
     for (;;) {
       const int sc = static_cast<int>(w.S.size());
       for (int i = 0; i < sc; ++i) w.z[i] = 1.0;
@@ -234,46 +272,27 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
       theta = std::min(1.0, std::max(0.0, theta));
       for (int i = 0; i < sc; ++i) w.lam[i] += theta * (w.alpha[i] - w.lam[i]);
       w.lam[arg] = 0.0;
-      if (arg == sc - 1 && theta == 0.0 && w.S.back() == static_cast<int>(jm)) {
-        // the point just added cannot enter: numerically converged
-        degenerate = true;
-      }
-      // drop every point whose weight vanished, then refactor
-      int o = 0;
-      for (int i = 0; i < sc; ++i) {
-        if (w.lam[i] > kPos) {
-          w.S[o] = w.S[i];
-          w.lam[o] = w.lam[i];
-          ++o;
+      if (arg == sc - 1 && theta == 0.0) degenerate = true;  // the new point cannot enter
+      // drop every point whose weight vanished (downdating the factor)
+      for (int i = sc - 1; i >= 0; --i) {
+        if (!(w.lam[i] > kPos)) {
+          const int cur = static_cast<int>(w.S.size());
+          chol_remove(w.L.data(), ld, cur, i);
+          w.S.erase(w.S.begin() + i);
+          for (int q = i; q < cur - 1; ++q) w.lam[q] = w.lam[q + 1];
         }
       }
-      // rebuild M for the kept points from the dot products (O(s^2 d) worst case only on
-      // drops, which are rare); keeps the code simple and the factor exact.
-      w.S.resize(o);
-      for (int i = 0; i < o; ++i)
-        for (int jj = 0; jj <= i; ++jj) {
-          const double v = (i == jj ? w.yy[w.S[i]] : dot_y(w.S[i], w.S[jj])) + 1.0;
-          w.M[i * ld + jj] = v;
-          w.M[jj * ld + i] = v;
-        }
+      const int o = static_cast<int>(w.S.size());
       double ls = 0.0;
       for (int i = 0; i < o; ++i) ls += w.lam[i];
       for (int i = 0; i < o; ++i) w.lam[i] /= ls;
-      if (!chol_full(w.M.data(), w.L.data(), ld, o)) { degenerate = true; break; }
-      if (degenerate) break;
+      if (degenerate || o == 0) { degenerate = true; break; }
       ++it;
       if (it >= max_iter) break;
     }
-    // x = sum lam_i y_i
-    std::fill(w.x.begin(), w.x.end(), 0.0);
-    for (size_t i = 0; i < w.S.size(); ++i) {
-      const double* y = w.Y.data() + static_cast<int64_t>(w.S[i]) * d;
-      const double l = w.lam[i];
-      for (int64_t t = 0; t < d; ++t) w.x[t] += l * y[t];
-    }
     if (degenerate) { status = 2; break; }
   }
-  // final point from the (renormalised, non-negative) weights
+  // final point x = sum lam_i y_i from the (renormalised, non-negative) weights
   double ls = 0.0;
   for (size_t i = 0; i < w.S.size(); ++i) ls += std::max(0.0, w.lam[i]);
   std::fill(w.x.begin(), w.x.end(), 0.0);
@@ -281,8 +300,8 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
   for (size_t i = 0; i < w.S.size(); ++i) {
     const double l = std::max(0.0, w.lam[i]) / ls;
     if (l <= 0.0) continue;
-    const double* y = w.Y.data() + static_cast<int64_t>(w.S[i]) * d;
-    for (int64_t t = 0; t < d; ++t) w.x[t] += l * y[t];
+    const T* wj = W + w.cidx[w.S[i]] * ws0;
+    for (int64_t t = 0; t < d; ++t) w.x[t] += l * (static_cast<double>(load_f(wj, t)) - w.wkd[t]);
     if (o < s_out) {
       sup_out[o] = w.cidx[w.S[i]];
       wt_out[o] = l;
@@ -292,7 +311,7 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
   double xx = 0.0;
   for (int64_t t = 0; t < d; ++t) {
     xx += w.x[t] * w.x[t];
-    proj[t] = static_cast<double>(load_f(wk, t)) + w.x[t];
+    proj[t] = w.wkd[t] + w.x[t];
   }
   *dist_out = std::sqrt(xx);
   *iters_out = it;
@@ -301,19 +320,24 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
 
 template <typename T>
 void solve_impl(const TensorView& W, const TensorView& classes, const TensorView& cand,
-                double gap_tol, int64_t max_iter, const TensorView& proj, const TensorView& dist,
+                const TensorView& gram, const TensorView& init_sup, const TensorView& init_wt, double gap_tol, int64_t max_iter, const TensorView& proj, const TensorView& dist,
                 const TensorView& support, const TensorView& weights, const TensorView& iters,
                 const TensorView& status) {
   const int64_t B = classes.size(0), n = cand.size(1), d = W.size(1), s_out = support.size(1);
   const T* Wp = W.data<T>();
   const int64_t* cl = classes.data<int64_t>();
   const int64_t* cp = cand.data<int64_t>();
+  const int64_t n_init = init_sup.numel() > 0 ? init_sup.size(1) : 0;
 #pragma omp parallel
   {
     Work w;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
-      solve_one<T>(Wp, W.stride(0), d, cl[b * classes.stride(0)], cp + b * cand.stride(0), n, gap_tol,
+      const int64_t* is = n_init ? init_sup.data<int64_t>() + b * init_sup.stride(0) : nullptr;
+      const double* iw = n_init ? init_wt.data<double>() + b * init_wt.stride(0) : nullptr;
+      solve_one<T>(Wp, W.stride(0), d, cl[b * classes.stride(0)], cp + b * cand.stride(0), n,
+                   gram.data<double>() + b * gram.stride(0), is, iw, n_init,
+                   gap_tol,
                    max_iter, w, proj.data<double>() + b * proj.stride(0), dist.data<double>() + b,
                    support.data<int64_t>() + b * support.stride(0),
                    weights.data<double>() + b * weights.stride(0), s_out, iters.data<int64_t>() + b,
@@ -375,13 +399,13 @@ void hull_price_update(const TensorView& tile, const TensorView& row_ids, int64_
 }
 
 void hull_solve(const TensorView& W, const TensorView& classes, const TensorView& cand,
-                double gap_tol, int64_t max_iter, const TensorView& proj, const TensorView& dist,
+                const TensorView& gram, const TensorView& init_sup, const TensorView& init_wt, double gap_tol, int64_t max_iter, const TensorView& proj, const TensorView& dist,
                 const TensorView& support, const TensorView& weights, const TensorView& iters,
                 const TensorView& status) {
   if (classes.size(0) == 0) return;
   dispatch_float(W.dtype, "W", [&](auto tag) {
     using T = decltype(tag);
-    solve_impl<T>(W, classes, cand, gap_tol, max_iter, proj, dist, support, weights, iters, status);
+    solve_impl<T>(W, classes, cand, gram, init_sup, init_wt, gap_tol, max_iter, proj, dist, support, weights, iters, status);
     return 0;
   });
 }

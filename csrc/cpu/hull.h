@@ -33,13 +33,17 @@ void hull_price_update(const TensorView& tile, const TensorView& row_ids, int64_
 
 // W: (K, d) float (any float dtype, rows contiguous). classes: (B,) int64. cand: (B, n)
 // int64, -1 padded, entries in [0, K) and != the class (others are skipped).
+// gram (B, n, n) f64: gram[b, i, j] = <w_ci - w_k, w_cj - w_k> for c = cand[b] (entries
+// at padding positions are ignored); formed by the caller with a batched GEMM.
+// init_sup (B, s0) int64 / init_wt (B, s0) f64: optional warm start (numel 0: none), a
+// previous corral whose points are among the candidates; ignored if not usable.
 // Outputs (all caller-allocated): proj (B, d) f64 = p_k; dist (B,) f64 = ||w_k - p_k||;
 // support (B, s) int64 (-1 padded), weights (B, s) f64; iters (B,) int64;
 // status (B,) int64: 0 converged, 1 iteration cap, 2 stopped on numerical degeneracy.
 // gap_tol: stop when (||x||^2 - min_j <x, y_j>) <= max(gap_tol * ||x||, floor), i.e.
 // the certified gap restricted to the candidates is <= gap_tol (up to fp64 rounding).
 void hull_solve(const TensorView& W, const TensorView& classes, const TensorView& cand,
-                double gap_tol, int64_t max_iter, const TensorView& proj, const TensorView& dist,
+                const TensorView& gram, const TensorView& init_sup, const TensorView& init_wt, double gap_tol, int64_t max_iter, const TensorView& proj, const TensorView& dist,
                 const TensorView& support, const TensorView& weights, const TensorView& iters,
                 const TensorView& status);
 

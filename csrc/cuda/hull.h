@@ -19,7 +19,7 @@ void hull_price_update(const TensorView& tile, const TensorView& row_ids, int64_
 
 // workspace: (B * hull_solve_workspace_doubles(n, d)) fp64 on the device.
 void hull_solve(const TensorView& W, const TensorView& classes, const TensorView& cand,
-                double gap_tol, int64_t max_iter, const TensorView& proj, const TensorView& dist,
+                const TensorView& gram, const TensorView& init_sup, const TensorView& init_wt, double gap_tol, int64_t max_iter, const TensorView& proj, const TensorView& dist,
                 const TensorView& support, const TensorView& weights, const TensorView& iters,
                 const TensorView& status, const TensorView& workspace, std::uintptr_t stream);
 

@@ -9,8 +9,7 @@ from torch import Tensor
 
 from .._engine import chunk_size
 from ..ops import hull as _hull_ops
-from ..ops.normalize import normalize_rows
-from .one_vs_rest import _TILE_BYTES, check_unit_rows, validate_weights
+from .one_vs_rest import _TILE_BYTES, check_unit_rows, normalized, validate_weights
 
 __all__ = ["OneVsOneResult", "one_vs_one_distance"]
 
@@ -64,7 +63,7 @@ def one_vs_one_distance(W: Tensor, *, normalize: bool = False, shortlist: int = 
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
     if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
         raise ValueError(f"shortlist: expected an integer >= 1, got {shortlist!r}")
-    Wn = normalize_rows(W) if normalize else W
+    Wn = normalized(W, "W") if normalize else W
     if not normalize:
         check_unit_rows(W, "W")
     K, d = Wn.shape

@@ -38,7 +38,7 @@ from .._engine import chunk_size
 from ..ops import hull as _hull_ops
 from ..ops.normalize import normalize_rows
 
-__all__ = ["OneVsRestResult", "one_vs_rest_distance", "check_unit_rows", "validate_weights"]
+__all__ = ["OneVsRestResult", "one_vs_rest_distance", "check_unit_rows", "validate_weights", "normalized"]
 
 # |‖w_k‖ − 1| allowed without normalize=True, by input dtype (about 2**-mantissa·√d slack).
 UNIT_TOL = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}
@@ -118,6 +118,14 @@ def check_unit_rows(W: Tensor, name: str = "W") -> None:
             f"{dev:.3g} > {UNIT_TOL[W.dtype]:g} for {str(W.dtype).replace('torch.', '')}); pass normalize=True "
             "to normalise them first"
         )
+
+
+def normalized(W: Tensor, name: str = "W") -> Tensor:
+    """``normalize_rows(W)`` after refusing all-zero rows (they have no direction)."""
+    zero = torch.linalg.vector_norm(W.detach().double(), dim=1) == 0
+    if bool(zero.any()):
+        raise ValueError(f"{name}: row {int(zero.nonzero()[0])} is all zeros and cannot be normalised")
+    return normalize_rows(W)
 
 
 def _row_block(n: int, d: int, bytes_per: int = 8) -> int:
@@ -200,7 +208,7 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
         # ---- exact small problems, in batches bounding the (batch x d) buffers ------
         ts = time.perf_counter()
         s_cap = max(1, min(n, d + 1))
-        bs = max(1, min(B, _TILE_BYTES // (8 * (d + 2 * s_cap + n))))
+        bs = max(1, min(B, (2 * _TILE_BYTES) // (8 * (d + 2 * s_cap + n * d + n * n))))
         if dev.type == "cuda":
             bs = max(1, min(bs, (256 * 2**20) // (8 * _hull_ops.solve_workspace_doubles(n, d))))
         if progress and bs > 2048:
@@ -216,7 +224,11 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
             wt = torch.empty(nb, s_cap, dtype=torch.float64, device=dev)
             it = torch.empty(nb, dtype=torch.int64, device=dev)
             st = torch.empty(nb, dtype=torch.int64, device=dev)
-            _hull_ops.solve(W64, cls, cb, tol, mi, p, dd, sp, wt, it, st)
+            if rounds > 1:  # warm start from the previous corral
+                _hull_ops.solve(W64, cls, cb, tol, mi, p, dd, sp, wt, it, st,
+                                support[cls].contiguous(), weights[cls].contiguous())
+            else:
+                _hull_ops.solve(W64, cls, cb, tol, mi, p, dd, sp, wt, it, st)
             used = int((sp >= 0).sum(1).max().item()) if nb else 1
             used = max(used, 1)
             if used > support.shape[1]:
@@ -377,7 +389,7 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
         max_iter = _validate.integer(max_iter, "max_iter", minimum=1)
     if progress is None:
         progress = K >= 100_000
-    Wn = normalize_rows(W) if normalize else W
+    Wn = normalized(W, "W") if normalize else W
     if not normalize:
         check_unit_rows(W, "W")
     with torch.no_grad():

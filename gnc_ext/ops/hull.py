@@ -87,17 +87,31 @@ def solve_workspace_doubles(n: int, d: int) -> int:
     """fp64 words of CUDA workspace per class for ``solve`` (must match cuda/hull.cu)."""
     s = min(n, d + 1)
     ld = s + 1
-    return n * d + 3 * d + 3 * n + 2 * ld * ld + 4 * ld + 8
+    return d + 2 * n + 2 * ld * ld + 4 * ld + 8
+
+
+def candidate_gram(W: Tensor, classes: Tensor, cand: Tensor) -> Tensor:
+    """(B, n, n) fp64 Gram matrices <w_ci − w_k, w_cj − w_k> by one batched GEMM (torch:
+    BLAS on CPU, cuBLAS on CUDA). Padding (-1) positions hold garbage the solver ignores."""
+    W64 = W if W.dtype == torch.float64 else W.to(torch.float64)
+    Y = W64[cand.clamp_min(0)] - W64[classes].unsqueeze(1)
+    return torch.bmm(Y, Y.transpose(1, 2)).contiguous()
 
 
 def solve(W: Tensor, classes: Tensor, cand: Tensor, gap_tol: float, max_iter: int, proj: Tensor,
-          dist: Tensor, support: Tensor, weights: Tensor, iters: Tensor, status: Tensor) -> None:
-    """Batched exact min-norm-point (Wolfe, fp64) for ``classes`` over candidate lists ``cand``."""
+          dist: Tensor, support: Tensor, weights: Tensor, iters: Tensor, status: Tensor,
+          init_support: Tensor = None, init_weights: Tensor = None) -> None:
+    """Batched exact min-norm-point (Wolfe, fp64) for ``classes`` over candidate lists ``cand``,
+    optionally warm-started from a previous corral (``init_support``/``init_weights``)."""
+    gram = candidate_gram(W, classes, cand)
+    if init_support is None:
+        init_support = torch.empty(0, 0, dtype=torch.int64, device=W.device)
+        init_weights = torch.empty(0, 0, dtype=torch.float64, device=W.device)
     if W.device.type == "cuda":
         n = cand.shape[1]
         ws = torch.empty(max(1, classes.shape[0] * solve_workspace_doubles(n, W.shape[1])),
                          dtype=torch.float64, device=W.device)
     else:
         ws = torch.empty(0, dtype=torch.float64)
-    native.hull_solve(view(W), view(classes), view(cand), float(gap_tol), int(max_iter), view(proj), view(dist),
+    native.hull_solve(view(W), view(classes), view(cand), view(gram), view(init_support), view(init_weights), float(gap_tol), int(max_iter), view(proj), view(dist),
                       view(support), view(weights), view(iters), view(status), view(ws), stream_of(W))
