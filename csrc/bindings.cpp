@@ -72,6 +72,123 @@ void normalize_rows_backward(const TensorView& x, const TensorView& norm, const 
 }
 
 // ---- [hull] bindings (one-vs-rest / one-vs-one) ----------------------------
+}  // namespace
+#include "cpu/hull.h"
+#ifdef GNC_WITH_CUDA
+#include "cuda/hull.h"
+#endif
+namespace {
+
+void hull_topm_update(const TensorView& tile, const TensorView& row_ids, int64_t col0,
+                      const TensorView& vals, const TensorView& idx, std::uintptr_t stream) {
+  gnc::check_dim(tile, 2, "tile");
+  const int64_t R = tile.size(0);
+  gnc::check_shape(row_ids, {R}, "row_ids");
+  gnc::check_dtype(row_ids, gnc::DType::I64, "row_ids");
+  gnc::check_dim(vals, 2, "vals");
+  if (vals.size(0) != R || vals.size(1) < 1) gnc::fail("vals: expected shape (R, m) with m >= 1");
+  gnc::check_shape(idx, {R, vals.size(1)}, "idx");
+  gnc::check_dtype(vals, tile.dtype, "vals");
+  gnc::check_dtype(idx, gnc::DType::I64, "idx");
+  gnc::check_row_contiguous(tile, "tile");
+  gnc::check_row_contiguous(vals, "vals");
+  gnc::check_row_contiguous(idx, "idx");
+  gnc::check_same_device(tile, vals, "tile", "vals");
+  gnc::check_same_device(tile, idx, "tile", "idx");
+  gnc::check_same_device(tile, row_ids, "tile", "row_ids");
+  if (col0 < 0) gnc::fail("col0: must be >= 0");
+  GNC_DISPATCH_DEVICE(tile, gnc::cpu::hull_topm_update(tile, row_ids, col0, vals, idx),
+                      gnc::cuda::hull_topm_update(tile, row_ids, col0, vals, idx, stream));
+}
+
+void hull_price_update(const TensorView& tile, const TensorView& row_ids, int64_t col0,
+                       const TensorView& thresh, const TensorView& best_val,
+                       const TensorView& best_idx, const TensorView& viol_val,
+                       const TensorView& viol_idx, std::uintptr_t stream) {
+  gnc::check_dim(tile, 2, "tile");
+  const int64_t R = tile.size(0);
+  gnc::check_dtype(tile, gnc::DType::F64, "tile");
+  gnc::check_row_contiguous(tile, "tile");
+  gnc::check_shape(row_ids, {R}, "row_ids");
+  gnc::check_dtype(row_ids, gnc::DType::I64, "row_ids");
+  gnc::check_shape(thresh, {R}, "thresh");
+  gnc::check_dtype(thresh, gnc::DType::F64, "thresh");
+  gnc::check_shape(best_val, {R}, "best_val");
+  gnc::check_dtype(best_val, gnc::DType::F64, "best_val");
+  gnc::check_shape(best_idx, {R}, "best_idx");
+  gnc::check_dtype(best_idx, gnc::DType::I64, "best_idx");
+  gnc::check_dim(viol_val, 2, "viol_val");
+  if (viol_val.size(0) != R || viol_val.size(1) < 1) gnc::fail("viol_val: expected shape (R, q) with q >= 1");
+  gnc::check_shape(viol_idx, {R, viol_val.size(1)}, "viol_idx");
+  gnc::check_dtype(viol_val, gnc::DType::F64, "viol_val");
+  gnc::check_dtype(viol_idx, gnc::DType::I64, "viol_idx");
+  gnc::check_row_contiguous(viol_val, "viol_val");
+  gnc::check_row_contiguous(viol_idx, "viol_idx");
+  for (const TensorView* t : {&row_ids, &thresh, &best_val, &best_idx, &viol_val, &viol_idx})
+    gnc::check_same_device(tile, *t, "tile", "hull_price_update buffers");
+  if (col0 < 0) gnc::fail("col0: must be >= 0");
+  GNC_DISPATCH_DEVICE(tile,
+                      gnc::cpu::hull_price_update(tile, row_ids, col0, thresh, best_val, best_idx, viol_val, viol_idx),
+                      gnc::cuda::hull_price_update(tile, row_ids, col0, thresh, best_val, best_idx, viol_val,
+                                                   viol_idx, stream));
+}
+
+void hull_solve(const TensorView& W, const TensorView& classes, const TensorView& cand,
+                const TensorView& gram, const TensorView& init_sup, const TensorView& init_wt, double gap_tol,
+                int64_t max_iter, const TensorView& proj, const TensorView& dist, const TensorView& support,
+                const TensorView& weights, const TensorView& iters, const TensorView& status,
+                const TensorView& workspace, std::uintptr_t stream) {
+  gnc::check_dim(W, 2, "W");
+  gnc::check_row_contiguous(W, "W");
+  const int64_t K = W.size(0), d = W.size(1), B = classes.size(0);
+  gnc::check_dim(classes, 1, "classes");
+  gnc::check_dtype(classes, gnc::DType::I64, "classes");
+  gnc::check_dim(cand, 2, "cand");
+  gnc::check_dtype(cand, gnc::DType::I64, "cand");
+  if (cand.size(0) != B) gnc::fail("cand: expected one row per class");
+  gnc::check_row_contiguous(cand, "cand");
+  gnc::check_shape(gram, {B, cand.size(1), cand.size(1)}, "gram");
+  gnc::check_dtype(gram, gnc::DType::F64, "gram");
+  if (!gram.is_contiguous()) gnc::fail("gram: must be contiguous");
+  gnc::check_same_device(W, gram, "W", "gram");
+  gnc::check_shape(proj, {B, d}, "proj");
+  gnc::check_dtype(proj, gnc::DType::F64, "proj");
+  gnc::check_row_contiguous(proj, "proj");
+  gnc::check_shape(dist, {B}, "dist");
+  gnc::check_dtype(dist, gnc::DType::F64, "dist");
+  gnc::check_dim(support, 2, "support");
+  if (support.size(0) != B || support.size(1) < 1) gnc::fail("support: expected shape (B, s), s >= 1");
+  gnc::check_dtype(support, gnc::DType::I64, "support");
+  gnc::check_shape(weights, {B, support.size(1)}, "weights");
+  gnc::check_dtype(weights, gnc::DType::F64, "weights");
+  gnc::check_row_contiguous(support, "support");
+  gnc::check_row_contiguous(weights, "weights");
+  gnc::check_shape(iters, {B}, "iters");
+  gnc::check_dtype(iters, gnc::DType::I64, "iters");
+  gnc::check_shape(status, {B}, "status");
+  gnc::check_dtype(status, gnc::DType::I64, "status");
+  for (const TensorView* t : {&classes, &cand, &proj, &dist, &support, &weights, &iters, &status})
+    gnc::check_same_device(W, *t, "W", "hull_solve buffers");
+  if (init_sup.numel() > 0) {
+    gnc::check_dim(init_sup, 2, "init_support");
+    if (init_sup.size(0) != B) gnc::fail("init_support: expected one row per class");
+    gnc::check_dtype(init_sup, gnc::DType::I64, "init_support");
+    gnc::check_shape(init_wt, {B, init_sup.size(1)}, "init_weights");
+    gnc::check_dtype(init_wt, gnc::DType::F64, "init_weights");
+    gnc::check_row_contiguous(init_sup, "init_support");
+    gnc::check_row_contiguous(init_wt, "init_weights");
+    gnc::check_same_device(W, init_sup, "W", "init_support");
+    gnc::check_same_device(W, init_wt, "W", "init_weights");
+  }
+  if (!(gap_tol >= 0)) gnc::fail("tol: must be >= 0");
+  if (max_iter < 1) gnc::fail("max_iter: must be >= 1");
+  (void)K;
+  GNC_DISPATCH_DEVICE(W,
+                      gnc::cpu::hull_solve(W, classes, cand, gram, init_sup, init_wt, gap_tol, max_iter, proj, dist, support, weights, iters,
+                                           status),
+                      gnc::cuda::hull_solve(W, classes, cand, gram, init_sup, init_wt, gap_tol, max_iter, proj, dist, support, weights,
+                                            iters, status, workspace, stream));
+}
 // ---- end [hull] -------------------------------------------------------------
 
 // ---- [loss] bindings (spherical CE, HardMax) ---------------------------------
@@ -151,6 +268,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad"), py::arg("grad_input"), py::arg("eps"), py::arg("stream") = 0, nogil);
 
   // [hull] module definitions
+  m.def("hull_topm_update", &hull_topm_update, py::arg("tile"), py::arg("row_ids"), py::arg("col0"),
+        py::arg("vals"), py::arg("idx"), py::arg("stream") = 0, nogil);
+  m.def("hull_price_update", &hull_price_update, py::arg("tile"), py::arg("row_ids"), py::arg("col0"),
+        py::arg("thresh"), py::arg("best_val"), py::arg("best_idx"), py::arg("viol_val"), py::arg("viol_idx"),
+        py::arg("stream") = 0, nogil);
+  m.def("hull_solve", &hull_solve, py::arg("W"), py::arg("classes"), py::arg("cand"), py::arg("gram"), py::arg("init_support"),
+        py::arg("init_weights"), py::arg("gap_tol"),
+        py::arg("max_iter"), py::arg("proj"), py::arg("dist"), py::arg("support"), py::arg("weights"),
+        py::arg("iters"), py::arg("status"), py::arg("workspace"), py::arg("stream") = 0, nogil);
   // end [hull]
   // [loss] module definitions
   // end [loss]

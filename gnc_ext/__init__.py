@@ -16,6 +16,10 @@ from .ops.normalize import normalize_rows  # noqa: E402
 __all__ = ["__version__", "build_info", "config", "normalize_rows"]
 
 # [hull] exports
+from . import geometry  # noqa: E402
+from .geometry import OneVsOneResult, OneVsRestResult, one_vs_one_distance, one_vs_rest_distance  # noqa: E402
+
+__all__ += ["geometry", "OneVsRestResult", "OneVsOneResult", "one_vs_rest_distance", "one_vs_one_distance"]
 # end [hull]
 # [loss] exports
 # end [loss]

@@ -4,6 +4,7 @@ torch.compile and an autograd formula."""
 from . import normalize  # noqa: F401
 
 # [hull] op modules
+from . import hull  # noqa: F401
 # end [hull]
 # [loss] op modules
 # end [loss]
