@@ -18,6 +18,9 @@ __all__ = ["__version__", "build_info", "config", "normalize_rows"]
 # [hull] exports
 # end [hull]
 # [loss] exports
+from .losses import hardmax_loss, spherical_cross_entropy  # noqa: E402
+from . import nn  # noqa: E402
+__all__ += ["spherical_cross_entropy", "hardmax_loss", "nn"]
 # end [loss]
 # [metrics] exports
 # end [metrics]

@@ -6,6 +6,7 @@ from . import normalize  # noqa: F401
 # [hull] op modules
 # end [hull]
 # [loss] op modules
+from . import loss  # noqa: F401,E402
 # end [loss]
 # [metrics] op modules
 # end [metrics]
