@@ -173,4 +173,4 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
         return v.sum()
     if reduction == "mean":
         return v.mean()
-    return v[torch.argmax(v)]
+    return v.gather(0, torch.argmax(v).reshape(1)).reshape(())  # first maximal row carries the gradient

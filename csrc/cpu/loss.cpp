@@ -1,6 +1,11 @@
 // CPU epilogues for the spherical CE / HardMax losses (see cpu/loss.h for contracts).
 // Rows are independent: OpenMP over rows; the inner loops over a tile row vectorise
 // (exp_nonpos is branch-free). State is kept in float64.
+// Floating-point exceptions are not used: letting GCC assume no traps allows it to
+// if-convert (and so vectorise) the branch-free exp and the selects in the inner loops.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include "cpu/loss.h"
 
 #include <algorithm>

@@ -21,11 +21,14 @@ Ops (namespace ``torch.ops.gnc_ext``):
     gradients: blocks of ``row_chunk`` rows see all K classes in one (rows × K) tile,
     so the row's log-sum-exp is final inside the block and the tile is turned into
     ``g`` right away: 3 GEMM passes instead of 4 (the same flops as the eager recipe).
-    It normalises inside (the native ``normalize_rows`` kernels, forward and
-    backward) and returns ``(loss, dH, dW)`` where dH, dW are the gradients for an
-    upstream gradient of 1; the autograd formula scales them by the upstream scalar.
-    Memory beyond the inputs: Ĥ, Ŵ (K × d, input dtype), dŴ/dW (K × d, reused in
-    place), and one (row_chunk × K) fp32 tile. This is the CPU default.
+    It normalises inside: H through the native ``normalize_rows`` kernel; W's
+    normalisation is folded into the tile as a column scale by ``1/max(‖w_k‖, eps)``
+    (so Ŵ is never stored); both backward passes use the native
+    ``normalize_rows_backward`` kernel (in place on dŴ). Returns ``(loss, dH, dW)``,
+    the gradients for an upstream gradient of 1; the autograd formula scales them by
+    the upstream scalar (no copy when it is 1 in eager mode). Memory beyond the inputs:
+    dW (K × d, the gradient itself), one (row_chunk × K) fp32 tile
+    (``FUSED_TILE_BYTES``), O(B·d + K). This is the CPU default.
 
 ``hardmax_rows(Hn, Wn, y, chunk)``
     ``(values, arg)``: ``values_i = max_{k≠y_i} s_ik − s_iy_i`` and ``arg_i`` the
@@ -57,8 +60,10 @@ from .._native import native, stream_of, view
 
 # "auto" | "recompute" | "grad_in_forward" (see the module docstring)
 STRATEGY = "auto"
-# Memory budget of one fp32 similarity tile (bytes), for both strategies.
+# Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
+# and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
 TILE_BYTES = 32 * 2**20
+FUSED_TILE_BYTES = 128 * 2**20
 # Minimum rows per block of the gradient-in-forward strategy (keeps the rank-r update
 # of dŴ compute-bound: each block re-reads and re-writes dŴ once).
 MIN_ROW_CHUNK = 32
@@ -78,7 +83,7 @@ def col_chunk(rows: int, K: int) -> int:
 
 def row_chunk(rows: int, K: int) -> int:
     """Rows per block of the gradient-in-forward strategy (fp32 rows × K tile)."""
-    r = max(MIN_ROW_CHUNK, TILE_BYTES // (4 * max(K, 1)))
+    r = max(MIN_ROW_CHUNK, FUSED_TILE_BYTES // (4 * max(K, 1)))
     return int(min(max(rows, 1), r))
 
 
@@ -146,6 +151,7 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, t
 def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
               margin: float, margin_type: int, chunk: int) -> Tuple[Tensor, Tensor]:
     K = Wn.shape[0]
+    check_labels(y, K, True, ignore_index)
     state = _fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type, chunk or col_chunk(Hn.shape[0], K))
     loss, lse = _finish(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
     return loss.to(_acc(Hn.dtype)), lse
@@ -200,78 +206,94 @@ def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, l
                row_chunk_: int) -> Tuple[Tensor, Tensor, Tensor]:
     B, d = H.shape
     K = W.shape[0]
+    check_labels(y, K, True, ignore_index)
     acc = _acc(H.dtype)
     st = stream_of(H)
+    dev = H.device
     if normalize:
+        # H (B × d, small): the native normalize_rows kernel. W (K × d): its normalisation is
+        # folded into the tile (a column scale by 1/max(‖w_k‖, eps)), so Ŵ is never stored;
+        # the backward goes through the native normalize_rows_backward kernel.
         Hn = torch.empty_like(H, memory_format=torch.contiguous_format)
-        nH = torch.empty(B, dtype=acc, device=H.device)
+        nH = torch.empty(B, dtype=acc, device=dev)
         native.normalize_rows_forward(view(H), view(Hn), view(nH), NORM_EPS, st)
-        Wn = torch.empty_like(W, memory_format=torch.contiguous_format)
-        nW = torch.empty(K, dtype=acc, device=W.device)
-        native.normalize_rows_forward(view(W), view(Wn), view(nW), NORM_EPS, st)
+        nW = torch.linalg.vector_norm(W, dim=1, dtype=acc)
+        if _validate.config.check_finite and not bool(torch.isfinite(nH).all()):
+            raise ValueError("H: contains NaN or Inf values (or a row whose norm overflows)")
+        if _validate.config.check_finite and not bool(torch.isfinite(nW).all()):
+            raise ValueError("W: contains NaN or Inf values (or a row whose norm overflows)")
+        invW = 1.0 / nW.clamp_min(NORM_EPS)
     else:
-        Hn, Wn = H, W
+        Hn, nH, nW, invW = H, None, None, None
     Ha = Hn.to(acc)
-    Wa = Wn if Wn.dtype == acc else None  # fp32/fp64: used directly; 16-bit: cast per tile
+    full = W.dtype == acc  # fp32/fp64 W: one (rows × K) tile, no copy; 16-bit: column chunks
     valid = y != ignore_index
     n_valid = int(valid.sum())
     row_scale = (1.0 / max(n_valid, 1)) if reduction == 0 else 1.0
-    scale_all = torch.where(valid, torch.full((B,), row_scale, dtype=torch.float64, device=H.device),
-                            torch.zeros(B, dtype=torch.float64, device=H.device))
-    dHn = torch.zeros((B, d), dtype=acc, device=H.device) if need_h else None
-    dWn = torch.zeros((K, d), dtype=acc, device=W.device) if need_w else None
-    loss_rows = torch.empty(B, dtype=torch.float64, device=H.device)
+    scale_all = valid.to(torch.float64) * row_scale
+    dHn = torch.empty((B, d), dtype=acc, device=dev) if need_h else None
+    dWn = None
+    loss_rows = torch.empty(B, dtype=torch.float64, device=dev)
     rc = row_chunk_ or row_chunk(B, K)
-    cc = K if Wa is not None else col_chunk(rc, K)
+    cc = K if full else col_chunk(rc, K)
+
+    def cos_tile(Hr: Tensor, s: int, e: int) -> Tuple[Tensor, Tensor]:
+        Wc = W[s:e] if full else W[s:e].to(acc)
+        t = Hr @ Wc.T
+        if invW is not None:
+            t.mul_(invW[s:e])
+        return t, Wc
+
     for r0 in range(0, B, rc):
         r1 = min(B, r0 + rc)
-        Hr = Ha[r0:r1]
-        yr = y[r0:r1]
-        state = torch.empty((r1 - r0, 4), dtype=torch.float64, device=H.device)
+        Hr, yr = Ha[r0:r1], y[r0:r1]
+        state = torch.empty((r1 - r0, 4), dtype=torch.float64, device=dev)
         state[:, 0] = -math.inf
         state[:, 1:] = 0.0
-        if Wa is not None:
-            tile = Hr @ Wa.T  # (rows × K): the whole row is seen at once
-            native.sce_fold(view(tile), view(yr), 0, view(state), tau, margin_type, margin, ignore_index, st)
-        else:
-            for s in range(0, K, cc):
-                t = Hr @ Wn[s : s + cc].to(acc).T
-                native.sce_fold(view(t), view(yr), s, view(state), tau, margin_type, margin, ignore_index, st)
+        tile = None
+        for s in range(0, K, cc):
+            tile, _ = cos_tile(Hr, s, min(K, s + cc))
+            native.sce_fold(view(tile), view(yr), s, view(state), tau, margin_type, margin, ignore_index, st)
         lr, lse = _finish(state, yr, K, tau, ignore_index, label_smoothing, margin, margin_type)
         loss_rows[r0:r1] = lr
         if not (need_h or need_w):
             continue
         sc = scale_all[r0:r1].contiguous()
-        if Wa is not None:
-            native.sce_grad(view(tile), view(yr), 0, K, view(lse), view(sc), tau, margin_type, margin,
+        for s in range(0, K, cc):
+            e = min(K, s + cc)
+            if not full:
+                tile, _ = cos_tile(Hr, s, e)
+            Wc = W[s:e] if full else W[s:e].to(acc)
+            native.sce_grad(view(tile), view(yr), s, K, view(lse), view(sc), tau, margin_type, margin,
                             label_smoothing, ignore_index, st)
-            if need_h:
-                torch.mm(tile, Wa, out=dHn[r0:r1])
-            if need_w:
-                dWn.addmm_(tile.T, Hr)
-            del tile
-        else:
-            for s in range(0, K, cc):
-                Wc = Wn[s : s + cc].to(acc)
-                t = Hr @ Wc.T
-                native.sce_grad(view(t), view(yr), s, K, view(lse), view(sc), tau, margin_type, margin,
-                                label_smoothing, ignore_index, st)
-                if need_h:
-                    dHn[r0:r1].addmm_(t, Wc)
-                if need_w:
-                    dWn[s : s + cc].addmm_(t.T, Hr)
+            if need_w:  # dŴ[s:e] += gᵀ·Ĥ_r
+                part = tile.T @ Hr
+                if dWn is None and full:
+                    dWn = part
+                else:
+                    if dWn is None:
+                        dWn = torch.zeros((K, d), dtype=acc, device=dev)
+                    dWn[s:e] += part
+                del part
+            if need_h:  # dĤ_r += g·Ŵ = (g · diag(1/‖w‖))·W
+                if invW is not None:
+                    tile.mul_(invW[s:e])
+                if s == 0:
+                    torch.mm(tile, Wc, out=dHn[r0:r1])
+                else:
+                    dHn[r0:r1].addmm_(tile, Wc)
+        del tile
     total = loss_rows.sum()
-    loss = (total / max(n_valid, 1)) if reduction == 0 else total
-    loss = loss.to(acc)
+    loss = ((total / max(n_valid, 1)) if reduction == 0 else total).to(acc)
 
-    def through_norm(x: Tensor, n: Tensor, g: Tensor) -> Tensor:
+    def through_norm(x: Tensor, n, g: Tensor) -> Tensor:
         g = g.to(x.dtype)  # no copy for fp32/fp64
         if normalize:  # in place: the native kernel reads g[i, j] before writing dx[i, j]
             native.normalize_rows_backward(view(x), view(n), view(g), view(g), NORM_EPS, st)
         return g
 
-    dH = through_norm(H, nH if normalize else None, dHn) if need_h else H.new_empty(0)
-    dW = through_norm(W, nW if normalize else None, dWn) if need_w else W.new_empty(0)
+    dH = through_norm(H, nH, dHn) if need_h else H.new_empty(0)
+    dW = through_norm(W, nW, dWn) if need_w else W.new_empty(0)
     return loss, dH, dW
 
 
@@ -290,6 +312,17 @@ def _fused_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(dH, dW)
 
 
+def _scaled(t: Tensor, g: Tensor) -> Tensor:
+    # Eager mode with the usual upstream gradient 1 (loss.backward()): hand the stored
+    # gradient over without a K × d copy (autograd frees its saved copy right after this
+    # node, so AccumulateGrad can adopt it). Otherwise, or while compiling, scale.
+    plain = (type(g) is torch.Tensor and not torch.compiler.is_compiling()
+             and torch._C._len_torch_dispatch_stack() == 0)  # not traced (dynamo, make_fx, fake)
+    if plain and g.device.type == "cpu" and g.numel() == 1 and float(g) == 1.0:
+        return t
+    return t * g.to(t.dtype)
+
+
 def _fused_backward(ctx, g, g_dH, g_dW):
     dH, dW = ctx.saved_tensors
     need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -298,11 +331,11 @@ def _fused_backward(ctx, g, g_dH, g_dW):
         if need_h:
             if dH.numel() == 0:
                 raise RuntimeError("spherical_ce_fused: the gradient w.r.t. H was not computed in forward")
-            gh = dH * g.to(dH.dtype)
+            gh = _scaled(dH, g)
         if need_w:
             if dW.numel() == 0:
                 raise RuntimeError("spherical_ce_fused: the gradient w.r.t. W was not computed in forward")
-            gw = dW * g.to(dW.dtype)
+            gw = _scaled(dW, g)
     return gh, gw, None, None, None, None, None, None, None, None, None, None, None
 
 
@@ -313,6 +346,7 @@ torch.library.register_autograd("gnc_ext::spherical_ce_fused", _fused_backward, 
 @torch.library.custom_op("gnc_ext::hardmax_rows", mutates_args=(), device_types=("cpu", "cuda"))
 def _hardmax_rows(Hn: Tensor, Wn: Tensor, y: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
     B, K = Hn.shape[0], Wn.shape[0]
+    check_labels(y, K, False)
     acc = _acc(Hn.dtype)
     best = torch.full((B,), -math.inf, dtype=torch.float64, device=Hn.device)
     arg = torch.full((B,), -1, dtype=torch.int64, device=Hn.device)
@@ -398,9 +432,15 @@ def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100) ->
         raise TypeError(f"W: expected dtype {H.dtype} (the dtype of H), got {W.dtype}")
     if y.shape[0] != H.shape[0]:
         raise ValueError(f"y: expected shape ({H.shape[0]},) (one label per row of H), got {tuple(y.shape)}")
+    if torch.compiler.is_compiling():
+        return  # data-dependent checks: labels are re-checked inside the ops at run time
     _validate.finite(H, "H")
     _validate.finite(W, "W")
-    K = W.shape[0]
+    check_labels(y, W.shape[0], allow_ignore, ignore_index)
+
+
+def check_labels(y: Tensor, K: int, allow_ignore: bool, ignore_index: int = -100) -> None:
+    """Raise ValueError naming ``y`` if a label is outside [0, K) (and not ignore_index)."""
     bad = (y < 0) | (y >= K)
     if allow_ignore:
         bad = bad & (y != ignore_index)
