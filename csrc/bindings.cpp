@@ -12,6 +12,12 @@
 #ifdef GNC_WITH_CUDA
 #include "cuda/ops.h"
 #endif
+// [loss] headers
+#include "cpu/loss.h"
+#ifdef GNC_WITH_CUDA
+#include "cuda/loss.h"
+#endif
+// end [loss]
 
 namespace py = pybind11;
 using gnc::TensorView;
@@ -192,6 +198,36 @@ void hull_solve(const TensorView& W, const TensorView& classes, const TensorView
 // ---- end [hull] -------------------------------------------------------------
 
 // ---- [loss] bindings (spherical CE, HardMax) ---------------------------------
+void check_loss_devices(const TensorView& tile, std::initializer_list<std::pair<const TensorView*, const char*>> others) {
+  for (auto& o : others) gnc::check_same_device(tile, *o.first, "tile", o.second);
+}
+
+void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
+              double tau, int margin_type, double margin, int64_t ignore_index, std::uintptr_t stream) {
+  check_loss_devices(tile, {{&y, "y"}, {&state, "state"}});
+  if (margin_type < 0 || margin_type > 2) gnc::fail("margin_type: expected 0, 1 or 2");
+  GNC_DISPATCH_DEVICE(tile, gnc::cpu::sce_fold(tile, y, col0, state, tau, margin_type, margin, ignore_index),
+                      gnc::cuda::sce_fold(tile, y, col0, state, tau, margin_type, margin, ignore_index, stream));
+}
+
+void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
+              const TensorView& lse, const TensorView& scale, double tau, int margin_type, double margin,
+              double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
+  check_loss_devices(tile, {{&y, "y"}, {&lse, "lse"}, {&scale, "scale"}});
+  if (margin_type < 0 || margin_type > 2) gnc::fail("margin_type: expected 0, 1 or 2");
+  GNC_DISPATCH_DEVICE(tile,
+                      gnc::cpu::sce_grad(tile, y, col0, num_classes, lse, scale, tau, margin_type, margin,
+                                         label_smoothing, ignore_index),
+                      gnc::cuda::sce_grad(tile, y, col0, num_classes, lse, scale, tau, margin_type, margin,
+                                          label_smoothing, ignore_index, stream));
+}
+
+void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& best,
+                        const TensorView& arg, const TensorView& tgt, std::uintptr_t stream) {
+  check_loss_devices(tile, {{&y, "y"}, {&best, "best"}, {&arg, "arg"}, {&tgt, "tgt"}});
+  GNC_DISPATCH_DEVICE(tile, gnc::cpu::masked_argmax_fold(tile, y, col0, best, arg, tgt),
+                      gnc::cuda::masked_argmax_fold(tile, y, col0, best, arg, tgt, stream));
+}
 // ---- end [loss] -------------------------------------------------------------
 
 // ---- [metrics] bindings (GNC accumulators, NCC) ------------------------------
@@ -279,6 +315,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("iters"), py::arg("status"), py::arg("workspace"), py::arg("stream") = 0, nogil);
   // end [hull]
   // [loss] module definitions
+  m.def("sce_fold", &sce_fold, py::arg("tile"), py::arg("y"), py::arg("col0"), py::arg("state"),
+        py::arg("tau"), py::arg("margin_type"), py::arg("margin"), py::arg("ignore_index"),
+        py::arg("stream") = 0, nogil);
+  m.def("sce_grad", &sce_grad, py::arg("tile"), py::arg("y"), py::arg("col0"), py::arg("num_classes"),
+        py::arg("lse"), py::arg("scale"), py::arg("tau"), py::arg("margin_type"), py::arg("margin"),
+        py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("stream") = 0, nogil);
+  m.def("masked_argmax_fold", &masked_argmax_fold, py::arg("tile"), py::arg("y"), py::arg("col0"),
+        py::arg("best"), py::arg("arg"), py::arg("tgt"), py::arg("stream") = 0, nogil);
   // end [loss]
   // [metrics] module definitions
   // end [metrics]

@@ -22,6 +22,9 @@ from .geometry import OneVsOneResult, OneVsRestResult, one_vs_one_distance, one_
 __all__ += ["geometry", "OneVsRestResult", "OneVsOneResult", "one_vs_rest_distance", "one_vs_one_distance"]
 # end [hull]
 # [loss] exports
+from .losses import hardmax_loss, spherical_cross_entropy  # noqa: E402
+from . import nn  # noqa: E402
+__all__ += ["spherical_cross_entropy", "hardmax_loss", "nn"]
 # end [loss]
 # [metrics] exports
 # end [metrics]

@@ -7,6 +7,7 @@ from . import normalize  # noqa: F401
 from . import hull  # noqa: F401
 # end [hull]
 # [loss] op modules
+from . import loss  # noqa: F401,E402
 # end [loss]
 # [metrics] op modules
 # end [metrics]

@@ -1,0 +1,272 @@
+// CUDA epilogues of the chunked spherical-CE / HardMax path: twins of cpu/loss.cpp.
+// fold / argmax: one 256-thread block per tile row (block reductions, then thread 0
+// updates the float64 state: no atomics, so results are deterministic run to run).
+// grad: one thread per tile element (grid-stride). Compiled, NOT run in the session
+// that wrote them (no GPU there); the CPU twin is the specification they mirror.
+#include <cfloat>
+
+#include "cpu/loss_math.h"
+#include "cuda/common.cuh"
+#include "cuda/loss.h"
+
+namespace gnc {
+namespace cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+struct MarginArgs {
+  int type;
+  double m, cos_m, sin_m, th, mm;
+};
+
+MarginArgs margin_args(int type, double m) {
+  auto g = loss_math::make_margin(type, m);
+  return MarginArgs{g.type, g.m, g.cos_m, g.sin_m, g.th, g.mm};
+}
+
+template <typename A>
+__device__ A block_max(A v, A* sh) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    v = lane < (kThreads / 32) ? sh[lane] : sh[0];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) sh[0] = v;
+  }
+  __syncthreads();
+  v = sh[0];
+  __syncthreads();
+  return v;
+}
+
+template <typename A>
+__device__ A block_sum(A v, A* sh) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    v = lane < (kThreads / 32) ? sh[lane] : A(0);
+    v = warp_sum(v);
+    if (lane == 0) sh[0] = v;
+  }
+  __syncthreads();
+  v = sh[0];
+  __syncthreads();
+  return v;
+}
+
+template <typename A>
+__global__ void sce_fold_kernel(const A* __restrict__ tile, int64_t R, int64_t C, int64_t ld,
+                                const int64_t* __restrict__ y, int64_t ys, int64_t col0,
+                                double* __restrict__ state, A inv_tau, MarginArgs mg, int64_t ignore_index) {
+  __shared__ A sh[kThreads / 32];
+  const int64_t i = blockIdx.x;
+  if (i >= R) return;
+  const int64_t yi = y[i * ys];
+  if (yi == ignore_index) return;  // uniform over the block
+  const A* row = tile + i * ld;
+  const int64_t t = yi - col0;
+  const bool has_t = t >= 0 && t < C;
+  A zt = A(0);
+  if (has_t)
+    zt = loss_math::phi<A>(row[t], mg.type, A(mg.m), A(mg.cos_m), A(mg.sin_m), A(mg.th), A(mg.mm)) * inv_tau;
+  A mx = -INFINITY;
+  for (int64_t k = threadIdx.x; k < C; k += kThreads)
+    if (k != t) mx = max(mx, row[k]);
+  mx = block_max(mx, sh) * inv_tau;
+  if (has_t) mx = max(mx, zt);
+  double* si = state + 4 * i;
+  const double M = fmax(si[0], static_cast<double>(mx));
+  const A Ma = static_cast<A>(M);
+  A acc = A(0), zsum = A(0);
+  for (int64_t k = threadIdx.x; k < C; k += kThreads) {
+    if (k == t) continue;
+    const A z = row[k] * inv_tau;
+    acc += loss_math::exp_nonpos(z - Ma);
+    zsum += z;
+  }
+  acc = block_sum(acc, sh);
+  zsum = block_sum(zsum, sh);
+  if (threadIdx.x == 0) {
+    if (has_t) {
+      acc += loss_math::exp_nonpos(zt - Ma);
+      zsum += zt;
+      si[2] = static_cast<double>(row[t]);
+    }
+    const double old = si[0] == -INFINITY ? 0.0 : si[1] * exp(si[0] - M);
+    si[1] = old + static_cast<double>(acc);
+    si[0] = M;
+    si[3] += static_cast<double>(zsum);
+  }
+}
+
+template <typename A>
+__global__ void sce_grad_kernel(A* __restrict__ tile, int64_t R, int64_t C, int64_t ld,
+                                const int64_t* __restrict__ y, int64_t ys, int64_t col0,
+                                const double* __restrict__ lse, int64_t ls, const double* __restrict__ scale,
+                                int64_t ss, double tau, MarginArgs mg, A uni, A one_minus_eps,
+                                int64_t ignore_index) {
+  const int64_t n = R * C;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e / C, k = e - i * C;
+    A* p = tile + i * ld + k;
+    const int64_t yi = y[i * ys];
+    const double sc = scale[i * ss];
+    if (yi == ignore_index || sc == 0.0) {
+      *p = A(0);
+      continue;
+    }
+    const A L = static_cast<A>(lse[i * ls]);
+    const A u = static_cast<A>(sc / tau);
+    const A inv_tau = A(1.0 / tau);
+    const A c = *p;
+    if (col0 + k == yi) {
+      const A zt = loss_math::phi<A>(c, mg.type, A(mg.m), A(mg.cos_m), A(mg.sin_m), A(mg.th), A(mg.mm)) * inv_tau;
+      *p = u * (loss_math::exp_nonpos(zt - L) - uni - one_minus_eps) *
+           loss_math::dphi<A>(c, mg.type, A(mg.cos_m), A(mg.sin_m), A(mg.th));
+    } else {
+      *p = u * (loss_math::exp_nonpos(c * inv_tau - L) - uni);
+    }
+  }
+}
+
+template <typename A>
+__global__ void argmax_kernel(const A* __restrict__ tile, int64_t R, int64_t C, int64_t ld,
+                              const int64_t* __restrict__ y, int64_t ys, int64_t col0,
+                              double* __restrict__ best, int64_t* __restrict__ arg, double* __restrict__ tgt) {
+  __shared__ A shv[kThreads / 32];
+  __shared__ int64_t shi[kThreads / 32];
+  const int64_t i = blockIdx.x;
+  if (i >= R) return;
+  const A* row = tile + i * ld;
+  const int64_t t = y[i * ys] - col0;
+  A bv = -INFINITY;
+  int64_t bi = INT64_MAX;
+  for (int64_t k = threadIdx.x; k < C; k += kThreads) {
+    if (k == t) continue;
+    const A v = row[k];
+    if (v > bv) { bv = v; bi = k; }  // per thread k increases: first occurrence kept
+  }
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const A ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+  }
+  if (lane == 0) { shv[w] = bv; shi[w] = bi; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int j = 1; j < kThreads / 32; ++j)
+      if (shv[j] > bv || (shv[j] == bv && shi[j] < bi)) { bv = shv[j]; bi = shi[j]; }
+    if (t >= 0 && t < C) tgt[i] = static_cast<double>(row[t]);
+    if (bi != INT64_MAX && static_cast<double>(bv) > best[i]) {
+      best[i] = static_cast<double>(bv);
+      arg[i] = col0 + bi;
+    }
+  }
+}
+
+void check_tile(const TensorView& tile, const TensorView& y, const char* fn) {
+  check_dim(tile, 2, "tile");
+  if (tile.dtype != DType::F32 && tile.dtype != DType::F64)
+    fail(std::string(fn) + ": tile must be float32 or float64");
+  if (tile.size(1) > 1 && tile.stride(1) != 1) fail(std::string(fn) + ": tile rows must be contiguous");
+  check_shape(y, {tile.size(0)}, "y");
+  check_dtype(y, DType::I64, "y");
+}
+
+unsigned blocks_for(int64_t n) {
+  int64_t b = (n + kThreads - 1) / kThreads;
+  if (b > 65535LL * 32) b = 65535LL * 32;
+  return static_cast<unsigned>(b < 1 ? 1 : b);
+}
+
+}  // namespace
+
+void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
+              double tau, int margin_type, double margin, int64_t ignore_index, std::uintptr_t stream) {
+  check_tile(tile, y, "sce_fold");
+  check_shape(state, {tile.size(0), 4}, "state");
+  check_dtype(state, DType::F64, "state");
+  if (!state.is_contiguous()) fail("state: must be contiguous");
+  if (!(tau > 0)) fail("tau: must be > 0");
+  const int64_t R = tile.size(0), C = tile.size(1);
+  if (R == 0 || C == 0) return;
+  if (R > 2147483647LL) fail("tile: too many rows");
+  DeviceGuard g(tile.device);
+  const auto mg = margin_args(margin_type, margin);
+  if (tile.dtype == DType::F32)
+    sce_fold_kernel<float><<<static_cast<unsigned>(R), kThreads, 0, as_stream(stream)>>>(
+        tile.data<float>(), R, C, tile.stride(0), y.data<int64_t>(), y.stride(0), col0,
+        state.data<double>(), static_cast<float>(1.0 / tau), mg, ignore_index);
+  else
+    sce_fold_kernel<double><<<static_cast<unsigned>(R), kThreads, 0, as_stream(stream)>>>(
+        tile.data<double>(), R, C, tile.stride(0), y.data<int64_t>(), y.stride(0), col0,
+        state.data<double>(), 1.0 / tau, mg, ignore_index);
+  check_launch("sce_fold");
+}
+
+void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
+              const TensorView& lse, const TensorView& scale, double tau, int margin_type, double margin,
+              double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
+  check_tile(tile, y, "sce_grad");
+  check_shape(lse, {tile.size(0)}, "lse");
+  check_shape(scale, {tile.size(0)}, "scale");
+  check_dtype(lse, DType::F64, "lse");
+  check_dtype(scale, DType::F64, "scale");
+  if (!(tau > 0)) fail("tau: must be > 0");
+  if (num_classes < 1) fail("num_classes: must be >= 1");
+  const int64_t R = tile.size(0), C = tile.size(1);
+  if (R == 0 || C == 0) return;
+  DeviceGuard g(tile.device);
+  const auto mg = margin_args(margin_type, margin);
+  const double uni = label_smoothing / static_cast<double>(num_classes);
+  const unsigned nb = blocks_for(R * C);
+  if (tile.dtype == DType::F32)
+    sce_grad_kernel<float><<<nb, kThreads, 0, as_stream(stream)>>>(
+        tile.data<float>(), R, C, tile.stride(0), y.data<int64_t>(), y.stride(0), col0, lse.data<double>(),
+        lse.stride(0), scale.data<double>(), scale.stride(0), tau, mg, static_cast<float>(uni),
+        static_cast<float>(1.0 - label_smoothing), ignore_index);
+  else
+    sce_grad_kernel<double><<<nb, kThreads, 0, as_stream(stream)>>>(
+        tile.data<double>(), R, C, tile.stride(0), y.data<int64_t>(), y.stride(0), col0, lse.data<double>(),
+        lse.stride(0), scale.data<double>(), scale.stride(0), tau, mg, uni, 1.0 - label_smoothing,
+        ignore_index);
+  check_launch("sce_grad");
+}
+
+void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& best,
+                        const TensorView& arg, const TensorView& tgt, std::uintptr_t stream) {
+  check_tile(tile, y, "masked_argmax_fold");
+  check_shape(best, {tile.size(0)}, "best");
+  check_shape(arg, {tile.size(0)}, "arg");
+  check_shape(tgt, {tile.size(0)}, "tgt");
+  check_dtype(best, DType::F64, "best");
+  check_dtype(tgt, DType::F64, "tgt");
+  check_dtype(arg, DType::I64, "arg");
+  const int64_t R = tile.size(0), C = tile.size(1);
+  if (R == 0 || C == 0) return;
+  if (best.stride(0) != 1 || arg.stride(0) != 1 || tgt.stride(0) != 1) fail("best/arg/tgt: must be contiguous");
+  DeviceGuard g(tile.device);
+  if (tile.dtype == DType::F32)
+    argmax_kernel<float><<<static_cast<unsigned>(R), kThreads, 0, as_stream(stream)>>>(
+        tile.data<float>(), R, C, tile.stride(0), y.data<int64_t>(), y.stride(0), col0, best.data<double>(),
+        arg.data<int64_t>(), tgt.data<double>());
+  else
+    argmax_kernel<double><<<static_cast<unsigned>(R), kThreads, 0, as_stream(stream)>>>(
+        tile.data<double>(), R, C, tile.stride(0), y.data<int64_t>(), y.stride(0), col0, best.data<double>(),
+        arg.data<int64_t>(), tgt.data<double>());
+  check_launch("masked_argmax_fold");
+}
+
+}  // namespace cuda
+}  // namespace gnc

@@ -1,0 +1,176 @@
+"""Public loss functions: spherical cross-entropy (with CosFace/ArcFace margins and label
+smoothing) and the HardMax loss, fused so that the B × K logits never exist.
+
+See :mod:`gnc_ext.ops.loss` for the ops, strategies and memory model.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import _validate
+from .ops import loss as _ops
+from .ops.normalize import normalize_rows
+
+_SCE_REDUCTIONS = ("mean", "sum", "none")
+_HM_REDUCTIONS = ("max", "mean", "sum", "none")
+
+
+def _choice(v, name, options):
+    if not isinstance(v, str) or v not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(repr(o) for o in options)}, got {v!r}")
+    return v
+
+
+def _check_margin(margin, margin_type) -> tuple:
+    margin_type = _choice(margin_type, "margin_type", tuple(_ops.MARGIN_CODES))
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
+    margin = float(margin)
+    hi = 1.0 if margin_type == "cosface" else math.pi / 2
+    if not (math.isfinite(margin) and 0.0 <= margin <= hi):
+        raise ValueError(f"margin: expected 0 <= margin <= {hi:g} for margin_type={margin_type!r}, got {margin}")
+    return margin, (_ops.MARGIN_CODES[margin_type] if margin > 0 else 0)
+
+
+def _needs(t: Tensor) -> bool:
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+def spherical_cross_entropy(
+    H: Tensor,
+    W: Tensor,
+    y: Tensor,
+    *,
+    tau: float = 0.05,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    margin: float = 0.0,
+    margin_type: str = "cosface",
+    normalize: bool = True,
+) -> Tensor:
+    r"""Spherical (cosine) softmax cross-entropy, fused: the B × K logits never exist.
+
+    ``loss_i = −log softmax(z_i)_{y_i}`` with logits ``z_ik = s_ik/τ`` for ``k ≠ y_i`` and
+    ``z_iy = φ(s_iy)/τ`` for the target, where ``s_ik = ⟨ĥ_i, ŵ_k⟩`` and ĥ, ŵ are the rows
+    of H and W divided by ``max(‖·‖₂, 1e-12)`` (``normalize=True``: done inside by the
+    native ``normalize_rows`` kernel, gradients flow through it; a zero row becomes the
+    zero vector, cosines 0, never NaN). Margins:
+
+    * ``"cosface"``: ``φ(c) = c − m`` (0 ≤ m ≤ 1).
+    * ``"arcface"``: ``φ(c) = cos(θ + m) = c·cos m − sinθ·sin m`` with
+      ``sinθ = sqrt(max(1 − c², 1e-12))`` while ``θ + m ≤ π`` (i.e. ``c > cos(π − m)``), and
+      the usual fallback ``φ(c) = c − m·sin m`` beyond (InsightFace's ``easy_margin=False``
+      rule; note it is discontinuous at ``c = cos(π − m)``). 0 ≤ m ≤ π/2. The gradient
+      is the exact derivative of this piecewise function (``φ'(c) = cos m +
+      sin m·c/sinθ``, ``cos m`` where the 1e-12 floor is active, 1 in the fallback).
+
+    Label smoothing ε as in ``F.cross_entropy``: ``loss_i = (1−ε)(−log p_iy) +
+    (ε/K) Σ_k (−log p_ik)`` (the smoothing term uses the margin-adjusted logits).
+    Rows with ``y_i == ignore_index`` contribute 0 and are excluded from the mean's
+    denominator; if every row is ignored, ``"mean"`` returns 0 (F.cross_entropy
+    returns NaN there).
+
+    Args:
+        H: (B, d) features, float32/float64/bfloat16/float16, B ≥ 1.
+        W: (K, d) class weights, same dtype and device, K ≥ 2.
+        y: (B,) int64 labels in [0, K) or ``ignore_index``.
+        tau: temperature > 0.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (per-row losses, 0 for ignored rows).
+        normalize: ``False`` when the caller passes rows that are already unit vectors
+            (then no normalisation and no gradient through it).
+
+    Returns:
+        The loss in float32 (float64 for float64 inputs) regardless of the input dtype:
+        a scalar, or (B,) for ``reduction="none"``.
+
+    Numerics: cosines are fp32 GEMM tiles (16-bit inputs are upcast per tile; fp64
+    inputs stay fp64); online log-sum-exp with per-row state in fp64; fp32 accumulation
+    of dĤ and dŴ. Complexity: 3 GEMM passes (6·B·K·d flops) for mean/sum with
+    gradients on CPU, 4 otherwise (the backward recomputes tiles). Memory: O(B) state
+    plus one fp32 tile (``gnc_ext.ops.loss.TILE_BYTES``, 32 MiB) plus normalised copies
+    and gradients (no B × K tensor). Deterministic. On CUDA the chunked path (cuBLAS +
+    native epilogues) runs; those kernels were compiled but not run by their author.
+
+    Raises:
+        TypeError/ValueError naming the argument: wrong types/dtypes, shapes or devices,
+        B = 0, K < 2, NaN/Inf in H or W (when ``gnc_ext.config.check_finite``), labels
+        outside [0, K) other than ignore_index, τ ≤ 0, ε ∉ [0, 1], margin out of range.
+    """
+    tau = _validate.positive_float(tau, "tau")
+    reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
+    ignore_index = _validate.integer(ignore_index, "ignore_index")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise TypeError(f"label_smoothing: expected a real number, got {type(label_smoothing).__name__}")
+    label_smoothing = float(label_smoothing)
+    if not (0.0 <= label_smoothing <= 1.0):
+        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
+    margin, mcode = _check_margin(margin, margin_type)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
+    _ops.validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index)
+
+    need_h, need_w = _needs(H), _needs(W)
+    strategy = _ops.STRATEGY
+    use_fused = reduction != "none" and (need_h or need_w) and (
+        strategy == "grad_in_forward" or (strategy == "auto" and H.device.type == "cpu"))
+    if use_fused:
+        loss, _, _ = torch.ops.gnc_ext.spherical_ce_fused(
+            H, W, y, tau, ignore_index, label_smoothing, margin, mcode, normalize,
+            0 if reduction == "mean" else 1, need_h, need_w, 0)
+        return loss
+    Hn = normalize_rows(H) if normalize else H
+    Wn = normalize_rows(W) if normalize else W
+    rows, _ = torch.ops.gnc_ext.spherical_ce_rows(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, mcode, 0)
+    if reduction == "none":
+        return rows
+    total = rows.sum()
+    if reduction == "sum":
+        return total
+    n_valid = (y != ignore_index).sum().clamp_min(1).to(rows.dtype)
+    return total / n_valid
+
+
+def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", normalize: bool = True) -> Tensor:
+    r"""HardMax loss (paper Eq. 5) per sample: ``v_i = max_{k≠y_i} ⟨ŵ_k − ŵ_{y_i}, ĥ_i⟩``.
+
+    Reductions: ``"max"`` (the paper's ``max_i v_i``), ``"mean"``, ``"sum"``, ``"none"``
+    ((B,) values). Normalisation as in :func:`spherical_cross_entropy` (eps 1e-12, the
+    native ``normalize_rows`` kernel; zero rows give cosines 0).
+
+    Subgradient and ties: the inner max picks ``k* = `` the **lowest class index**
+    attaining the maximum; the ``"max"`` reduction picks the **lowest row index**
+    attaining the maximum (``torch.argmax``'s rule). The gradient is then that of
+    ``⟨ŵ_{k*} − ŵ_y, ĥ_i⟩`` (through the normalisation), i.e. a subgradient of the loss.
+
+    Args:
+        H: (B, d), W: (K, d) with K ≥ 2, same floating dtype and device;
+        y: (B,) int64 in [0, K) (no ignore_index).
+
+    Returns:
+        float32 (float64 for float64 inputs) scalar, or (B,) for ``"none"``.
+
+    Complexity: one GEMM pass with a masked max/argmax epilogue (2·B·K·d flops); the
+    backward is sparse (O(B·d)), plus the normalisation backward (O((B+K)·d)).
+    Memory: O(B) state plus one fp32 tile, plus normalised copies and gradients.
+
+    Raises:
+        TypeError/ValueError naming the argument (as spherical_cross_entropy).
+    """
+    reduction = _choice(reduction, "reduction", _HM_REDUCTIONS)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
+    _ops.validate_inputs(H, W, y, allow_ignore=False)
+    Hn = normalize_rows(H) if normalize else H
+    Wn = normalize_rows(W) if normalize else W
+    v, _ = torch.ops.gnc_ext.hardmax_rows(Hn, Wn, y, 0)
+    if reduction == "none":
+        return v
+    if reduction == "sum":
+        return v.sum()
+    if reduction == "mean":
+        return v.mean()
+    return v.gather(0, torch.argmax(v).reshape(1)).reshape(())  # first maximal row carries the gradient

@@ -1,0 +1,153 @@
+"""Loss modules holding (or borrowing) the class-weight matrix W (K, d).
+
+Weight providers: by default a module owns ``self.weight``, a (K, d) ``nn.Parameter``
+initialised with i.i.d. N(0, 1) rows (normalised inside the loss, so the scale is
+irrelevant). Pass ``classifier=obj`` instead to use weights supplied elsewhere, e.g. a
+CMF classifier whose W is an exponential moving average of class means and is not
+trained: ``obj`` must expose a ``weight`` attribute (a (K, d) tensor; a buffer or a
+Parameter) or be callable returning one. It is read at every call (so an EMA update
+is picked up), gradients flow to it only if that tensor requires grad, and the loss
+skips the dW computation otherwise.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import _validate
+from ..losses import _check_margin, hardmax_loss, spherical_cross_entropy
+from ..ops import loss as _ops
+from ..ops.normalize import normalize_rows
+
+
+class _WeightedLoss(nn.Module):
+    def __init__(self, num_classes: int, embedding_dim: int, classifier=None, dtype=None, device=None):
+        super().__init__()
+        self.num_classes = _validate.integer(num_classes, "num_classes", minimum=2)
+        self.embedding_dim = _validate.integer(embedding_dim, "embedding_dim", minimum=1)
+        if classifier is None:
+            self.weight = nn.Parameter(torch.randn(self.num_classes, self.embedding_dim, dtype=dtype, device=device))
+            self.classifier = None
+        else:
+            if not (hasattr(classifier, "weight") or callable(classifier)):
+                raise TypeError("classifier: expected an object with a `weight` attribute or a callable returning "
+                                f"the (K, d) weights, got {type(classifier).__name__}")
+            self.weight = None
+            self.classifier = classifier
+
+    def class_weights(self) -> Tensor:
+        """The (K, d) weights in use (own Parameter or the provider's current tensor)."""
+        if self.classifier is None:
+            return self.weight
+        c = self.classifier
+        W = c.weight if hasattr(c, "weight") else c()
+        if not isinstance(W, Tensor) or W.dim() != 2 or tuple(W.shape) != (self.num_classes, self.embedding_dim):
+            got = tuple(W.shape) if isinstance(W, Tensor) else type(W).__name__
+            raise ValueError(f"classifier: expected weights of shape ({self.num_classes}, {self.embedding_dim}), got {got}")
+        return W
+
+    @torch.no_grad()
+    def predict(self, features: Tensor, chunk: int = 0) -> Tensor:
+        """Top-1 class ``argmax_k ⟨ĥ_i, ŵ_k⟩`` (lowest index among ties) as (B,) int64.
+
+        Streams tiles of classes through the native argmax epilogue: no (B, K) logits.
+        Memory: a normalised copy of W plus one fp32 tile. ``chunk``: classes per tile
+        (0: automatic).
+        """
+        W = self.class_weights()
+        _validate.tensor(features, "features", ndim=2)
+        _validate.same_device(("features", features), ("weight", W))
+        if features.shape[1] != self.embedding_dim:
+            raise ValueError(f"features: expected {self.embedding_dim} columns, got shape {tuple(features.shape)}")
+        chunk = _validate.integer(chunk, "chunk", minimum=0)
+        Wn = normalize_rows(W.detach()).to(features.dtype)
+        return torch.ops.gnc_ext.argmax_cosine(features.detach(), Wn, chunk)
+
+    @torch.no_grad()
+    def cosines(self, features: Tensor, chunk: Optional[int] = None) -> Tensor:
+        """(B, K) cosines ``⟨ĥ_i, ŵ_k⟩`` (fp32; fp64 for fp64), built ``chunk`` classes at a time."""
+        W = self.class_weights()
+        _validate.tensor(features, "features", ndim=2)
+        _validate.same_device(("features", features), ("weight", W))
+        if features.shape[1] != self.embedding_dim:
+            raise ValueError(f"features: expected {self.embedding_dim} columns, got shape {tuple(features.shape)}")
+        acc = torch.float64 if features.dtype == torch.float64 else torch.float32
+        Hn = normalize_rows(features.detach()).to(acc)
+        Wn = normalize_rows(W.detach())
+        K = Wn.shape[0]
+        c = _ops.col_chunk(Hn.shape[0], K) if chunk is None else _validate.integer(chunk, "chunk", minimum=1)
+        out = torch.empty((Hn.shape[0], K), dtype=acc, device=Hn.device)
+        for s in range(0, K, c):
+            torch.mm(Hn, Wn[s : s + c].to(acc).T, out=out[:, s : s + c])
+        return out
+
+
+class SphericalCELoss(_WeightedLoss):
+    """Drop-in large-K classifier loss: ``loss = criterion(features, labels)``.
+
+    Holds W (K, d) as ``self.weight`` (an ``nn.Parameter``) unless ``classifier=`` supplies
+    the weights (see the module docstring; used by a CMF classifier whose W is not
+    trained). Calls :func:`gnc_ext.spherical_cross_entropy` with the stored options.
+
+    Args:
+        num_classes (K ≥ 2), embedding_dim (d ≥ 1), tau > 0, margin, margin_type
+        ("cosface" | "arcface"), label_smoothing, ignore_index, reduction
+        ("mean" | "sum" | "none"), normalize (see spherical_cross_entropy),
+        classifier (optional weight provider), dtype/device of the owned Parameter.
+    """
+
+    def __init__(self, num_classes: int, embedding_dim: int, tau: float = 0.05, margin: float = 0.0,
+                 margin_type: str = "cosface", label_smoothing: float = 0.0, ignore_index: int = -100,
+                 reduction: str = "mean", normalize: bool = True, classifier=None, dtype=None, device=None):
+        super().__init__(num_classes, embedding_dim, classifier, dtype, device)
+        self.tau = _validate.positive_float(tau, "tau")
+        _check_margin(margin, margin_type)
+        self.margin, self.margin_type = float(margin), margin_type
+        self.label_smoothing = label_smoothing
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.normalize = normalize
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        return spherical_cross_entropy(
+            features, self.class_weights(), labels, tau=self.tau, reduction=self.reduction,
+            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, margin=self.margin,
+            margin_type=self.margin_type, normalize=self.normalize)
+
+    @torch.no_grad()
+    def logits(self, features: Tensor, chunk: Optional[int] = None) -> Tensor:
+        """(B, K) inference logits ``⟨ĥ_i, ŵ_k⟩/τ`` (no margin), fp32 (fp64 for fp64),
+        computed ``chunk`` classes at a time (default: a 32 MiB tile); this DOES
+        materialise B × K — use :meth:`predict` for the top-1 class."""
+        return self.cosines(features, chunk).div_(self.tau)
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, tau={self.tau}, "
+                f"margin={self.margin}, margin_type={self.margin_type!r}, reduction={self.reduction!r}")
+
+
+class HardMaxLoss(_WeightedLoss):
+    """HardMax loss module: ``criterion(features, labels)`` calls :func:`gnc_ext.hardmax_loss`.
+
+    Same weight conventions as :class:`SphericalCELoss`; ``logits`` returns the cosines.
+    """
+
+    def __init__(self, num_classes: int, embedding_dim: int, reduction: str = "max", normalize: bool = True,
+                 classifier=None, dtype=None, device=None):
+        super().__init__(num_classes, embedding_dim, classifier, dtype, device)
+        self.reduction = reduction
+        self.normalize = normalize
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        return hardmax_loss(features, self.class_weights(), labels, reduction=self.reduction,
+                            normalize=self.normalize)
+
+    @torch.no_grad()
+    def logits(self, features: Tensor, chunk: Optional[int] = None) -> Tensor:
+        """(B, K) cosines ``⟨ĥ_i, ŵ_k⟩`` computed ``chunk`` classes at a time (materialises B × K)."""
+        return self.cosines(features, chunk)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, reduction={self.reduction!r}"

@@ -1,0 +1,450 @@
+"""Spherical cross-entropy and HardMax losses as ``torch.library`` custom ops.
+
+Both run on the similarity-reduce engine (DESIGN.md): the cosine matrix ``S = Ĥ·Ŵᵀ``
+(B × K) is produced one tile at a time by a GEMM and consumed at once by a native
+epilogue (``csrc/cpu/loss.cpp``, CUDA twin ``csrc/cuda/loss.cu``); the B × K matrix
+never exists.
+
+Ops (namespace ``torch.ops.gnc_ext``):
+
+``spherical_ce_rows(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk)``
+    Per-row losses of unit-norm inputs, **recompute** strategy. Forward streams tiles of
+    ``chunk`` classes and keeps O(B) state (running max, running sum of exp, target
+    cosine, sum of logits); it returns ``(loss_rows, lse)``. Backward
+    (``spherical_ce_rows_backward``) recomputes every tile, turns it into
+    ``g = dL/dS`` in place and accumulates ``dĤ += g·Ŵ_tile``, ``dŴ_tile = gᵀ·Ĥ``
+    (fp32; fp64 for fp64 inputs). Extra memory: one (B × chunk) tile plus the
+    gradients. 4 GEMM passes (2 forward-equivalent + 2 backward).
+
+``spherical_ce_fused(H, W, y, ..., normalize, reduction, need_h, need_w, row_chunk)``
+    **Gradient-in-forward** strategy for ``reduction`` mean/sum when autograd needs
+    gradients: blocks of ``row_chunk`` rows see all K classes in one (rows × K) tile,
+    so the row's log-sum-exp is final inside the block and the tile is turned into
+    ``g`` right away: 3 GEMM passes instead of 4 (the same flops as the eager recipe).
+    It normalises inside: H through the native ``normalize_rows`` kernel; W's
+    normalisation is folded into the tile as a column scale by ``1/max(‖w_k‖, eps)``
+    (so Ŵ is never stored); both backward passes use the native
+    ``normalize_rows_backward`` kernel (in place on dŴ). Returns ``(loss, dH, dW)``,
+    the gradients for an upstream gradient of 1; the autograd formula scales them by
+    the upstream scalar (no copy when it is 1 in eager mode). Memory beyond the inputs:
+    dW (K × d, the gradient itself), one (row_chunk × K) fp32 tile
+    (``FUSED_TILE_BYTES``), O(B·d + K). This is the CPU default.
+
+``hardmax_rows(Hn, Wn, y, chunk)``
+    ``(values, arg)``: ``values_i = max_{k≠y_i} s_ik − s_iy_i`` and ``arg_i`` the
+    maximising class (lowest index among ties). Its backward is sparse:
+    ``dĤ_i = u_i (ŵ_{arg_i} − ŵ_{y_i})``, ``dŴ`` gets ``±u_i ĥ_i`` at rows arg_i / y_i.
+    With labels outside [0, K) nothing is masked and ``arg`` is the plain argmax
+    (``nn.SphericalCELoss.predict``).
+
+Strategy switch: :data:`STRATEGY` (``"auto"``: gradient-in-forward on CPU for mean/sum
+when gradients are needed, recompute otherwise and always on CUDA; ``"recompute"``;
+``"grad_in_forward"``). Determinism: every path is deterministic (no floating-point
+atomics: CPU epilogues parallelise over rows; the CUDA epilogues reduce inside one
+block per row; the GEMMs are torch's).
+
+CUDA status: the CUDA path is the chunked one (cuBLAS through torch + the native
+epilogue kernels of ``csrc/cuda/loss.cu``). Those kernels were compiled but NOT run
+in the session that wrote them (no GPU was available). No fused CUDA kernel exists yet.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _engine, _validate
+from .._native import native, stream_of, view
+
+# "auto" | "recompute" | "grad_in_forward" (see the module docstring)
+STRATEGY = "auto"
+# Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
+# and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
+TILE_BYTES = 32 * 2**20
+FUSED_TILE_BYTES = 128 * 2**20
+# Minimum rows per block of the gradient-in-forward strategy (keeps the rank-r update
+# of dŴ compute-bound: each block re-reads and re-writes dŴ once).
+MIN_ROW_CHUNK = 32
+
+MARGIN_CODES = {"cosface": 1, "arcface": 2}
+NORM_EPS = 1e-12  # normalize_rows' default eps: zero rows map to zero vectors
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def col_chunk(rows: int, K: int) -> int:
+    """Classes per tile of the recompute strategy (fp32 tile ≤ TILE_BYTES)."""
+    return _engine.chunk_size(rows, K, budget_bytes=TILE_BYTES, multiple=256)
+
+
+def row_chunk(rows: int, K: int) -> int:
+    """Rows per block of the gradient-in-forward strategy (fp32 rows × K tile)."""
+    r = max(MIN_ROW_CHUNK, FUSED_TILE_BYTES // (4 * max(K, 1)))
+    return int(min(max(rows, 1), r))
+
+
+# ---------------------------------------------------------------- native drivers --
+def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, margin: float,
+                margin_type: int, chunk: int) -> Tensor:
+    B, K = Hn.shape[0], Wn.shape[0]
+    acc = _acc(Hn.dtype)
+    state = torch.empty((B, 4), dtype=torch.float64, device=Hn.device)
+    state[:, 0] = -math.inf
+    state[:, 1:] = 0.0
+    Ha = Hn.to(acc)
+    st = stream_of(Hn)
+    for s in range(0, K, chunk):
+        tile = Ha @ Wn[s : s + chunk].to(acc).T
+        native.sce_fold(view(tile), view(y), s, view(state), tau, margin_type, margin, ignore_index, st)
+    return state
+
+
+def _finish(state: Tensor, y: Tensor, K: int, tau: float, ignore_index: int, label_smoothing: float,
+            margin: float, margin_type: int) -> Tuple[Tensor, Tensor]:
+    """(loss_rows, lse) in float64 from the folded state; ignored rows give 0."""
+    lse = state[:, 0] + torch.log(state[:, 1])
+    ct = state[:, 2]
+    if margin_type == 1 and margin > 0:
+        phi = ct - margin
+    elif margin_type == 2 and margin > 0:
+        sin = torch.sqrt(torch.clamp(1 - ct * ct, min=1e-12))
+        phi = torch.where(ct > math.cos(math.pi - margin), ct * math.cos(margin) - sin * math.sin(margin),
+                          ct - margin * math.sin(margin))
+    else:
+        phi = ct
+    zt = phi / tau
+    loss = lse - (1.0 - label_smoothing) * zt - (label_smoothing / K) * state[:, 3]
+    valid = y != ignore_index
+    return torch.where(valid, loss, torch.zeros_like(loss)), torch.where(valid, lse, torch.zeros_like(lse))
+
+
+def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, tau: float, ignore_index: int,
+                label_smoothing: float, margin: float, margin_type: int, chunk: int, need_h: bool,
+                need_w: bool) -> Tuple[Tensor, Tensor]:
+    B, K = Hn.shape[0], Wn.shape[0]
+    acc = _acc(Hn.dtype)
+    Ha = Hn.to(acc)
+    dH = torch.zeros((B, Hn.shape[1]), dtype=acc, device=Hn.device) if need_h else Hn.new_empty(0)
+    dW = torch.empty(Wn.shape, dtype=Wn.dtype, device=Wn.device) if need_w else Wn.new_empty(0)
+    st = stream_of(Hn)
+    for s in range(0, K, chunk):
+        Wc = Wn[s : s + chunk].to(acc)
+        tile = Ha @ Wc.T
+        native.sce_grad(view(tile), view(y), s, K, view(lse), view(scale), tau, margin_type, margin,
+                        label_smoothing, ignore_index, st)
+        if need_h:
+            dH.addmm_(tile, Wc)
+        if need_w:
+            if dW.dtype == acc:
+                torch.mm(tile.T, Ha, out=dW[s : s + chunk])
+            else:
+                dW[s : s + chunk].copy_(tile.T @ Ha)
+    return (dH.to(Hn.dtype) if need_h else dH), dW
+
+
+# ------------------------------------------------------ op 1: recompute strategy --
+@torch.library.custom_op("gnc_ext::spherical_ce_rows", mutates_args=(), device_types=("cpu", "cuda"))
+def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
+              margin: float, margin_type: int, chunk: int) -> Tuple[Tensor, Tensor]:
+    K = Wn.shape[0]
+    check_labels(y, K, True, ignore_index)
+    state = _fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type, chunk or col_chunk(Hn.shape[0], K))
+    loss, lse = _finish(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
+    return loss.to(_acc(Hn.dtype)), lse
+
+
+@_sce_rows.register_fake
+def _(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk):
+    B = Hn.shape[0]
+    return Hn.new_empty((B,), dtype=_acc(Hn.dtype)), Hn.new_empty((B,), dtype=torch.float64)
+
+
+@torch.library.custom_op("gnc_ext::spherical_ce_rows_backward", mutates_args=(), device_types=("cpu", "cuda"))
+def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, tau: float,
+                  ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
+                  need_h: bool, need_w: bool) -> Tuple[Tensor, Tensor]:
+    scale = grad_rows.to(torch.float64).contiguous()
+    return _grad_tiles(Hn, Wn, y, lse, scale, tau, ignore_index, label_smoothing, margin, margin_type,
+                       chunk or col_chunk(Hn.shape[0], Wn.shape[0]), need_h, need_w)
+
+
+@_sce_rows_bwd.register_fake
+def _(grad_rows, Hn, Wn, y, lse, tau, ignore_index, label_smoothing, margin, margin_type, chunk, need_h, need_w):
+    dH = torch.empty_like(Hn, memory_format=torch.contiguous_format) if need_h else Hn.new_empty(0)
+    dW = torch.empty_like(Wn, memory_format=torch.contiguous_format) if need_w else Wn.new_empty(0)
+    return dH, dW
+
+
+def _sce_rows_setup(ctx, inputs, output):
+    Hn, Wn, y, tau, ignore_index, ls, margin, mt, chunk = inputs
+    _, lse = output
+    ctx.save_for_backward(Hn, Wn, y, lse)
+    ctx.args = (tau, ignore_index, ls, margin, mt, chunk)
+    ctx.mark_non_differentiable(lse)
+
+
+def _sce_rows_backward(ctx, grad_rows, grad_lse):
+    Hn, Wn, y, lse = ctx.saved_tensors
+    need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    if grad_rows is None or not (need_h or need_w):
+        return None, None, None, None, None, None, None, None, None
+    dH, dW = _sce_rows_bwd(grad_rows, Hn, Wn, y, lse, *ctx.args, need_h, need_w)
+    return (dH if need_h else None), (dW if need_w else None), None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("gnc_ext::spherical_ce_rows", _sce_rows_backward, setup_context=_sce_rows_setup)
+
+
+# ----------------------------------------------- op 2: gradient-in-forward strategy --
+@torch.library.custom_op("gnc_ext::spherical_ce_fused", mutates_args=(), device_types=("cpu", "cuda"))
+def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
+               margin: float, margin_type: int, normalize: bool, reduction: int, need_h: bool, need_w: bool,
+               row_chunk_: int) -> Tuple[Tensor, Tensor, Tensor]:
+    B, d = H.shape
+    K = W.shape[0]
+    check_labels(y, K, True, ignore_index)
+    acc = _acc(H.dtype)
+    st = stream_of(H)
+    dev = H.device
+    if normalize:
+        # H (B × d, small): the native normalize_rows kernel. W (K × d): its normalisation is
+        # folded into the tile (a column scale by 1/max(‖w_k‖, eps)), so Ŵ is never stored;
+        # the backward goes through the native normalize_rows_backward kernel.
+        Hn = torch.empty_like(H, memory_format=torch.contiguous_format)
+        nH = torch.empty(B, dtype=acc, device=dev)
+        native.normalize_rows_forward(view(H), view(Hn), view(nH), NORM_EPS, st)
+        nW = torch.linalg.vector_norm(W, dim=1, dtype=acc)
+        if _validate.config.check_finite and not bool(torch.isfinite(nH).all()):
+            raise ValueError("H: contains NaN or Inf values (or a row whose norm overflows)")
+        if _validate.config.check_finite and not bool(torch.isfinite(nW).all()):
+            raise ValueError("W: contains NaN or Inf values (or a row whose norm overflows)")
+        invW = 1.0 / nW.clamp_min(NORM_EPS)
+    else:
+        Hn, nH, nW, invW = H, None, None, None
+    Ha = Hn.to(acc)
+    full = W.dtype == acc  # fp32/fp64 W: one (rows × K) tile, no copy; 16-bit: column chunks
+    valid = y != ignore_index
+    n_valid = int(valid.sum())
+    row_scale = (1.0 / max(n_valid, 1)) if reduction == 0 else 1.0
+    scale_all = valid.to(torch.float64) * row_scale
+    dHn = torch.empty((B, d), dtype=acc, device=dev) if need_h else None
+    dWn = None
+    loss_rows = torch.empty(B, dtype=torch.float64, device=dev)
+    rc = row_chunk_ or row_chunk(B, K)
+    cc = K if full else col_chunk(rc, K)
+
+    def cos_tile(Hr: Tensor, s: int, e: int) -> Tuple[Tensor, Tensor]:
+        Wc = W[s:e] if full else W[s:e].to(acc)
+        t = Hr @ Wc.T
+        if invW is not None:
+            t.mul_(invW[s:e])
+        return t, Wc
+
+    for r0 in range(0, B, rc):
+        r1 = min(B, r0 + rc)
+        Hr, yr = Ha[r0:r1], y[r0:r1]
+        state = torch.empty((r1 - r0, 4), dtype=torch.float64, device=dev)
+        state[:, 0] = -math.inf
+        state[:, 1:] = 0.0
+        tile = None
+        for s in range(0, K, cc):
+            tile, _ = cos_tile(Hr, s, min(K, s + cc))
+            native.sce_fold(view(tile), view(yr), s, view(state), tau, margin_type, margin, ignore_index, st)
+        lr, lse = _finish(state, yr, K, tau, ignore_index, label_smoothing, margin, margin_type)
+        loss_rows[r0:r1] = lr
+        if not (need_h or need_w):
+            continue
+        sc = scale_all[r0:r1].contiguous()
+        for s in range(0, K, cc):
+            e = min(K, s + cc)
+            if not full:
+                tile, _ = cos_tile(Hr, s, e)
+            Wc = W[s:e] if full else W[s:e].to(acc)
+            native.sce_grad(view(tile), view(yr), s, K, view(lse), view(sc), tau, margin_type, margin,
+                            label_smoothing, ignore_index, st)
+            if need_w:  # dŴ[s:e] += gᵀ·Ĥ_r
+                part = tile.T @ Hr
+                if dWn is None and full:
+                    dWn = part
+                else:
+                    if dWn is None:
+                        dWn = torch.zeros((K, d), dtype=acc, device=dev)
+                    dWn[s:e] += part
+                del part
+            if need_h:  # dĤ_r += g·Ŵ = (g · diag(1/‖w‖))·W
+                if invW is not None:
+                    tile.mul_(invW[s:e])
+                if s == 0:
+                    torch.mm(tile, Wc, out=dHn[r0:r1])
+                else:
+                    dHn[r0:r1].addmm_(tile, Wc)
+        del tile
+    total = loss_rows.sum()
+    loss = ((total / max(n_valid, 1)) if reduction == 0 else total).to(acc)
+
+    def through_norm(x: Tensor, n, g: Tensor) -> Tensor:
+        g = g.to(x.dtype)  # no copy for fp32/fp64
+        if normalize:  # in place: the native kernel reads g[i, j] before writing dx[i, j]
+            native.normalize_rows_backward(view(x), view(n), view(g), view(g), NORM_EPS, st)
+        return g
+
+    dH = through_norm(H, nH, dHn) if need_h else H.new_empty(0)
+    dW = through_norm(W, nW, dWn) if need_w else W.new_empty(0)
+    return loss, dH, dW
+
+
+@_sce_fused.register_fake
+def _(H, W, y, tau, ignore_index, label_smoothing, margin, margin_type, normalize, reduction, need_h, need_w,
+      row_chunk_):
+    loss = H.new_empty((), dtype=_acc(H.dtype))
+    dH = torch.empty_like(H, memory_format=torch.contiguous_format) if need_h else H.new_empty(0)
+    dW = torch.empty_like(W, memory_format=torch.contiguous_format) if need_w else W.new_empty(0)
+    return loss, dH, dW
+
+
+def _fused_setup(ctx, inputs, output):
+    _, dH, dW = output
+    ctx.save_for_backward(dH, dW)
+    ctx.mark_non_differentiable(dH, dW)
+
+
+def _scaled(t: Tensor, g: Tensor) -> Tensor:
+    # Eager mode with the usual upstream gradient 1 (loss.backward()): hand the stored
+    # gradient over without a K × d copy (autograd frees its saved copy right after this
+    # node, so AccumulateGrad can adopt it). Otherwise, or while compiling, scale.
+    plain = (type(g) is torch.Tensor and not torch.compiler.is_compiling()
+             and torch._C._len_torch_dispatch_stack() == 0)  # not traced (dynamo, make_fx, fake)
+    if plain and g.device.type == "cpu" and g.numel() == 1 and float(g) == 1.0:
+        return t
+    return t * g.to(t.dtype)
+
+
+def _fused_backward(ctx, g, g_dH, g_dW):
+    dH, dW = ctx.saved_tensors
+    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gh = gw = None
+    if g is not None:
+        if need_h:
+            if dH.numel() == 0:
+                raise RuntimeError("spherical_ce_fused: the gradient w.r.t. H was not computed in forward")
+            gh = _scaled(dH, g)
+        if need_w:
+            if dW.numel() == 0:
+                raise RuntimeError("spherical_ce_fused: the gradient w.r.t. W was not computed in forward")
+            gw = _scaled(dW, g)
+    return gh, gw, None, None, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("gnc_ext::spherical_ce_fused", _fused_backward, setup_context=_fused_setup)
+
+
+# ------------------------------------------------------------ op 3: HardMax rows --
+@torch.library.custom_op("gnc_ext::hardmax_rows", mutates_args=(), device_types=("cpu", "cuda"))
+def _hardmax_rows(Hn: Tensor, Wn: Tensor, y: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
+    B, K = Hn.shape[0], Wn.shape[0]
+    check_labels(y, K, False)
+    acc = _acc(Hn.dtype)
+    best = torch.full((B,), -math.inf, dtype=torch.float64, device=Hn.device)
+    arg = torch.full((B,), -1, dtype=torch.int64, device=Hn.device)
+    tgt = torch.zeros(B, dtype=torch.float64, device=Hn.device)
+    Ha = Hn.to(acc)
+    st = stream_of(Hn)
+    c = chunk or col_chunk(B, K)
+    for s in range(0, K, c):
+        tile = Ha @ Wn[s : s + c].to(acc).T
+        native.masked_argmax_fold(view(tile), view(y), s, view(best), view(arg), view(tgt), st)
+    return (best - tgt).to(acc), arg
+
+
+@_hardmax_rows.register_fake
+def _(Hn, Wn, y, chunk):
+    B = Hn.shape[0]
+    return Hn.new_empty((B,), dtype=_acc(Hn.dtype)), Hn.new_empty((B,), dtype=torch.int64)
+
+
+def _hm_setup(ctx, inputs, output):
+    Hn, Wn, y, _ = inputs
+    _, arg = output
+    ctx.save_for_backward(Hn, Wn, y, arg)
+    ctx.mark_non_differentiable(arg)
+
+
+def _hm_backward(ctx, g, g_arg):
+    Hn, Wn, y, arg = ctx.saved_tensors
+    dH = dW = None
+    if g is None:
+        return None, None, None, None
+    acc = _acc(Hn.dtype)
+    ga = g.to(acc).unsqueeze(1)
+    if ctx.needs_input_grad[0]:
+        dH = (ga * (Wn[arg].to(acc) - Wn[y].to(acc))).to(Hn.dtype)
+    if ctx.needs_input_grad[1]:
+        gh = ga * Hn.to(acc)
+        dW = torch.zeros(Wn.shape, dtype=acc, device=Wn.device).index_add(0, arg, gh).index_add(0, y, -gh)
+        dW = dW.to(Wn.dtype)
+    return dH, dW, None, None
+
+
+torch.library.register_autograd("gnc_ext::hardmax_rows", _hm_backward, setup_context=_hm_setup)
+
+
+# --------------------------------------------------------------- argmax (predict) --
+@torch.library.custom_op("gnc_ext::argmax_cosine", mutates_args=(), device_types=("cpu", "cuda"))
+def _argmax_cosine(H: Tensor, Wn: Tensor, chunk: int) -> Tensor:
+    """argmax_k <H_i, Wn_k> (lowest index among ties) via the masked-argmax epilogue."""
+    B, K = H.shape[0], Wn.shape[0]
+    acc = _acc(H.dtype)
+    best = torch.full((B,), -math.inf, dtype=torch.float64, device=H.device)
+    arg = torch.full((B,), -1, dtype=torch.int64, device=H.device)
+    tgt = torch.zeros(B, dtype=torch.float64, device=H.device)
+    none = torch.full((B,), -1, dtype=torch.int64, device=H.device)  # no class excluded
+    Ha = H.to(acc)
+    st = stream_of(H)
+    c = chunk or col_chunk(B, K)
+    for s in range(0, K, c):
+        tile = Ha @ Wn[s : s + c].to(acc).T
+        native.masked_argmax_fold(view(tile), view(none), s, view(best), view(arg), view(tgt), st)
+    return arg
+
+
+@_argmax_cosine.register_fake
+def _(H, Wn, chunk):
+    return H.new_empty((H.shape[0],), dtype=torch.int64)
+
+
+# ------------------------------------------------------------------- validation --
+def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100) -> None:
+    _validate.tensor(H, "H", ndim=2)
+    _validate.tensor(W, "W", ndim=2)
+    _validate.tensor(y, "y", ndim=1, dtypes=(torch.int64,), allow_empty=True)
+    _validate.same_device(("H", H), ("W", W), ("y", y))
+    if H.shape[0] == 0:
+        raise ValueError("H: expected at least one row (B >= 1), got shape " + str(tuple(H.shape)))
+    if W.shape[0] < 2:
+        raise ValueError(f"W: expected at least 2 classes (K >= 2), got shape {tuple(W.shape)}")
+    if H.shape[1] != W.shape[1]:
+        raise ValueError(f"W: expected {H.shape[1]} columns (the feature dimension of H), got shape {tuple(W.shape)}")
+    if H.dtype != W.dtype:
+        raise TypeError(f"W: expected dtype {H.dtype} (the dtype of H), got {W.dtype}")
+    if y.shape[0] != H.shape[0]:
+        raise ValueError(f"y: expected shape ({H.shape[0]},) (one label per row of H), got {tuple(y.shape)}")
+    if torch.compiler.is_compiling():
+        return  # data-dependent checks: labels are re-checked inside the ops at run time
+    _validate.finite(H, "H")
+    _validate.finite(W, "W")
+    check_labels(y, W.shape[0], allow_ignore, ignore_index)
+
+
+def check_labels(y: Tensor, K: int, allow_ignore: bool, ignore_index: int = -100) -> None:
+    """Raise ValueError naming ``y`` if a label is outside [0, K) (and not ignore_index)."""
+    bad = (y < 0) | (y >= K)
+    if allow_ignore:
+        bad = bad & (y != ignore_index)
+    if bool(bad.any()):
+        v = int(y[bad][0])
+        extra = f" or ignore_index={ignore_index}" if allow_ignore else ""
+        raise ValueError(f"y: labels must lie in [0, {K - 1}]{extra}; got {v}")

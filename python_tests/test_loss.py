@@ -1,0 +1,484 @@
+"""spherical_cross_entropy / hardmax_loss against pure-PyTorch references written here
+(F.normalize + matmul + F.cross_entropy in float64; brute-force HardMax)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gnc_ext
+from gnc_ext.ops import loss as L
+
+
+# ----------------------------------------------------------------- references --
+def ref_phi(c, margin, margin_type):
+    if margin == 0:
+        return c
+    if margin_type == "cosface":
+        return c - margin
+    sin = torch.sqrt(torch.clamp(1 - c * c, min=1e-12))
+    return torch.where(c > math.cos(math.pi - margin), c * math.cos(margin) - sin * math.sin(margin),
+                       c - margin * math.sin(margin))
+
+
+def ref_sce(H, W, y, tau=0.05, reduction="mean", ignore_index=-100, label_smoothing=0.0, margin=0.0,
+            margin_type="cosface", normalize=True):
+    Hn = F.normalize(H, dim=1) if normalize else H
+    Wn = F.normalize(W, dim=1) if normalize else W
+    S = Hn @ Wn.T
+    yy = torch.where(y == ignore_index, torch.zeros_like(y), y)
+    ct = S.gather(1, yy[:, None])
+    S = S.scatter(1, yy[:, None], ref_phi(ct, margin, margin_type))
+    out = F.cross_entropy(S / tau, y, reduction=reduction, ignore_index=ignore_index,
+                          label_smoothing=label_smoothing)
+    if reduction == "mean" and bool((y == ignore_index).all()):
+        out = torch.zeros_like(out)  # documented: all rows ignored -> 0 (F gives NaN)
+    return out
+
+
+def ref_hardmax_rows(H, W, y):
+    Hn, Wn = F.normalize(H, dim=1), F.normalize(W, dim=1)
+    S = Hn @ Wn.T
+    masked = S.scatter(1, y[:, None], float("-inf"))
+    return masked.max(dim=1).values - S.gather(1, y[:, None])[:, 0]
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Force several ragged tiles/row blocks at test sizes."""
+    monkeypatch.setattr(L, "TILE_BYTES", 4096)
+    monkeypatch.setattr(L, "FUSED_TILE_BYTES", 4096)
+    monkeypatch.setattr(L, "MIN_ROW_CHUNK", 3)
+
+
+def _strategy(monkeypatch, s):
+    monkeypatch.setattr(L, "STRATEGY", s)
+
+
+CASES = [
+    # B, d, K, tau, reduction, label_smoothing, margin, margin_type, ignore
+    (37, 16, 1000, 0.05, "mean", 0.0, 0.0, "cosface", False),
+    (1, 8, 300, 0.1, "mean", 0.0, 0.0, "cosface", False),
+    (5, 1, 257, 1.0, "sum", 0.0, 0.0, "cosface", False),
+    (6, 3, 2, 0.1, "none", 0.0, 0.0, "cosface", False),
+    (9, 12, 700, 0.01, "mean", 0.1, 0.35, "cosface", True),
+    (9, 12, 513, 10.0, "sum", 0.2, 0.5, "arcface", True),
+    (11, 7, 999, 0.1, "none", 0.05, 0.5, "arcface", True),
+    (8, 33, 1027, 0.05, "mean", 0.0, 0.2, "arcface", False),
+    (4, 5, 2, 0.01, "mean", 0.3, 0.4, "cosface", True),
+]
+
+
+@pytest.mark.parametrize("strategy", ["auto", "recompute", "grad_in_forward"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}d{c[1]}K{c[2]}t{c[3]}{c[4]}ls{c[5]}m{c[6]}{c[7]}ign{c[8]}")
+def test_matches_reference_fp32(case, strategy, small_tiles, monkeypatch):
+    _strategy(monkeypatch, strategy)
+    B, d, K, tau, red, ls, m, mt, ign = case
+    g = torch.Generator().manual_seed(B * 1000 + K)
+    H = torch.randn(B, d, generator=g) * 3
+    W = torch.randn(K, d, generator=g)
+    y = torch.randint(0, K, (B,), generator=g)
+    y[0] = K - 1
+    if B > 1:
+        y[1] = 0
+    if ign and B > 2:
+        y[2] = -100
+        y[-1] = -100
+    opts = dict(tau=tau, reduction=red, label_smoothing=ls, margin=m, margin_type=mt)
+    H1, W1 = H.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    H2, W2 = H.double().requires_grad_(True), W.double().requires_grad_(True)
+    got = gnc_ext.spherical_cross_entropy(H1, W1, y, **opts)
+    ref = ref_sce(H2, W2, y, **opts)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    scale = max(1.0, float(ref.detach().abs().max()))
+    torch.testing.assert_close(got.double(), ref, atol=2e-5 * scale, rtol=2e-5)
+    up = torch.randn(ref.shape, generator=g, dtype=torch.float64) if red == "none" else torch.tensor(1.7, dtype=torch.float64)
+    (got * up.float()).sum().backward()
+    (ref * up).sum().backward()
+    for a, b in ((H1.grad, H2.grad), (W1.grad, W2.grad)):
+        s = max(float(b.abs().max()), 1e-2)
+        # d=1: the exact gradient through the normalisation is 0 and fp32 leaves
+        # rounding of size ulp(|g|/‖row‖) (cancellation in (g − ŵ⟨ŵ,g⟩)/‖w‖)
+        tol = 5e-5 if d > 1 else 1e-2
+        torch.testing.assert_close(a.double() / s, b / s, atol=tol, rtol=0)
+
+
+def test_tau_sweep_and_extreme_labels(monkeypatch, small_tiles):
+    g = torch.Generator().manual_seed(1)
+    H, W = torch.randn(6, 10, generator=g), torch.randn(600, 10, generator=g)
+    y = torch.tensor([0, 599, 0, 599, 17, 300])
+    for tau in (0.01, 0.1, 1.0, 10.0):
+        for strategy in ("recompute", "grad_in_forward"):
+            _strategy(monkeypatch, strategy)
+            H1 = H.clone().requires_grad_(True)
+            got = gnc_ext.spherical_cross_entropy(H1, W, y, tau=tau)
+            got.backward()
+            H2 = H.double().requires_grad_(True)
+            ref = ref_sce(H2, W.double(), y, tau=tau)
+            ref.backward()
+            torch.testing.assert_close(got.double(), ref, atol=2e-5 * max(1, float(ref)), rtol=2e-5)
+            torch.testing.assert_close(H1.grad.double(), H2.grad, atol=5e-5 * float(H2.grad.abs().max()), rtol=0)
+
+
+def test_ignore_index_semantics():
+    g = torch.Generator().manual_seed(2)
+    H, W = torch.randn(5, 4, generator=g), torch.randn(9, 4, generator=g)
+    y = torch.tensor([1, -100, 3, -100, 8])
+    rows = gnc_ext.spherical_cross_entropy(H, W, y, reduction="none")
+    assert rows[1] == 0 and rows[3] == 0
+    mean = gnc_ext.spherical_cross_entropy(H, W, y)
+    torch.testing.assert_close(mean, rows.sum() / 3)
+    # a custom ignore_index that is also a valid class index
+    y2 = torch.tensor([1, 7, 3, 7, 8])
+    torch.testing.assert_close(gnc_ext.spherical_cross_entropy(H, W, y2, ignore_index=7),
+                               ref_sce(H.double(), W.double(), y2, ignore_index=7).float(), atol=1e-5, rtol=1e-5)
+    # all ignored: mean is 0 (documented), gradient 0, never NaN
+    Hg = H.clone().requires_grad_(True)
+    out = gnc_ext.spherical_cross_entropy(Hg, W, torch.full((5,), -100))
+    out.backward()
+    assert float(out) == 0.0 and torch.all(Hg.grad == 0)
+
+
+@pytest.mark.parametrize("strategy", ["recompute", "grad_in_forward"])
+@pytest.mark.parametrize("mt,m,red", [("cosface", 0.0, "mean"), ("cosface", 0.3, "sum"), ("arcface", 0.5, "mean"),
+                                      ("arcface", 0.5, "none")])
+def test_gradcheck_fp64(strategy, mt, m, red, monkeypatch, small_tiles):
+    _strategy(monkeypatch, strategy)
+    g = torch.Generator().manual_seed(3)
+    H = torch.randn(5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(11, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 10, 3, -100, 7])
+    f = lambda h, w: gnc_ext.spherical_cross_entropy(h, w, y, tau=0.5, reduction=red, label_smoothing=0.1,
+                                                     margin=m, margin_type=mt)
+    assert torch.autograd.gradcheck(f, (H, W))
+
+
+def test_gradcheck_unit_inputs_normalize_false():
+    g = torch.Generator().manual_seed(4)
+    H = F.normalize(torch.randn(4, 5, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
+    W = F.normalize(torch.randn(7, 5, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
+    y = torch.tensor([0, 6, 2, 2])
+    f = lambda h, w: gnc_ext.spherical_cross_entropy(h, w, y, tau=0.3, normalize=False, margin=0.2,
+                                                     margin_type="arcface")
+    assert torch.autograd.gradcheck(f, (H, W))
+    torch.testing.assert_close(f(H, W), ref_sce(H, W, y, tau=0.3, normalize=False, margin=0.2, margin_type="arcface"))
+
+
+def test_arcface_fallback_branch_value_and_gradient():
+    # theta + m > pi: a feature almost opposite to its class weight
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    H = torch.tensor([[-1.0, 0.05]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0])
+    c = float(F.normalize(H.detach(), dim=1)[0, 0])
+    assert c < math.cos(math.pi - 0.5)
+    got = gnc_ext.spherical_cross_entropy(H, W, y, tau=1.0, margin=0.5, margin_type="arcface")
+    ref = ref_sce(H, W, y, tau=1.0, margin=0.5, margin_type="arcface")
+    torch.testing.assert_close(got, ref)
+    assert torch.autograd.gradcheck(lambda h: gnc_ext.spherical_cross_entropy(
+        h, W, y, tau=1.0, margin=0.5, margin_type="arcface"), (H,))
+
+
+def test_opcheck_ops():
+    g = torch.Generator().manual_seed(5)
+    H = F.normalize(torch.randn(4, 3, generator=g, dtype=torch.float64), dim=1)
+    W = F.normalize(torch.randn(6, 3, generator=g, dtype=torch.float64), dim=1)
+    y = torch.tensor([0, 5, -100, 2])
+    yv = torch.tensor([0, 5, 1, 2])
+    ops = torch.ops.gnc_ext
+    torch.library.opcheck(ops.spherical_ce_rows.default, (H.requires_grad_(True), W.requires_grad_(True), y, 0.2,
+                                                          -100, 0.1, 0.3, 2, 0))
+    Hd, Wd = H.detach(), W.detach()
+    _, lse = ops.spherical_ce_rows(Hd, Wd, y, 0.2, -100, 0.1, 0.3, 2, 0)
+    torch.library.opcheck(ops.spherical_ce_rows_backward.default,
+                          (torch.randn(4, dtype=torch.float64), Hd, Wd, y, lse, 0.2, -100, 0.1, 0.3, 2, 0, True, True))
+    Hr = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    Wr = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(ops.spherical_ce_fused.default, (Hr, Wr, y, 0.2, -100, 0.1, 0.3, 1, True, 0, True, True, 0))
+    torch.library.opcheck(ops.hardmax_rows.default, (H.detach().requires_grad_(True), W.detach().requires_grad_(True), yv, 0))
+    torch.library.opcheck(ops.argmax_cosine.default, (Hd, Wd, 0))
+
+
+@pytest.mark.parametrize("strategy", ["recompute", "grad_in_forward"])
+def test_bf16_against_fp32_reference(strategy, monkeypatch, small_tiles):
+    _strategy(monkeypatch, strategy)
+    g = torch.Generator().manual_seed(6)
+    H = torch.randn(20, 32, generator=g)
+    W = torch.randn(777, 32, generator=g)
+    y = torch.randint(0, 777, (20,), generator=g)
+    Hb, Wb = H.bfloat16().requires_grad_(True), W.bfloat16().requires_grad_(True)
+    got = gnc_ext.spherical_cross_entropy(Hb, Wb, y, tau=0.1, margin=0.2)
+    got.backward()
+    Hr, Wr = Hb.detach().float().requires_grad_(True), Wb.detach().float().requires_grad_(True)
+    ref = ref_sce(Hr, Wr, y, tau=0.1, margin=0.2)
+    ref.backward()
+    assert got.dtype == torch.float32 and Hb.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(got, ref, atol=2e-2 * float(ref), rtol=0)
+    for a, b in ((Hb.grad, Hr.grad), (Wb.grad, Wr.grad)):
+        s = float(b.abs().max())
+        torch.testing.assert_close(a.float() / s, b / s, atol=3e-2, rtol=0)
+
+
+def test_fp16_runs_and_is_close():
+    g = torch.Generator().manual_seed(7)
+    H, W = torch.randn(6, 16, generator=g), torch.randn(50, 16, generator=g)
+    y = torch.randint(0, 50, (6,), generator=g)
+    got = gnc_ext.spherical_cross_entropy(H.half(), W.half(), y, reduction="none")
+    torch.testing.assert_close(got, ref_sce(H.half().float(), W.half().float(), y, reduction="none"), atol=5e-2, rtol=5e-3)
+
+
+def test_zero_norm_rows_are_finite():
+    H = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]], requires_grad=True)
+    W = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 1])
+    for red in ("mean", "none"):
+        H.grad = W.grad = None
+        out = gnc_ext.spherical_cross_entropy(H, W, y, reduction=red, tau=0.5)
+        out.sum().backward()
+        assert torch.isfinite(out).all() and torch.isfinite(H.grad).all() and torch.isfinite(W.grad).all()
+        # a zero row has cosine 0 with everything: row 0's loss is log K
+        assert abs(float(out.reshape(-1)[0] if red == "none" else 0) - (math.log(3) if red == "none" else 0)) < 1e-5
+    v = gnc_ext.hardmax_loss(H, W, y, reduction="none")
+    assert torch.isfinite(v).all()
+
+
+def test_large_logits_stable():
+    # tau = 0.01 with aligned vectors: logits up to 100; no overflow, matches reference
+    W = torch.eye(4)
+    H = torch.eye(4)[[0, 1, 2, 3, 0]] + 0.01
+    y = torch.tensor([0, 1, 2, 3, 1])
+    got = gnc_ext.spherical_cross_entropy(H, W, y, tau=0.01, reduction="none")
+    torch.testing.assert_close(got.double(), ref_sce(H.double(), W.double(), y, tau=0.01, reduction="none"),
+                               atol=1e-4, rtol=1e-5)
+
+
+def test_frozen_weights_skip_dW(monkeypatch):
+    g = torch.Generator().manual_seed(8)
+    H = torch.randn(5, 4, generator=g, requires_grad=True)
+    W = torch.randn(30, 4, generator=g)
+    y = torch.randint(0, 30, (5,), generator=g)
+    for s in ("recompute", "grad_in_forward"):
+        _strategy(monkeypatch, s)
+        H.grad = None
+        gnc_ext.spherical_cross_entropy(H, W, y).backward()
+        H2 = H.detach().double().requires_grad_(True)
+        ref_sce(H2, W.double(), y).backward()
+        torch.testing.assert_close(H.grad.double(), H2.grad, atol=1e-5, rtol=1e-4)
+        assert W.grad is None
+
+
+def test_no_grad_forward_and_retain_graph(monkeypatch):
+    g = torch.Generator().manual_seed(9)
+    H = torch.randn(5, 4, generator=g, requires_grad=True)
+    W = torch.randn(30, 4, generator=g, requires_grad=True)
+    y = torch.randint(0, 30, (5,), generator=g)
+    with torch.no_grad():
+        a = gnc_ext.spherical_cross_entropy(H, W, y)
+    out = gnc_ext.spherical_cross_entropy(H, W, y)
+    torch.testing.assert_close(a, out.detach())
+    out.backward(retain_graph=True)
+    g1 = W.grad.clone()
+    out.backward()
+    torch.testing.assert_close(W.grad, 2 * g1)
+
+
+# ------------------------------------------------------------------- HardMax --
+def test_hardmax_value_all_reductions(small_tiles):
+    g = torch.Generator().manual_seed(10)
+    H, W = torch.randn(13, 6, generator=g), torch.randn(1001, 6, generator=g)
+    y = torch.randint(0, 1001, (13,), generator=g)
+    y[0], y[1] = 0, 1000
+    v = ref_hardmax_rows(H.double(), W.double(), y)
+    for red, r in (("none", v), ("max", v.max()), ("mean", v.mean()), ("sum", v.sum())):
+        got = gnc_ext.hardmax_loss(H, W, y, reduction=red)
+        torch.testing.assert_close(got.double(), r, atol=1e-5, rtol=1e-5)
+    assert gnc_ext.hardmax_loss(H, W, y).dtype == torch.float32
+
+
+def test_hardmax_subgradient_and_tie_breaking():
+    # classes 1 and 3 are identical and both beat the others: the subgradient uses
+    # class 1 (the lowest index); rows 0 and 2 tie for the max: row 0 carries it.
+    W = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64,
+                     requires_grad=True)
+    H = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 2, 0])
+    out = gnc_ext.hardmax_loss(H, W, y, reduction="max")
+    out.backward()
+    # brute force: value and the gradient of <w_1 - w_0, h_0/|h_0|> w.r.t. raw H, W
+    H2, W2 = H.detach().clone().requires_grad_(True), W.detach().clone().requires_grad_(True)
+    Hn, Wn = F.normalize(H2, dim=1), F.normalize(W2, dim=1)
+    ref = (Wn[1] - Wn[0]) @ Hn[0]
+    ref.backward()
+    torch.testing.assert_close(out, ref.detach())
+    torch.testing.assert_close(H.grad, H2.grad)
+    torch.testing.assert_close(W.grad, W2.grad)
+    assert torch.all(H.grad[1:] == 0) and torch.all(W.grad[3] == 0)
+    # per-row values: brute force over all k != y
+    torch.testing.assert_close(gnc_ext.hardmax_loss(H, W, y, reduction="none"), ref_hardmax_rows(H.detach(), W.detach(), y))
+
+
+def test_hardmax_gradients_mean_vs_bruteforce():
+    g = torch.Generator().manual_seed(11)
+    H = torch.randn(9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(40, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 40, (9,), generator=g)
+    gnc_ext.hardmax_loss(H, W, y, reduction="mean").backward()
+    H2, W2 = H.detach().clone().requires_grad_(True), W.detach().clone().requires_grad_(True)
+    ref_hardmax_rows(H2, W2, y).mean().backward()  # no ties in random data: a true gradient
+    torch.testing.assert_close(H.grad, H2.grad)
+    torch.testing.assert_close(W.grad, W2.grad)
+    assert torch.autograd.gradcheck(lambda h, w: gnc_ext.hardmax_loss(h, w, y, reduction="sum"), (H, W))
+
+
+def test_hardmax_K2():
+    H = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    W = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    y = torch.tensor([0, 0])
+    v = gnc_ext.hardmax_loss(H, W, y, reduction="none")
+    torch.testing.assert_close(v, torch.tensor([0.6 - 1.0, 0.8 - 0.0]))
+
+
+# ------------------------------------------------------------------ compile --
+def test_torch_compile_training_step_fullgraph():
+    g = torch.Generator().manual_seed(12)
+    H0, W0 = torch.randn(8, 6, generator=g), torch.randn(50, 6, generator=g)
+    y = torch.randint(0, 50, (8,), generator=g)
+    y[3] = -100
+    lin = torch.nn.Linear(6, 6)
+
+    def step(x, W):
+        f = lin(x)
+        a = gnc_ext.spherical_cross_entropy(f, W, y, tau=0.1, margin=0.2, margin_type="arcface", label_smoothing=0.1)
+        b = gnc_ext.spherical_cross_entropy(f, W, y, tau=0.1, reduction="none").sum()
+        c = gnc_ext.hardmax_loss(f, W, y.clamp_min(0), reduction="max")
+        return a + 0.1 * b + c
+
+    cstep = torch.compile(step, fullgraph=True, backend="aot_eager")
+    W1 = W0.clone().requires_grad_(True)
+    W2 = W0.clone().requires_grad_(True)
+    out1 = cstep(H0, W1)
+    out1.backward()
+    gl1 = [p.grad.clone() for p in lin.parameters()]
+    lin.zero_grad()
+    out2 = step(H0, W2)
+    out2.backward()
+    torch.testing.assert_close(out1, out2)
+    torch.testing.assert_close(W1.grad, W2.grad)
+    for a, p in zip(gl1, lin.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
+# ------------------------------------------------------------------ bad input --
+def test_bad_inputs():
+    H, W, y = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 4])
+    sce, hm = gnc_ext.spherical_cross_entropy, gnc_ext.hardmax_loss
+    with pytest.raises(ValueError, match=r"y: labels must lie in \[0, 4\]"):
+        sce(H, W, torch.tensor([0, 5, 1]))
+    with pytest.raises(ValueError, match="y: labels"):
+        sce(H, W, torch.tensor([0, -1, 1]))
+    with pytest.raises(ValueError, match="y: labels"):
+        hm(H, W, torch.tensor([0, -100, 1]))
+    with pytest.raises(TypeError, match="y: expected dtype int64"):
+        sce(H, W, torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"y: expected shape \(3,\)"):
+        sce(H, W, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="W: expected 4 columns"):
+        sce(H, torch.randn(5, 3), y)
+    with pytest.raises(ValueError, match="H: expected a 2-D"):
+        sce(torch.randn(3), W, y)
+    with pytest.raises(ValueError, match="H: expected a non-empty"):
+        sce(torch.randn(0, 4), W, torch.zeros(0, dtype=torch.int64))
+    with pytest.raises(ValueError, match="W: expected at least 2 classes"):
+        sce(H, torch.randn(1, 4), torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="W: expected at least 2 classes"):
+        hm(H, torch.randn(1, 4), torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="W: expected dtype"):
+        sce(H, W.double(), y)
+    with pytest.raises(ValueError, match="H: contains NaN"):
+        sce(torch.tensor([[1.0, float("nan"), 0, 0]] * 3), W, y)
+    with pytest.raises(ValueError, match="W: contains NaN or Inf"):
+        hm(H, W.index_fill(0, torch.tensor([2]), float("inf")), y)
+    for bad_tau in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="tau"):
+            sce(H, W, y, tau=bad_tau)
+    with pytest.raises(ValueError, match="margin: expected 0 <= margin <= 1"):
+        sce(H, W, y, margin=1.5)
+    with pytest.raises(ValueError, match="margin"):
+        sce(H, W, y, margin=-0.1, margin_type="arcface")
+    with pytest.raises(ValueError, match="margin"):
+        sce(H, W, y, margin=2.0, margin_type="arcface")
+    with pytest.raises(ValueError, match="margin_type"):
+        sce(H, W, y, margin=0.1, margin_type="sphereface")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        sce(H, W, y, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="reduction"):
+        sce(H, W, y, reduction="max")
+    with pytest.raises(ValueError, match="reduction"):
+        hm(H, W, y, reduction="avg")
+    with pytest.raises(TypeError, match="H: expected a torch.Tensor"):
+        sce([[1.0]], W, y)
+    with pytest.raises(TypeError, match="normalize"):
+        sce(H, W, y, normalize=1)
+
+
+def test_device_mismatch(cuda_device):
+    H, W, y = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 4])
+    with pytest.raises(ValueError, match="W: expected a tensor on cpu"):
+        gnc_ext.spherical_cross_entropy(H, W.cuda(), y)
+    with pytest.raises(ValueError, match="y: expected a tensor on cuda"):
+        gnc_ext.hardmax_loss(H.cuda(), W.cuda(), y)
+
+
+def test_device_mismatch_meta():
+    # without a GPU: a meta tensor is neither cpu nor cuda and is rejected by name
+    with pytest.raises(ValueError, match="W: expected a cpu or cuda tensor"):
+        gnc_ext.spherical_cross_entropy(torch.randn(3, 4), torch.randn(5, 4, device="meta"), torch.tensor([0, 1, 2]))
+
+
+# ---------------------------------------------------------------- CUDA twins --
+@pytest.mark.parametrize("mt,m,ls,red", [("cosface", 0.0, 0.0, "mean"), ("cosface", 0.35, 0.1, "none"),
+                                         ("arcface", 0.5, 0.0, "sum")])
+def test_cuda_matches_cpu(cuda_device, mt, m, ls, red):
+    g = torch.Generator().manual_seed(13)
+    H, W = torch.randn(300, 64, generator=g), torch.randn(20011, 64, generator=g)
+    y = torch.randint(0, 20011, (300,), generator=g)
+    y[::7] = -100
+    outs = []
+    for dev in ("cpu", cuda_device):
+        h, w = H.to(dev).requires_grad_(True), W.to(dev).requires_grad_(True)
+        o = gnc_ext.spherical_cross_entropy(h, w, y.to(dev), tau=0.05, margin=m, margin_type=mt,
+                                            label_smoothing=ls, reduction=red)
+        o.sum().backward()
+        outs.append((o.detach().cpu(), h.grad.cpu(), w.grad.cpu()))
+    for a, b in zip(*outs):
+        s = max(float(a.abs().max()), 1e-6)
+        torch.testing.assert_close(b / s, a / s, atol=1e-4, rtol=0)
+
+
+def test_cuda_hardmax_and_predict(cuda_device):
+    g = torch.Generator().manual_seed(14)
+    H, W = torch.randn(100, 32, generator=g), torch.randn(5003, 32, generator=g)
+    y = torch.randint(0, 5003, (100,), generator=g)
+    a = gnc_ext.hardmax_loss(H, W, y, reduction="none")
+    b = gnc_ext.hardmax_loss(H.cuda(), W.cuda(), y.cuda(), reduction="none").cpu()
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    crit = gnc_ext.nn.SphericalCELoss(5003, 32)
+    crit.weight.data.copy_(W)
+    p_cpu = crit.predict(H)
+    p_gpu = crit.cuda().predict(H.cuda()).cpu()
+    assert (p_cpu == p_gpu).float().mean() > 0.99  # ties/rounding may differ in rare rows
+
+
+def test_cuda_bf16(cuda_device):
+    g = torch.Generator().manual_seed(15)
+    H, W = torch.randn(64, 128, generator=g), torch.randn(4099, 128, generator=g)
+    y = torch.randint(0, 4099, (64,), generator=g)
+    Hb = H.cuda().bfloat16().requires_grad_(True)
+    Wb = W.cuda().bfloat16().requires_grad_(True)
+    out = gnc_ext.spherical_cross_entropy(Hb, Wb, y.cuda(), tau=0.1)
+    out.backward()
+    Hr, Wr = Hb.detach().float().cpu().requires_grad_(True), Wb.detach().float().cpu().requires_grad_(True)
+    ref = ref_sce(Hr, Wr, y, tau=0.1)
+    ref.backward()
+    torch.testing.assert_close(out.cpu(), ref, atol=2e-2 * float(ref), rtol=0)
+    s = float(Wr.grad.abs().max())
+    torch.testing.assert_close(Wb.grad.float().cpu() / s, Wr.grad / s, atol=3e-2, rtol=0)

@@ -1,0 +1,149 @@
+"""gnc_ext.nn loss modules: predict/logits against brute force, weight providers."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gnc_ext
+from gnc_ext.ops import loss as L
+
+
+def _brute_cos(H, W):
+    return F.normalize(H.double(), dim=1) @ F.normalize(W.double(), dim=1).T
+
+
+def test_spherical_ce_module_forward_matches_function():
+    torch.manual_seed(0)
+    crit = gnc_ext.nn.SphericalCELoss(300, 16, tau=0.1, margin=0.2, margin_type="cosface", label_smoothing=0.1)
+    assert isinstance(crit.weight, torch.nn.Parameter) and crit.weight.shape == (300, 16)
+    H = torch.randn(10, 16, requires_grad=True)
+    y = torch.randint(0, 300, (10,))
+    loss = crit(H, y)
+    ref = gnc_ext.spherical_cross_entropy(H, crit.weight, y, tau=0.1, margin=0.2, label_smoothing=0.1)
+    torch.testing.assert_close(loss, ref)
+    loss.backward()
+    assert crit.weight.grad is not None and H.grad is not None
+    assert "num_classes=300" in repr(crit)
+
+
+def test_predict_equals_bruteforce_argmax(monkeypatch):
+    monkeypatch.setattr(L, "TILE_BYTES", 4096)  # several ragged tiles
+    torch.manual_seed(1)
+    crit = gnc_ext.nn.SphericalCELoss(1003, 8)
+    H = torch.randn(50, 8) * 5
+    pred = crit.predict(H)
+    assert pred.dtype == torch.int64 and pred.shape == (50,)
+    S = _brute_cos(H, crit.weight.detach())
+    assert torch.equal(pred, S.argmax(dim=1))
+    # ties: duplicate the winning class at a higher index -> the lower index is returned
+    W = crit.weight.detach().clone()
+    W[1002] = W[pred[0]]
+    crit.weight.data.copy_(W)
+    assert int(crit.predict(H[:1])[0]) == int(pred[0])
+
+
+def test_logits_chunked_equals_full():
+    torch.manual_seed(2)
+    crit = gnc_ext.nn.SphericalCELoss(500, 12, tau=0.07)
+    H = torch.randn(9, 12)
+    full = crit.logits(H, chunk=500)
+    for c in (1, 7, 64, 499):
+        torch.testing.assert_close(crit.logits(H, chunk=c), full)
+    torch.testing.assert_close(full.double(), _brute_cos(H, crit.weight.detach()) / 0.07, atol=1e-5, rtol=1e-5)
+    # no margin at inference: cross-entropy of the logits equals the margin-free loss
+    y = torch.randint(0, 500, (9,))
+    crit0 = gnc_ext.nn.SphericalCELoss(500, 12, tau=0.07)
+    crit0.weight.data.copy_(crit.weight.data)
+    torch.testing.assert_close(F.cross_entropy(full, y), crit0(H, y), atol=1e-5, rtol=1e-5)
+
+
+def test_hardmax_module():
+    torch.manual_seed(3)
+    crit = gnc_ext.nn.HardMaxLoss(40, 6, reduction="mean")
+    H = torch.randn(7, 6)
+    y = torch.randint(0, 40, (7,))
+    torch.testing.assert_close(crit(H, y), gnc_ext.hardmax_loss(H, crit.weight, y, reduction="mean"))
+    torch.testing.assert_close(crit.logits(H).double(), _brute_cos(H, crit.weight.detach()), atol=1e-6, rtol=1e-6)
+    assert torch.equal(crit.predict(H), crit.logits(H).argmax(dim=1))
+
+
+class _EMAProvider(torch.nn.Module):
+    """Stands in for a CMF classifier: W is a buffer updated outside autograd."""
+
+    def __init__(self, K, d):
+        super().__init__()
+        self.register_buffer("weight", torch.randn(K, d))
+
+
+def test_weight_provider_not_trained():
+    torch.manual_seed(4)
+    prov = _EMAProvider(30, 5)
+    crit = gnc_ext.nn.SphericalCELoss(30, 5, classifier=prov)
+    assert crit.weight is None and len(list(crit.parameters())) == 0
+    H = torch.randn(6, 5, requires_grad=True)
+    y = torch.randint(0, 30, (6,))
+    loss = crit(H, y)
+    loss.backward()
+    torch.testing.assert_close(loss, gnc_ext.spherical_cross_entropy(H, prov.weight, y))
+    assert prov.weight.grad is None and H.grad is not None
+    # an update of the provider's weights is seen by the next call
+    with torch.no_grad():
+        prov.weight.mul_(0.0).add_(torch.eye(30, 5))
+    torch.testing.assert_close(crit.predict(torch.eye(5)), torch.arange(5))
+    # a callable provider works too
+    crit2 = gnc_ext.nn.HardMaxLoss(30, 5, classifier=lambda: prov.weight)
+    torch.testing.assert_close(crit2(H, y), gnc_ext.hardmax_loss(H, prov.weight, y))
+
+
+def test_module_bad_arguments():
+    with pytest.raises(ValueError, match="num_classes"):
+        gnc_ext.nn.SphericalCELoss(1, 4)
+    with pytest.raises(TypeError, match="num_classes"):
+        gnc_ext.nn.SphericalCELoss(3.5, 4)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        gnc_ext.nn.HardMaxLoss(3, 0)
+    with pytest.raises(ValueError, match="tau"):
+        gnc_ext.nn.SphericalCELoss(3, 4, tau=0)
+    with pytest.raises(ValueError, match="margin"):
+        gnc_ext.nn.SphericalCELoss(3, 4, margin=3.0, margin_type="arcface")
+    with pytest.raises(TypeError, match="classifier"):
+        gnc_ext.nn.SphericalCELoss(3, 4, classifier=5)
+    crit = gnc_ext.nn.SphericalCELoss(3, 4, classifier=_EMAProvider(4, 4))
+    with pytest.raises(ValueError, match=r"classifier: expected weights of shape \(3, 4\)"):
+        crit(torch.randn(2, 4), torch.tensor([0, 1]))
+    crit = gnc_ext.nn.SphericalCELoss(3, 4)
+    with pytest.raises(ValueError, match="features: expected 4 columns"):
+        crit.predict(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="chunk"):
+        crit.logits(torch.randn(2, 4), chunk=0)
+    with pytest.raises(ValueError, match="y: labels"):
+        crit(torch.randn(2, 4), torch.tensor([0, 3]))
+
+
+def test_module_compile_training_step():
+    torch.manual_seed(5)
+    crit = gnc_ext.nn.SphericalCELoss(64, 8, tau=0.1, margin=0.3, margin_type="arcface")
+    net = torch.nn.Linear(8, 8)
+    opt = torch.optim.SGD(list(net.parameters()) + list(crit.parameters()), lr=0.1)
+    x = torch.randn(16, 8)
+    y = torch.randint(0, 64, (16,))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss_fn(x, y):
+        return crit(net(x), y)
+
+    first = float(loss_fn(x, y))
+    for _ in range(5):
+        opt.zero_grad()
+        loss = loss_fn(x, y)
+        loss.backward()
+        opt.step()
+    assert float(loss_fn(x, y)) < first
+
+
+def test_module_on_cuda(cuda_device):
+    torch.manual_seed(6)
+    crit = gnc_ext.nn.SphericalCELoss(2000, 32).to(cuda_device)
+    H = torch.randn(40, 32, device=cuda_device)
+    S = _brute_cos(H.cpu(), crit.weight.detach().cpu())
+    assert (crit.predict(H).cpu() == S.argmax(dim=1)).float().mean() > 0.99
+    torch.testing.assert_close(crit.logits(H, chunk=333).cpu().double(), S / 0.05, atol=1e-3, rtol=1e-4)
