@@ -20,6 +20,9 @@ __all__ = ["__version__", "build_info", "config", "normalize_rows"]
 # [loss] exports
 # end [loss]
 # [metrics] exports
+from . import metrics  # noqa: E402,F401
+
+__all__ += ["metrics"]
 # end [metrics]
 # [solvers] exports
 # end [solvers]
