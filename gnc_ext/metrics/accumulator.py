@@ -21,8 +21,8 @@ combine states with Chan's pairwise formula on (count, mean, M2) and re-anchor t
 reference points at the merged means.
 
 State memory: ``K·d·(4 + 8)`` bytes (fp32 reference points, fp64 deviation sums) +
-``8·d²`` + ``16·K`` bytes, i.e. O(K·d + d²); an update allocates one (B × d) fp64
-buffer. Update cost: one O(B·d) native pass plus a symmetric rank-B update of S,
+``8·d²`` + ``16·K`` bytes, i.e. O(K·d + d²), plus a reused (B_max × d) fp64 workspace
+for the largest batch seen. Update cost: one O(B·d) native pass plus a symmetric rank-B update of S,
 done as a block-upper-triangular series of GEMMs (about 5/8 of a full GEMM's flops
 for d ≥ 512) on CPU and one GEMM on CUDA.
 """
@@ -292,6 +292,7 @@ class GNCAccumulator:
         self._first = (torch.full((K,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
                        if dev.type == "cuda" else torch.empty(K, dtype=torch.int64, device=dev))
         self._ncc_cache = None
+        self._work = None  # per-batch deviation workspace (largest batch × d, fp64)
         return self
 
     @property
@@ -430,7 +431,11 @@ class GNCAccumulator:
             return self
         if self.device.type == "cuda" and not bool(torch.isfinite(features).all()):
             raise ValueError("features: contains NaN or Inf values")
-        Z = torch.empty(B, self.dim, dtype=torch.float64, device=self.device)
+        # a reused (B × d) fp64 workspace: a fresh 16 MiB buffer per batch costs page
+        # faults on CPU comparable to the native pass itself
+        if self._work is None or self._work.shape[0] < B:
+            self._work = torch.empty(max(B, 1), self.dim, dtype=torch.float64, device=self.device)
+        Z = self._work[:B]
         native.metrics_update_batch(view(features), view(labels), view(self._shift), view(self._dsum),
                                     view(self._sqsum), view(self._counts), view(Z), view(self._first),
                                     self.normalize, self.eps, stream_of(features))
