@@ -141,22 +141,32 @@ void argmax_impl(const TensorView& tile, const TensorView& bias, int64_t col0,
 #pragma omp parallel for schedule(static) if (B * c > 65536)
   for (int64_t i = 0; i < B; ++i) {
     const T* row = tp + i * ts;
-    T best = bv[i * vs];
-    int64_t arg = -1;
+    const T prev = bv[i * vs];
     if (bs == 1) {
-      for (int64_t j = 0; j < c; ++j) {
-        const T v = row[j] + bp[j];
-        if (v > best) { best = v; arg = j; }
+      // two vectorisable passes over the (cache-resident) row: the maximum, then the
+      // first index attaining it (v is recomputed bit-identically)
+      T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
+      for (int64_t j = 0; j < c; ++j) m = std::max(m, row[j] + bp[j]);
+      if (m > prev) {
+        int64_t arg = 0;
+        while (arg < c && !(row[arg] + bp[arg] == m)) ++arg;
+        if (arg < c) {
+          bv[i * vs] = m;
+          bi[i * is] = col0 + arg;
+        }
       }
     } else {
+      T best = prev;
+      int64_t arg = -1;
       for (int64_t j = 0; j < c; ++j) {
         const T v = row[j] + bp[j * bs];
         if (v > best) { best = v; arg = j; }
       }
-    }
-    if (arg >= 0) {
-      bv[i * vs] = best;
-      bi[i * is] = col0 + arg;
+      if (arg >= 0) {
+        bv[i * vs] = best;
+        bi[i * is] = col0 + arg;
+      }
     }
   }
 }

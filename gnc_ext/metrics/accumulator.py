@@ -402,11 +402,18 @@ class GNCAccumulator:
         if labels.device != self.device:
             raise ValueError(f"labels: expected a tensor on {self.device}, got {labels.device}")
         labels = labels.to(torch.int64)
-        if labels.numel() and self.device.type == "cuda":  # the CUDA kernel cannot raise
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= self.num_classes:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"labels: value {bad} is outside [0, num_classes={self.num_classes})")
+        if labels.numel() and self.device.type == "cuda":  # the CUDA kernels cannot raise
+            # one device synchronisation for both checks
+            bad = (labels < 0).any() | (labels >= self.num_classes).any()
+            check_x = _validate.config.check_finite and features.numel() > 0
+            if check_x:
+                bad = bad | ~torch.isfinite(features).all()
+            if bool(bad):
+                lo, hi = int(labels.min()), int(labels.max())
+                if lo < 0 or hi >= self.num_classes:
+                    raise ValueError(f"labels: value {lo if lo < 0 else hi} is outside "
+                                     f"[0, num_classes={self.num_classes})")
+                raise ValueError("features: contains NaN or Inf values")
         return features, labels
 
     @torch.no_grad()
@@ -429,8 +436,6 @@ class GNCAccumulator:
         B = features.shape[0]
         if B == 0:
             return self
-        if self.device.type == "cuda" and not bool(torch.isfinite(features).all()):
-            raise ValueError("features: contains NaN or Inf values")
         # a reused (B × d) fp64 workspace: a fresh 16 MiB buffer per batch costs page
         # faults on CPU comparable to the native pass itself
         if self._work is None or self._work.shape[0] < B:
