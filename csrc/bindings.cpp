@@ -18,6 +18,12 @@
 #include "cuda/loss.h"
 #endif
 // end [loss]
+// [metrics] headers
+#include "cpu/metrics.h"
+#ifdef GNC_WITH_CUDA
+#include "cuda/metrics.h"
+#endif
+// end [metrics] headers
 
 namespace py = pybind11;
 using gnc::TensorView;
@@ -231,6 +237,65 @@ void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col
 // ---- end [loss] -------------------------------------------------------------
 
 // ---- [metrics] bindings (GNC accumulators, NCC) ------------------------------
+void metrics_update_batch(const TensorView& features, const TensorView& labels,
+                          const TensorView& shift, const TensorView& dsum, const TensorView& sqsum,
+                          const TensorView& counts, const TensorView& Z, const TensorView& first,
+                          bool normalize, double eps, std::uintptr_t stream) {
+  gnc::check_dim(features, 2, "features");
+  const int64_t B = features.size(0), d = features.size(1);
+  gnc::check_dim(shift, 2, "shift");
+  const int64_t K = shift.size(0);
+  gnc::check_shape(labels, {B}, "labels");
+  gnc::check_dtype(labels, gnc::DType::I64, "labels");
+  gnc::check_shape(shift, {K, d}, "shift");
+  gnc::check_shape(dsum, {K, d}, "dsum");
+  gnc::check_shape(sqsum, {K}, "sqsum");
+  gnc::check_shape(counts, {K}, "counts");
+  gnc::check_shape(Z, {B, d}, "Z");
+  gnc::check_shape(first, {K}, "first");
+  gnc::check_dtype(shift, gnc::DType::F32, "shift");
+  gnc::check_dtype(dsum, gnc::DType::F64, "dsum");
+  gnc::check_dtype(sqsum, gnc::DType::F64, "sqsum");
+  gnc::check_dtype(counts, gnc::DType::I64, "counts");
+  gnc::check_dtype(Z, gnc::DType::F64, "Z");
+  gnc::check_dtype(first, gnc::DType::I64, "first");
+  if (!Z.is_contiguous()) gnc::fail("Z: must be contiguous");
+  gnc::check_row_contiguous(shift, "shift");
+  gnc::check_row_contiguous(dsum, "dsum");
+  if (K > 0 && (sqsum.stride(0) != 1 || counts.stride(0) != 1 || first.stride(0) != 1))
+    gnc::fail("sqsum/counts/first: must be contiguous");
+  for (auto* t : {&labels, &shift, &dsum, &sqsum, &counts, &Z, &first})
+    gnc::check_same_device(features, *t, "features", "state");
+  for (auto* t : {&features, &labels, &shift, &dsum, &sqsum, &counts, &Z, &first})
+    gnc::check_ptr(*t, "metrics_update_batch");
+  if (!(eps >= 0)) gnc::fail("eps: must be >= 0");
+  GNC_DISPATCH_DEVICE(features,
+                      gnc::cpu::metrics_update_batch(features, labels, shift, dsum, sqsum, counts, Z,
+                                                     normalize, eps),
+                      gnc::cuda::metrics_update_batch(features, labels, shift, dsum, sqsum, counts, Z,
+                                                      first, normalize, eps, stream));
+}
+
+void ncc_argmax_update(const TensorView& tile, const TensorView& bias, int64_t col0,
+                       const TensorView& best_val, const TensorView& best_idx, std::uintptr_t stream) {
+  gnc::check_dim(tile, 2, "tile");
+  gnc::check_dim(bias, 1, "bias");
+  const int64_t B = tile.size(0), c = tile.size(1);
+  gnc::check_shape(best_val, {B}, "best_val");
+  gnc::check_shape(best_idx, {B}, "best_idx");
+  gnc::check_dtype(bias, tile.dtype, "bias");
+  gnc::check_dtype(best_val, tile.dtype, "best_val");
+  gnc::check_dtype(best_idx, gnc::DType::I64, "best_idx");
+  if (c > 1 && tile.stride(1) != 1) gnc::fail("tile: rows must be contiguous");
+  if (col0 < 0 || col0 + c > bias.size(0))
+    gnc::fail("col0: tile columns [" + std::to_string(col0) + ", " + std::to_string(col0 + c) +
+              ") exceed bias length " + std::to_string(bias.size(0)));
+  gnc::check_same_device(tile, bias, "tile", "bias");
+  gnc::check_same_device(tile, best_val, "tile", "best_val");
+  gnc::check_same_device(tile, best_idx, "tile", "best_idx");
+  GNC_DISPATCH_DEVICE(tile, gnc::cpu::ncc_argmax_update(tile, bias, col0, best_val, best_idx),
+                      gnc::cuda::ncc_argmax_update(tile, bias, col0, best_val, best_idx, stream));
+}
 // ---- end [metrics] ----------------------------------------------------------
 
 // ---- [solvers] bindings -----------------------------------------------------
@@ -325,6 +390,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("best"), py::arg("arg"), py::arg("tgt"), py::arg("stream") = 0, nogil);
   // end [loss]
   // [metrics] module definitions
+  m.def("metrics_update_batch", &metrics_update_batch, py::arg("features"), py::arg("labels"),
+        py::arg("shift"), py::arg("dsum"), py::arg("sqsum"), py::arg("counts"), py::arg("Z"),
+        py::arg("first"), py::arg("normalize"), py::arg("eps"), py::arg("stream") = 0, nogil);
+  m.def("ncc_argmax_update", &ncc_argmax_update, py::arg("tile"), py::arg("bias"), py::arg("col0"),
+        py::arg("best_val"), py::arg("best_idx"), py::arg("stream") = 0, nogil);
   // end [metrics]
   // [solvers] module definitions
   // end [solvers]

@@ -27,6 +27,9 @@ from . import nn  # noqa: E402
 __all__ += ["spherical_cross_entropy", "hardmax_loss", "nn"]
 # end [loss]
 # [metrics] exports
+from . import metrics  # noqa: E402,F401
+
+__all__ += ["metrics"]
 # end [metrics]
 # [solvers] exports
 # end [solvers]

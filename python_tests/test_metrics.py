@@ -1,0 +1,510 @@
+"""gnc_ext.metrics: GNC1/GNC3/NCC against float64 numpy implementations of the paper's
+formulas written here (independent of the accumulator's shifted-data algorithm)."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import gnc_ext
+import gnc_ext._engine
+from gnc_ext.metrics import GNCAccumulator, evaluate
+
+EPS64 = np.finfo(np.float64).eps
+
+
+# ----------------------------------------------------------------------------- reference
+def ref_gnc(H, y, K, *, normalize=True, centered=False, rtol=None, W=None):
+    """The paper's formulas in float64 numpy, two-pass (means, then deviations)."""
+    H = np.asarray(H, dtype=np.float64)
+    y = np.asarray(y)
+    if normalize:
+        H = H / np.maximum(np.linalg.norm(H, axis=1, keepdims=True), 1e-12)
+    N, d = H.shape
+    counts = np.bincount(y, minlength=K)
+    present = counts > 0
+    means = np.zeros((K, d))
+    for k in np.flatnonzero(present):
+        means[k] = H[y == k].mean(0)
+    dev = H - means[y]
+    SW = dev.T @ dev / N
+    M = means[present]
+    if centered:
+        M = M - M.mean(0)
+    Kp = int(present.sum())
+    SB = M.T @ M / Kp
+    if rtol is None:
+        rtol = max(d, Kp) * EPS64
+    gnc1 = float(np.trace(SW @ np.linalg.pinv(SB, rcond=rtol, hermitian=True))) / Kp
+    spread = np.full(K, np.nan)
+    for k in np.flatnonzero(present):
+        spread[k] = (np.linalg.norm(dev[y == k], axis=1) ** 2).mean()
+    out = {"gnc1": gnc1, "means": means, "counts": counts, "SW": SW, "SB": SB, "spread": spread,
+           "present": present, "H": H}
+    if W is not None:
+        Wn = np.asarray(W, np.float64)
+        Wn = Wn / np.linalg.norm(Wn, axis=1, keepdims=True)
+        out["gnc3"] = float(np.mean(1.0 - (Wn * means).sum(1)[present]))
+    return out
+
+
+def rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+def collapsed_data(K, d, n, spread, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.nn.functional.normalize(torch.randn(K, d, generator=g, dtype=torch.float64), dim=1)
+    y = torch.arange(K).repeat_interleave(n)
+    H = mu[y] + spread * torch.randn(K * n, d, generator=g, dtype=torch.float64)
+    perm = torch.randperm(K * n, generator=g)
+    return H[perm].float(), y[perm]
+
+
+def random_data(K, d, N, seed=0, dtype=torch.float32, mu_seed=None):
+    g = torch.Generator().manual_seed(seed if mu_seed is None else mu_seed)
+    mu = 0.7 * torch.randn(K, d, generator=g, dtype=torch.float64)
+    if mu_seed is not None:
+        g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, K, (N,), generator=g)
+    H = mu[y] + torch.randn(N, d, generator=g, dtype=torch.float64)
+    return H.to(dtype), y
+
+
+def feed(acc, H, y, sizes, device="cpu"):
+    s = 0
+    i = 0
+    while s < H.shape[0]:
+        b = sizes[i % len(sizes)]
+        acc.update(H[s:s + b].to(device), y[s:s + b].to(device))
+        s += b
+        i += 1
+    return acc
+
+
+# ----------------------------------------------------------------------------- GNC1
+@pytest.mark.parametrize("centered", [False, True])
+def test_gnc1_random_matches_reference(device, centered):
+    K, d, N = 20, 16, 700
+    H, y = random_data(K, d, N, seed=1)
+    acc = feed(GNCAccumulator(K, d, device=device), H, y, [64, 1, 129], device)
+    r = acc.compute(centered=centered)
+    ref = ref_gnc(H, y, K, centered=centered)
+    assert r.centered is centered
+    assert rel(r.gnc1, ref["gnc1"]) < 1e-10
+    assert torch.equal(r.counts, torch.as_tensor(ref["counts"]))
+    np.testing.assert_allclose(r.class_mean_norms.numpy(), np.linalg.norm(ref["means"], axis=1), rtol=1e-12)
+    np.testing.assert_allclose(r.within_class_spread.numpy(), ref["spread"], rtol=1e-10)
+    assert rel(r.trace_sigma_w, np.trace(ref["SW"])) < 1e-10
+    assert rel(r.trace_sigma_b, np.trace(ref["SB"])) < 1e-12
+    assert r.worst_by_spread.tolist() == list(np.argsort(-ref["spread"], kind="stable")[:10])
+    assert r.sigma_b_rank == (K - 1 if centered and K <= d else min(K, d))
+    assert r.pinv_cutoff == pytest.approx(r.pinv_rtol * np.linalg.eigvalsh(ref["SB"]).max(), rel=1e-10)
+
+
+def test_gnc1_no_normalize_and_fp64_input():
+    K, d, N = 12, 9, 300
+    H, y = random_data(K, d, N, seed=2, dtype=torch.float64)
+    r = feed(GNCAccumulator(K, d, normalize=False), H, y, [50]).compute()
+    assert rel(r.gnc1, ref_gnc(H, y, K, normalize=False)["gnc1"]) < 1e-10
+    assert not r.normalize
+
+
+def test_gnc1_nearly_collapsed_where_naive_fp32_fails():
+    """Spread 1e-6 around unit class means, fp32 features, K > d: the accumulator matches
+    the float64 two-pass reference to 1e-6 while the naive fp32 one-pass formula
+    E[hhᵀ] − μμᵀ is off by orders of magnitude."""
+    K, d, n = 60, 24, 8
+    H, y = collapsed_data(K, d, n, 1e-6, seed=3)
+    acc = feed(GNCAccumulator(K, d), H, y, [100, 7, 33])
+    r = acc.compute()
+    ref = ref_gnc(H, y, K)
+    assert 0 < ref["gnc1"] < 1e-9  # really collapsed
+    assert rel(r.gnc1, ref["gnc1"]) <= 1e-6
+    np.testing.assert_allclose(r.within_class_spread.numpy(), ref["spread"], rtol=1e-6)
+
+    # the naive one-pass formula in fp32 on the same (normalised) features
+    Hn = torch.as_tensor(ref["H"]).float()
+    N = Hn.shape[0]
+    sums = torch.zeros(K, d).index_add_(0, y, Hn)
+    cnt = torch.bincount(y, minlength=K).float()
+    mu = sums / cnt[:, None]
+    second = Hn.T @ Hn / N
+    SW_naive = second - (mu.T * (cnt / N)) @ mu
+    SBp = np.linalg.pinv(ref["SB"], rcond=max(d, K) * EPS64, hermitian=True)
+    naive32 = float(np.trace(SW_naive.double().numpy() @ SBp)) / K
+    assert rel(naive32, ref["gnc1"]) > 10.0, naive32  # badly wrong (often even negative)
+
+
+def test_gnc1_collapsed_cuda(cuda_device):
+    K, d, n = 60, 24, 8
+    H, y = collapsed_data(K, d, n, 1e-6, seed=4)
+    r = feed(GNCAccumulator(K, d, device=cuda_device), H, y, [100, 7, 33], cuda_device).compute()
+    assert rel(r.gnc1, ref_gnc(H, y, K)["gnc1"]) <= 1e-6
+
+
+def test_low_precision_features_accepted(device):
+    K, d, N = 10, 16, 200
+    H, y = random_data(K, d, N, seed=5)
+    for dt in (torch.bfloat16, torch.float16):
+        Hl = H.to(dt)
+        r = feed(GNCAccumulator(K, d, device=device), Hl, y, [64], device).compute()
+        assert rel(r.gnc1, ref_gnc(Hl.float(), y, K)["gnc1"]) < 1e-9
+
+
+# ----------------------------------------------------------------------------- invariance
+def _result_vector(r):
+    return np.concatenate([[r.gnc1, r.trace_sigma_w, r.trace_sigma_b], r.class_mean_norms.numpy(),
+                           r.within_class_spread.numpy()])
+
+
+def test_batch_split_and_merge_order_independent(device):
+    K, d, N = 25, 12, 900
+    H, y = collapsed_data(K, d, N // K, 1e-3, seed=6)
+    base = _result_vector(feed(GNCAccumulator(K, d, device=device), H, y, [N], device).compute())
+    for sizes in ([1], [7, 300, 2], [256]):
+        v = _result_vector(feed(GNCAccumulator(K, d, device=device), H, y, sizes, device).compute())
+        np.testing.assert_allclose(v, base, rtol=1e-9)
+    # three shards, merged in different orders (and one shard alone in a class)
+    cuts = [0, 100, 450, N]
+    parts = [feed(GNCAccumulator(K, d, device=device), H[a:b], y[a:b], [64], device)
+             for a, b in zip(cuts[:-1], cuts[1:])]
+    for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+        m = GNCAccumulator(K, d, device=device)
+        for i in order:
+            m.merge(parts[i])
+        np.testing.assert_allclose(_result_vector(m.compute()), base, rtol=1e-9)
+    # merged states keep accepting updates correctly
+    m = GNCAccumulator(K, d, device=device).merge(parts[0])
+    feed(m, H[100:], y[100:], [333], device)
+    np.testing.assert_allclose(_result_vector(m.compute()), base, rtol=1e-9)
+
+
+def test_merge_collapsed_keeps_precision():
+    K, d, n = 40, 16, 10
+    H, y = collapsed_data(K, d, n, 1e-6, seed=7)
+    a = feed(GNCAccumulator(K, d), H[:150], y[:150], [50])
+    b = feed(GNCAccumulator(K, d), H[150:], y[150:], [50])
+    r = a.merge(b).compute()
+    assert rel(r.gnc1, ref_gnc(H, y, K)["gnc1"]) <= 1e-6
+
+
+def test_state_dict_round_trip(tmp_path):
+    K, d, N = 15, 10, 400
+    H, y = random_data(K, d, N, seed=8)
+    a = feed(GNCAccumulator(K, d), H[:200], y[:200], [33])
+    path = tmp_path / "acc.pt"
+    torch.save(a.state_dict(), path)
+    b = GNCAccumulator(K, d).load_state_dict(torch.load(path))
+    feed(a, H[200:], y[200:], [40])
+    feed(b, H[200:], y[200:], [40])
+    ra, rb = a.compute(), b.compute()
+    assert ra.gnc1 == rb.gnc1
+    np.testing.assert_array_equal(_result_vector(ra), _result_vector(rb))
+    assert rel(ra.gnc1, ref_gnc(H, y, K)["gnc1"]) < 1e-10
+    with pytest.raises(ValueError, match="num_classes"):
+        GNCAccumulator(K + 1, d).load_state_dict(a.state_dict())
+    bad = a.state_dict()
+    bad["dsum"] = bad["dsum"][:, :3]
+    with pytest.raises(ValueError, match="dsum"):
+        GNCAccumulator(K, d).load_state_dict(bad)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sync_gloo_two_processes(tmp_path):
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    K, d, n = 30, 12, 12
+    H, y = collapsed_data(K, d, n, 1e-6, seed=9)
+    y[y == 3] = 4  # class 3 empty on every rank
+    torch.save({"H": H, "y": y, "K": K}, tmp_path / "data.pt")
+    port = _free_port()
+    worker = os.path.join(os.path.dirname(__file__), "_metrics_dist_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    procs = [subprocess.Popen([sys.executable, worker, str(r), "2", str(port), str(tmp_path / "data.pt"),
+                               str(tmp_path / "out.pt")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+    got = torch.load(tmp_path / "out.pt")
+    ref = ref_gnc(H, y, K)
+    assert torch.equal(got["counts"], torch.as_tensor(ref["counts"]))
+    assert rel(got["gnc1"], ref["gnc1"]) <= 1e-6
+    ref_norms = np.where(ref["present"], np.linalg.norm(ref["means"], axis=1), np.nan)
+    np.testing.assert_allclose(got["norms"].numpy(), ref_norms, rtol=1e-12)  # NaN for the empty class
+    np.testing.assert_allclose(got["spread"].numpy(), ref["spread"], rtol=1e-6)
+    # synced state behaves like a single-process accumulator over all data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        single = feed(GNCAccumulator(K, d), H, y, [64]).compute()
+        synced = GNCAccumulator(K, d).load_state_dict(got["state"]).compute()
+    np.testing.assert_allclose(_result_vector(synced), _result_vector(single), rtol=1e-6)
+
+
+def test_sync_without_process_group_is_noop():
+    K, d = 5, 4
+    H, y = random_data(K, d, 50, seed=10)
+    a = feed(GNCAccumulator(K, d), H, y, [50])
+    before = a.state_dict()
+    a.sync()
+    after = a.state_dict()
+    for k in ("counts", "shift", "dsum", "sqsum", "scatter"):
+        assert torch.equal(before[k], after[k])
+
+
+# ----------------------------------------------------------------------------- empty classes
+def test_empty_classes_excluded_and_reported():
+    K, d, N = 20, 8, 300
+    H, y = random_data(K, d, N, seed=11)
+    y[(y == 2) | (y == 17)] = 5
+    acc = feed(GNCAccumulator(K, d), H, y, [100])
+    with pytest.warns(RuntimeWarning, match="2 of 20 classes have no samples"):
+        r = acc.compute()
+    assert r.empty_classes.tolist() == [2, 17]
+    assert r.num_nonempty == 18
+    assert rel(r.gnc1, ref_gnc(H, y, K)["gnc1"]) < 1e-10
+    assert torch.isnan(r.class_mean_norms[2]) and torch.isnan(r.within_class_spread[17])
+    assert 2 not in r.worst_by_spread.tolist() and 17 not in r.worst_by_spread.tolist()
+    # NCC never predicts an empty class
+    pred = acc.ncc_predict(torch.randn(500, d))
+    assert not bool(((pred == 2) | (pred == 17)).any())
+
+
+# ----------------------------------------------------------------------------- GNC3
+def test_gnc3_matches_formula(device):
+    K, d, N = 18, 10, 400
+    H, y = random_data(K, d, N, seed=12)
+    y[y == 4] = 0
+    W = torch.randn(K, d) * 3.0
+    acc = feed(GNCAccumulator(K, d, device=device), H, y, [77], device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = acc.compute(W.to(device), gnc2=False)
+    assert rel(r.gnc3, ref_gnc(H, y, K, W=W)["gnc3"]) < 1e-12
+    assert r.gnc2 is None
+
+
+def test_gnc3_zero_for_self_dual_collapse():
+    K, d, n = 8, 12, 5
+    H, y = collapsed_data(K, d, n, 0.0, seed=13)
+    acc = feed(GNCAccumulator(K, d), H, y, [40])
+    means = torch.stack([torch.nn.functional.normalize(H[y == k].double(), dim=1).mean(0) for k in range(K)])
+    r = acc.compute(means * 2.5, gnc2=False)
+    assert abs(r.gnc3) < 1e-7
+
+
+# ----------------------------------------------------------------------------- NCC
+def _brute_force_ncc(H, y, K, Q, normalize=True):
+    ref = ref_gnc(H, y, K, normalize=normalize)
+    Qd = np.asarray(Q, np.float64)
+    if normalize:
+        Qd = Qd / np.maximum(np.linalg.norm(Qd, axis=1, keepdims=True), 1e-12)
+    D = ((Qd[:, None, :] - ref["means"][None, :, :]) ** 2).sum(-1)
+    D[:, ~ref["present"]] = np.inf
+    order = np.sort(D, axis=1)
+    return D.argmin(1), order[:, 1] - order[:, 0]
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_ncc_matches_brute_force(device, normalize, monkeypatch):
+    monkeypatch.setattr(gnc_ext._engine, "TILE_BUDGET_BYTES", 4 * 64 * 100)  # force several tiles
+    K, d, N = 200, 16, 1500
+    dt = torch.float64 if device == "cpu" else torch.float32
+    H, y = random_data(K, d, N, seed=14, dtype=dt)
+    acc = feed(GNCAccumulator(K, d, device=device, normalize=normalize), H, y, [500], device)
+    Q, yq = random_data(K, d, 700, seed=15, dtype=dt, mu_seed=14)
+    want, margin = _brute_force_ncc(H, y, K, Q, normalize)
+    got = acc.ncc_predict(Q.to(device), row_block=256).cpu().numpy()
+    if dt == torch.float64:
+        np.testing.assert_array_equal(got, want)
+    else:  # fp32 GEMM: exact wherever the decision is not a near-tie
+        safe = margin > 1e-4
+        assert safe.mean() > 0.95
+        np.testing.assert_array_equal(got[safe], want[safe])
+    acc_val = acc.ncc_accuracy(Q.to(device), yq.to(device))
+    assert acc_val == pytest.approx(float((got == yq.numpy()).mean()), abs=1e-12)
+    assert 0.05 < acc_val < 1.0  # a non-trivial problem
+
+
+def test_ncc_fp32_cpu_matches_brute_force():
+    K, d, N = 150, 32, 1200
+    H, y = random_data(K, d, N, seed=16)
+    acc = feed(GNCAccumulator(K, d), H, y, [256])
+    Q, _ = random_data(K, d, 400, seed=17)
+    want, margin = _brute_force_ncc(H, y, K, Q)
+    got = acc.ncc_predict(Q).numpy()
+    safe = margin > 1e-4
+    np.testing.assert_array_equal(got[safe], want[safe])
+
+
+def test_ncc_ties_pick_lowest_index(monkeypatch):
+    monkeypatch.setattr(gnc_ext._engine, "TILE_BUDGET_BYTES", 4 * 64 * 4)
+    K, d = 130, 4
+    base = torch.nn.functional.normalize(torch.randn(K, d, dtype=torch.float64), dim=1)
+    base[100] = base[7]  # class 100 (a later tile) duplicates class 7
+    acc = GNCAccumulator(K, d)
+    acc.update(base, torch.arange(K))
+    pred = acc.ncc_predict(base[[7, 100]].clone())
+    assert pred.tolist() == [7, 7]
+
+
+# ----------------------------------------------------------------------------- evaluate
+def test_evaluate_loader_and_precomputed():
+    K, d, N = 30, 8, 600
+    X, y = random_data(K, d, N, seed=18)
+    proj = torch.randn(d, d)
+    loader = [(X[s:s + 64], y[s:s + 64]) for s in range(0, N, 64)]
+    fn = lambda x: x @ proj  # noqa: E731
+    r = evaluate(fn, loader, num_classes=K, progress=False)
+    F = X @ proj
+    assert rel(r.gnc1, ref_gnc(F, y, K)["gnc1"]) < 1e-9
+    want, _ = _brute_force_ncc(F, y, K, F)
+    assert r.ncc_samples == N
+    assert r.ncc_accuracy == pytest.approx(float((want == y.numpy()).mean()), abs=2.0 / N)
+    r2 = evaluate(None, (F, y), progress=True, batch_size=100)
+    assert r2.gnc1 == pytest.approx(r.gnc1, rel=1e-9)
+    assert r2.ncc_accuracy == pytest.approx(r.ncc_accuracy, abs=1e-12)
+    with pytest.raises(ValueError, match="num_classes"):
+        evaluate(fn, loader, progress=False)
+    with pytest.raises(TypeError, match="feature_fn"):
+        evaluate(None, loader, num_classes=K, progress=False)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_errors_name_the_argument(device):
+    K, d = 6, 5
+    acc = GNCAccumulator(K, d, device=device)
+    with pytest.raises(RuntimeError, match="no samples accumulated"):
+        acc.compute()
+    with pytest.raises(RuntimeError, match="no samples accumulated"):
+        acc.ncc_predict(torch.randn(3, d, device=device))
+    with pytest.raises(ValueError, match="features: expected width dim=5"):
+        acc.update(torch.randn(4, 6, device=device), torch.zeros(4, dtype=torch.int64, device=device))
+    with pytest.raises(ValueError, match="labels: value 6 .*outside"):
+        acc.update(torch.randn(4, d, device=device), torch.tensor([0, 1, 6, 2], device=device))
+    with pytest.raises(ValueError, match="labels: value -1 .*outside"):
+        acc.update(torch.randn(4, d, device=device), torch.tensor([0, -1, 3, 2], device=device))
+    bad = torch.randn(4, d, device=device)
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="features: .*NaN or Inf"):
+        acc.update(bad, torch.tensor([0, 1, 2, 3], device=device))
+    bad[2, 1] = float("inf")
+    with pytest.raises(ValueError, match="features: .*NaN or Inf"):
+        acc.update(bad, torch.tensor([0, 1, 2, 3], device=device))
+    with pytest.raises(TypeError, match="labels: expected an integer tensor"):
+        acc.update(torch.randn(4, d, device=device), torch.zeros(4, device=device))
+    with pytest.raises(ValueError, match="labels: expected shape"):
+        acc.update(torch.randn(4, d, device=device), torch.zeros(3, dtype=torch.int64, device=device))
+    with pytest.raises(TypeError, match="features"):
+        acc.update(np.zeros((4, d)), torch.zeros(4, dtype=torch.int64))
+    assert acc.num_samples == 0  # failed updates left the state untouched
+    acc.update(torch.randn(12, d, device=device), torch.arange(12, device=device) % K)
+    with pytest.raises(ValueError, match=r"W: expected shape \(6, 5\)"):
+        acc.compute(torch.randn(K, d + 1, device=device))
+    with pytest.raises(ValueError, match=r"W: expected shape \(6, 5\)"):
+        acc.compute(torch.randn(K + 1, d, device=device))
+    Wbad = torch.randn(K, d, device=device)
+    Wbad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="W: contains NaN"):
+        acc.compute(Wbad)
+    with pytest.raises(ValueError, match="pinv_rtol"):
+        acc.compute(pinv_rtol=-1.0)
+    with pytest.raises(ValueError, match="num_classes"):
+        GNCAccumulator(0, d)
+    with pytest.raises(TypeError, match="dim"):
+        GNCAccumulator(3, 2.5)
+    with pytest.raises(ValueError, match="other: num_classes"):
+        acc.merge(GNCAccumulator(K + 1, d, device=device))
+
+
+def test_bad_input_cpu_state_untouched_on_late_error():
+    """The native kernel validates before writing: a bad row late in a batch leaves no trace."""
+    K, d = 4, 3
+    acc = GNCAccumulator(K, d)
+    acc.update(torch.randn(8, d), torch.arange(8) % K)
+    before = acc.state_dict()
+    X = torch.randn(1000, d)
+    X[999, 0] = float("nan")
+    with pytest.raises(ValueError, match="features: row 999"):
+        acc.update(X, torch.arange(1000) % K)
+    after = acc.state_dict()
+    for k in ("counts", "shift", "dsum", "sqsum", "scatter"):
+        assert torch.equal(before[k], after[k])
+
+
+def test_gnc2_missing_hull_raises_clearly():
+    if hasattr(gnc_ext, "one_vs_rest_distance"):
+        pytest.skip("hull family merged; covered by test_gnc2_matches_nnls")
+    acc = GNCAccumulator(4, 3)
+    acc.update(torch.randn(8, 3), torch.arange(8) % 4)
+    W = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="one_vs_rest_distance"):
+        acc.compute(W, gnc2=True)
+    with pytest.warns(RuntimeWarning, match="gnc2 skipped"):
+        r = acc.compute(W)  # other metrics still work
+    assert r.gnc3 is not None and r.gnc2 is None
+
+
+# ----------------------------------------------------------------------------- GNC2 (after the hull merge)
+def _nnls_distance(W):
+    """dist_k = min over the simplex of ‖w_k − Σ v_j w_j‖ via scipy nnls with a heavily
+    weighted sum-to-one row (float64 brute force)."""
+    from scipy.optimize import nnls
+
+    K = W.shape[0]
+    out = np.empty(K)
+    for k in range(K):
+        others = np.delete(W, k, axis=0).T  # d × (K−1)
+        big = 1e4
+        A = np.vstack([others, big * np.ones((1, K - 1))])
+        b = np.concatenate([W[k], [big]])
+        v, _ = nnls(A, b, maxiter=5000)
+        out[k] = np.linalg.norm(W[k] - others @ v)
+    return out
+
+
+@pytest.mark.skipif(not hasattr(gnc_ext, "one_vs_rest_distance"), reason="hull family not merged")
+def test_gnc2_matches_nnls():
+    pytest.importorskip("scipy")
+    K, d = 9, 4
+    g = torch.Generator().manual_seed(19)
+    W = torch.randn(K, d, generator=g, dtype=torch.float64)
+    Wn = (W / W.norm(dim=1, keepdim=True)).numpy()
+    want = _nnls_distance(Wn)
+    acc = GNCAccumulator(K, d)
+    acc.update(torch.randn(30, d), torch.arange(30) % K)
+    r = acc.compute(W.float() * 2.0, gnc2=True)  # scale must not matter (rows normalised)
+    g2 = r.gnc2
+    assert g2.rho == pytest.approx(want.min(), abs=1e-5)
+    assert g2.rho_lower <= g2.rho + 1e-9 and g2.gap >= -1e-9
+    np.testing.assert_allclose(g2.distance.numpy(), want, atol=1e-5)
+    assert r.worst_by_distance[0].item() == int(np.argmin(want))
+    assert g2.rattlers.dtype == torch.int64 and g2.rattlers.dim() == 1
+
+
+@pytest.mark.skipif(not (hasattr(gnc_ext, "one_vs_rest_distance") and hasattr(gnc_ext, "theory")),
+                    reason="hull/theory families not merged")
+def test_gnc2_theory_fields():
+    # K ≤ d+1: simplex ETF optimum K/(K−1) (Thm 3.3) is reported as the reference
+    K, d = 4, 6
+    acc = GNCAccumulator(K, d)
+    acc.update(torch.randn(8, d), torch.arange(8) % K)
+    r = acc.compute(torch.randn(K, d), gnc2=True)
+    assert r.gnc2.rho_optimum == pytest.approx(K / (K - 1))
+    assert r.gnc2.rho <= r.gnc2.rho_optimum + 1e-6
