@@ -22,4 +22,6 @@ __all__ = ["__version__", "build_info", "config", "normalize_rows"]
 # [metrics] exports
 # end [metrics]
 # [solvers] exports
+from . import theory, solvers  # noqa: E402,F401
+__all__ += ["theory", "solvers"]
 # end [solvers]
