@@ -98,10 +98,10 @@ def rho_closed_form(d, K) -> Optional[float]:
         return K / (K - 1)
     if d == 1:
         return 0.0
-    if d == 2:
-        return 1.0 - math.cos(2.0 * math.pi / K)
     if K <= 2 * d:
         return 1.0
+    if d == 2:
+        return 1.0 - math.cos(2.0 * math.pi / K)
     return None
 
 
@@ -152,10 +152,10 @@ def one_vs_one_closed_form(d, K) -> Optional[float]:
         return math.sqrt(2.0 * K / (K - 1))
     if d == 1:
         return 0.0
-    if d == 2:
-        return 2.0 * math.sin(math.pi / K)
     if K <= 2 * d:
         return math.sqrt(2.0)
+    if d == 2:
+        return 2.0 * math.sin(math.pi / K)
     if d == 3:
         cos = None
         if K == 7:
@@ -327,7 +327,7 @@ def max_classes(d, rho) -> int:
       used only where the theorem holds (``K >= sqrt(2 pi sqrt(e) d)``).
 
     Numerics: the Thm 3.9 value is computed in the log domain; it can be astronomically
-    large (e.g. d = 512, rho = 0.1 gives ~10^356), so it is returned as an exact Python
+    large (e.g. d = 512, rho = 0.1 gives ~4e178), so it is returned as an exact Python
     int of the float64 value ``exp(log K)`` (relative accuracy ~1e-13 from the logarithm;
     the last digits of a huge result carry no meaning). Moderate results (< 2^52) are
     checked against the bound with +-1 corrections so the integer is exact.
