@@ -32,4 +32,6 @@ from . import metrics  # noqa: E402,F401
 __all__ += ["metrics"]
 # end [metrics]
 # [solvers] exports
+from . import theory, solvers  # noqa: E402,F401
+__all__ += ["theory", "solvers"]
 # end [solvers]
