@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 mode=${GNC_CUDA:-off}
 bdir=build/dev-$mode
+mkdir -p build
 cmake -S . -B "$bdir" -G Ninja -DGNC_CUDA="$mode" -DGNC_CUDA_ARCHS="${GNC_CUDA_ARCHS:-90}" \
   -DCMAKE_BUILD_TYPE=Release -Dpybind11_DIR="$($PY -m pybind11 --cmakedir)" \
   -DPython_EXECUTABLE="$(command -v $PY)" >"$bdir.configure.log" 2>&1 || { cat "$bdir.configure.log"; exit 1; }
