@@ -119,7 +119,7 @@ class _ShardedCE(torch.autograd.Function):
                 gs = gs / max(n_valid, 1)
             scale = gs.expand(B).contiguous()
         dH_all, dW = _grad_tiles(Hn_all, Wn, y_loc, lse, scale, tau, ignore_index, ls, margin, mt, chunk,
-                                 need_h, need_w)
+                                 need_h, need_w, num_classes=K)
         dH = None
         if need_h:
             if distributed:

@@ -124,14 +124,16 @@ def _finish(state: Tensor, y: Tensor, K: int, tau: float, ignore_index: int, lab
 
 def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, tau: float, ignore_index: int,
                 label_smoothing: float, margin: float, margin_type: int, chunk: int, need_h: bool,
-                need_w: bool) -> Tuple[Tensor, Tensor]:
-    B, K = Hn.shape[0], Wn.shape[0]
+                need_w: bool, num_classes: int = 0) -> Tuple[Tensor, Tensor]:
+    # num_classes: the K of the label-smoothing term eps/K when Wn is one shard of a
+    # larger classifier (the sharded loss); 0 means Wn holds all classes.
+    B, K = Hn.shape[0], (num_classes or Wn.shape[0])
     acc = _acc(Hn.dtype)
     Ha = Hn.to(acc)
     dH = torch.zeros((B, Hn.shape[1]), dtype=acc, device=Hn.device) if need_h else Hn.new_empty(0)
     dW = torch.empty(Wn.shape, dtype=Wn.dtype, device=Wn.device) if need_w else Wn.new_empty(0)
     st = stream_of(Hn)
-    for s in range(0, K, chunk):
+    for s in range(0, Wn.shape[0], chunk):
         Wc = Wn[s : s + chunk].to(acc)
         tile = Ha @ Wc.T
         native.sce_grad(view(tile), view(y), s, K, view(lse), view(scale), tau, margin_type, margin,
