@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="train on the bundled digits (d=2) and show GNC emerge, with plots")
     s.add_argument("--out", default="gnc_demo", help="folder for the PNGs and summary.json (default: gnc_demo)")
-    s.add_argument("--epochs", type=_positive_int, default=60)
+    s.add_argument("--epochs", type=_positive_int, default=150)
     s.add_argument("--taus", default=None, help="comma-separated temperatures (default: 0.05,1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
