@@ -43,9 +43,11 @@ when gradients are needed, recompute otherwise and always on CUDA; ``"recompute"
 atomics: CPU epilogues parallelise over rows; the CUDA epilogues reduce inside one
 block per row; the GEMMs are torch's).
 
-CUDA status: the CUDA path is the chunked one (cuBLAS through torch + the native
-epilogue kernels of ``csrc/cuda/loss.cu``). Those kernels were compiled but NOT run
-in the session that wrote them (no GPU was available). No fused CUDA kernel exists yet.
+CUDA status: the default CUDA path is the chunked one (cuBLAS through torch + the
+native epilogue kernels of ``csrc/cuda/loss.cu``), recompute strategy. A fused forward
+kernel (``csrc/cuda/loss_fused.cu``, opt-in via :data:`CUDA_FORWARD` = "fused") keeps
+each 64 × 64 logits tile in shared memory; the backward has no fused kernel yet. All
+CUDA kernels were compiled but NOT run in the session that wrote them (no GPU).
 """
 from __future__ import annotations
 
@@ -60,6 +62,13 @@ from .._native import native, stream_of, view
 
 # "auto" | "recompute" | "grad_in_forward" (see the module docstring)
 STRATEGY = "auto"
+# CUDA forward of the recompute strategy: "chunked" (cuBLAS tile + native epilogue, the
+# default) or "fused" (csrc/cuda/loss_fused.cu: GEMM tile and online log-sum-exp in one
+# kernel, logits only in shared memory; bf16/fp16 on tensor cores via WMMA, fp32 by
+# plain fp32 FMA). The fused kernel was compiled but NOT run by its author: it stays
+# opt-in until a GPU session has checked it against the chunked path
+# (python_tests/test_loss.py::test_cuda_fused_forward_matches_chunked).
+CUDA_FORWARD = "chunked"
 # Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
 # and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
 TILE_BYTES = 32 * 2**20
@@ -152,7 +161,15 @@ def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, 
               margin: float, margin_type: int, chunk: int) -> Tuple[Tensor, Tensor]:
     K = Wn.shape[0]
     check_labels(y, K, True, ignore_index)
-    state = _fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type, chunk or col_chunk(Hn.shape[0], K))
+    if Hn.device.type == "cuda" and CUDA_FORWARD == "fused" and Hn.dtype != torch.float64:
+        state = torch.empty((Hn.shape[0], 4), dtype=torch.float64, device=Hn.device)
+        state[:, 0] = -math.inf
+        state[:, 1:] = 0.0
+        Hc, Wc = Hn.contiguous(), Wn.contiguous()
+        native.sce_fused_forward(view(Hc), view(Wc), view(y), view(state), tau, margin_type, margin, ignore_index,
+                                 stream_of(Hn))
+    else:
+        state = _fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type, chunk or col_chunk(Hn.shape[0], K))
     loss, lse = _finish(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
     return loss.to(_acc(Hn.dtype)), lse
 
@@ -417,7 +434,7 @@ def _(H, Wn, chunk):
 
 
 # ------------------------------------------------------------------- validation --
-def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100) -> None:
+def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100, check_W: bool = True) -> None:
     _validate.tensor(H, "H", ndim=2)
     _validate.tensor(W, "W", ndim=2)
     _validate.tensor(y, "y", ndim=1, dtypes=(torch.int64,), allow_empty=True)
@@ -434,9 +451,23 @@ def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100) ->
         raise ValueError(f"y: expected shape ({H.shape[0]},) (one label per row of H), got {tuple(y.shape)}")
     if torch.compiler.is_compiling():
         return  # data-dependent checks: labels are re-checked inside the ops at run time
-    _validate.finite(H, "H")
-    _validate.finite(W, "W")
+    check_finite_rows(H, "H")
+    if check_W:
+        check_finite_rows(W, "W")
     check_labels(y, W.shape[0], allow_ignore, ignore_index)
+
+
+def check_finite_rows(x: Tensor, name: str) -> None:
+    """Raise ValueError naming ``x`` if it holds NaN/Inf (``gnc_ext.config.check_finite``).
+
+    One pass and an O(rows) temporary: a row sum is non-finite iff the row holds a NaN
+    or an Inf, or its finite values overflow the fp32 sum (> 3e38; also rejected).
+    (``torch.isfinite(x).all()`` makes several full-size temporaries: ~10x slower.)
+    """
+    if _validate.config.check_finite and x.numel() > 0:
+        acc = _acc(x.dtype)
+        if not bool(torch.isfinite(x.sum(dim=1, dtype=acc)).all()):
+            raise ValueError(f"{name}: contains NaN or Inf values (or rows whose sum overflows)")
 
 
 def check_labels(y: Tensor, K: int, allow_ignore: bool, ignore_index: int = -100) -> None:
