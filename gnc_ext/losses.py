@@ -90,8 +90,11 @@ def spherical_cross_entropy(
     Numerics: cosines are fp32 GEMM tiles (16-bit inputs are upcast per tile; fp64
     inputs stay fp64); online log-sum-exp with per-row state in fp64; fp32 accumulation
     of dĤ and dŴ. Complexity: 3 GEMM passes (6·B·K·d flops) for mean/sum with
-    gradients on CPU, 4 otherwise (the backward recomputes tiles). Memory: O(B) state
-    plus one fp32 tile (``gnc_ext.ops.loss.TILE_BYTES``, 32 MiB) plus normalised copies
+    gradients on CPU (gradient computed in the forward on row blocks that see all K
+    classes), 4 otherwise (the backward recomputes tiles). Memory: O(B) state plus one
+    fp32 tile (recompute: ``gnc_ext.ops.loss.TILE_BYTES`` = 32 MiB of B × chunk;
+    gradient-in-forward: ``FUSED_TILE_BYTES`` = 256 MiB of rows × K) plus the gradients
+    (the recompute path also holds normalised copies Ĥ, Ŵ)
     and gradients (no B × K tensor). Deterministic (no floating-point atomics). On
     CUDA the chunked path (cuBLAS + native epilogues) runs by default; a fused forward
     kernel (logits tile kept in shared memory, WMMA tensor cores for bf16/fp16, fp32

@@ -28,7 +28,7 @@ Ops (namespace ``torch.ops.gnc_ext``):
     the gradients for an upstream gradient of 1; the autograd formula scales them by
     the upstream scalar (no copy when it is 1 in eager mode). Memory beyond the inputs:
     dW (K × d, the gradient itself), one (row_chunk × K) fp32 tile
-    (``FUSED_TILE_BYTES``), O(B·d + K). This is the CPU default.
+    (``FUSED_TILE_BYTES``, 256 MiB), O(B·d + K). This is the CPU default.
 
 ``hardmax_rows(Hn, Wn, y, chunk)``
     ``(values, arg)``: ``values_i = max_{k≠y_i} s_ik − s_iy_i`` and ``arg_i`` the
@@ -72,7 +72,7 @@ CUDA_FORWARD = "chunked"
 # Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
 # and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
 TILE_BYTES = 32 * 2**20
-FUSED_TILE_BYTES = 128 * 2**20
+FUSED_TILE_BYTES = 256 * 2**20
 # Minimum rows per block of the gradient-in-forward strategy (keeps the rank-r update
 # of dŴ compute-bound: each block re-reads and re-writes dŴ once).
 MIN_ROW_CHUNK = 32
@@ -97,6 +97,24 @@ def row_chunk(rows: int, K: int) -> int:
 
 
 # ---------------------------------------------------------------- native drivers --
+_MM_OUT_DTYPE_OK = None  # CUDA: does torch.mm(..., out_dtype=float32) work for 16-bit inputs?
+
+
+def _cos_tile(Ha: Tensor, H16: Tensor, Wc: Tensor, acc: torch.dtype) -> Tensor:
+    """(rows × c) tile ``H · Wcᵀ`` in ``acc`` dtype. 16-bit CUDA inputs use the tensor-core
+    GEMM with fp32 output (``torch.mm(..., out_dtype=)``) when this torch has it (checked
+    once, falling back to upcasting the chunk); everything else multiplies in ``acc``."""
+    global _MM_OUT_DTYPE_OK
+    if Wc.dtype != acc and Wc.is_cuda and _MM_OUT_DTYPE_OK is not False:
+        try:
+            t = torch.mm(H16, Wc.T, out_dtype=acc)
+            _MM_OUT_DTYPE_OK = True
+            return t
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_OUT_DTYPE_OK = False
+    return Ha @ Wc.to(acc).T
+
+
 def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, margin: float,
                 margin_type: int, chunk: int) -> Tensor:
     B, K = Hn.shape[0], Wn.shape[0]
@@ -107,7 +125,7 @@ def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int
     Ha = Hn.to(acc)
     st = stream_of(Hn)
     for s in range(0, K, chunk):
-        tile = Ha @ Wn[s : s + chunk].to(acc).T
+        tile = _cos_tile(Ha, Hn, Wn[s : s + chunk], acc)
         native.sce_fold(view(tile), view(y), s, view(state), tau, margin_type, margin, ignore_index, st)
     return state
 
@@ -141,8 +159,8 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, t
     dW = torch.empty(Wn.shape, dtype=Wn.dtype, device=Wn.device) if need_w else Wn.new_empty(0)
     st = stream_of(Hn)
     for s in range(0, K, chunk):
+        tile = _cos_tile(Ha, Hn, Wn[s : s + chunk], acc)
         Wc = Wn[s : s + chunk].to(acc)
-        tile = Ha @ Wc.T
         native.sce_grad(view(tile), view(y), s, K, view(lse), view(scale), tau, margin_type, margin,
                         label_smoothing, ignore_index, st)
         if need_h:
@@ -283,15 +301,13 @@ def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, l
             Wc = W[s:e] if full else W[s:e].to(acc)
             native.sce_grad(view(tile), view(yr), s, K, view(lse), view(sc), tau, margin_type, margin,
                             label_smoothing, ignore_index, st)
-            if need_w:  # dŴ[s:e] += gᵀ·Ĥ_r
-                part = tile.T @ Hr
+            if need_w:  # dŴ[s:e] += gᵀ·Ĥ_r (the first full-width block writes, later ones add in place)
                 if dWn is None and full:
-                    dWn = part
+                    dWn = tile.T @ Hr
                 else:
                     if dWn is None:
                         dWn = torch.zeros((K, d), dtype=acc, device=dev)
-                    dWn[s:e] += part
-                del part
+                    dWn[s:e].addmm_(tile.T, Hr)
             if need_h:  # dĤ_r += g·Ŵ = (g · diag(1/‖w‖))·W
                 if invW is not None:
                     tile.mul_(invW[s:e])
@@ -372,7 +388,7 @@ def _hardmax_rows(Hn: Tensor, Wn: Tensor, y: Tensor, chunk: int) -> Tuple[Tensor
     st = stream_of(Hn)
     c = chunk or col_chunk(B, K)
     for s in range(0, K, c):
-        tile = Ha @ Wn[s : s + c].to(acc).T
+        tile = _cos_tile(Ha, Hn, Wn[s : s + c], acc)
         native.masked_argmax_fold(view(tile), view(y), s, view(best), view(arg), view(tgt), st)
     return (best - tgt).to(acc), arg
 
