@@ -87,15 +87,15 @@ def spherical_cross_entropy(
         The loss in float32 (float64 for float64 inputs) regardless of the input dtype:
         a scalar, or (B,) for ``reduction="none"``.
 
-    Numerics: cosines are fp32 GEMM tiles (16-bit inputs are upcast per tile; fp64
-    inputs stay fp64); online log-sum-exp with per-row state in fp64; fp32 accumulation
+    Numerics: cosines are fp32 GEMM tiles (16-bit inputs are upcast per tile, or on
+    CUDA multiplied on tensor cores with fp32 output; fp64 inputs stay fp64); online log-sum-exp with per-row state in fp64; fp32 accumulation
     of dĤ and dŴ. Complexity: 3 GEMM passes (6·B·K·d flops) for mean/sum with
     gradients on CPU (gradient computed in the forward on row blocks that see all K
     classes), 4 otherwise (the backward recomputes tiles). Memory: O(B) state plus one
     fp32 tile (recompute: ``gnc_ext.ops.loss.TILE_BYTES`` = 32 MiB of B × chunk;
     gradient-in-forward: ``FUSED_TILE_BYTES`` = 256 MiB of rows × K) plus the gradients
-    (the recompute path also holds normalised copies Ĥ, Ŵ)
-    and gradients (no B × K tensor). Deterministic (no floating-point atomics). On
+    (the recompute path also holds normalised copies Ĥ, Ŵ); never a B × K tensor
+    (unless B × K fits one tile). Deterministic (no floating-point atomics). On
     CUDA the chunked path (cuBLAS + native epilogues) runs by default; a fused forward
     kernel (logits tile kept in shared memory, WMMA tensor cores for bf16/fp16, fp32
     FMA for fp32) is opt-in via ``gnc_ext.ops.loss.CUDA_FORWARD = "fused"``. All CUDA
