@@ -48,6 +48,10 @@ native epilogue kernels of ``csrc/cuda/loss.cu``), recompute strategy. A fused f
 kernel (``csrc/cuda/loss_fused.cu``, opt-in via :data:`CUDA_FORWARD` = "fused") keeps
 each 64 × 64 logits tile in shared memory; the backward has no fused kernel yet. All
 CUDA kernels were compiled but NOT run in the session that wrote them (no GPU).
+fp32 precision on CUDA: the chunked path's GEMMs are torch's, so they follow
+``torch.backends.cuda.matmul.allow_tf32`` (False by default: full fp32; set it True for
+the faster TF32 mode, ~1e-3 relative error in the cosines); the fused forward kernel
+uses plain fp32 FMA (full fp32 accuracy, no TF32, no error compensation).
 """
 from __future__ import annotations
 
