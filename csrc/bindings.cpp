@@ -204,8 +204,9 @@ void hull_solve(const TensorView& W, const TensorView& classes, const TensorView
 // ---- end [hull] -------------------------------------------------------------
 
 // ---- [loss] bindings (spherical CE, HardMax) ---------------------------------
-void check_loss_devices(const TensorView& tile, std::initializer_list<std::pair<const TensorView*, const char*>> others) {
-  for (auto& o : others) gnc::check_same_device(tile, *o.first, "tile", o.second);
+void check_loss_devices(const TensorView& first, std::initializer_list<std::pair<const TensorView*, const char*>> others,
+                        const char* first_name = "tile") {
+  for (auto& o : others) gnc::check_same_device(first, *o.first, first_name, o.second);
 }
 
 void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
@@ -233,6 +234,14 @@ void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col
   check_loss_devices(tile, {{&y, "y"}, {&best, "best"}, {&arg, "arg"}, {&tgt, "tgt"}});
   GNC_DISPATCH_DEVICE(tile, gnc::cpu::masked_argmax_fold(tile, y, col0, best, arg, tgt),
                       gnc::cuda::masked_argmax_fold(tile, y, col0, best, arg, tgt, stream));
+}
+void sce_fused_forward(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& state,
+                       double tau, int margin_type, double margin, int64_t ignore_index, std::uintptr_t stream) {
+  check_loss_devices(Hn, {{&Wn, "Wn"}, {&y, "y"}, {&state, "state"}}, "Hn");
+  if (margin_type < 0 || margin_type > 2) gnc::fail("margin_type: expected 0, 1 or 2");
+  GNC_DISPATCH_DEVICE(Hn,
+                      throw std::invalid_argument("sce_fused_forward: CUDA only (the CPU path is the chunked engine)"),
+                      gnc::cuda::sce_fused_forward(Hn, Wn, y, state, tau, margin_type, margin, ignore_index, stream));
 }
 // ---- end [loss] -------------------------------------------------------------
 
@@ -388,6 +397,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("stream") = 0, nogil);
   m.def("masked_argmax_fold", &masked_argmax_fold, py::arg("tile"), py::arg("y"), py::arg("col0"),
         py::arg("best"), py::arg("arg"), py::arg("tgt"), py::arg("stream") = 0, nogil);
+  m.def("sce_fused_forward", &sce_fused_forward, py::arg("Hn"), py::arg("Wn"), py::arg("y"), py::arg("state"),
+        py::arg("tau"), py::arg("margin_type"), py::arg("margin"), py::arg("ignore_index"), py::arg("stream") = 0,
+        nogil);
   // end [loss]
   // [metrics] module definitions
   m.def("metrics_update_batch", &metrics_update_batch, py::arg("features"), py::arg("labels"),

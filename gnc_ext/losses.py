@@ -35,8 +35,8 @@ def _check_margin(margin, margin_type) -> tuple:
     return margin, (_ops.MARGIN_CODES[margin_type] if margin > 0 else 0)
 
 
-def _needs(t: Tensor) -> bool:
-    return torch.is_grad_enabled() and t.requires_grad
+def _needs(t) -> bool:
+    return torch.is_grad_enabled() and bool(getattr(t, "requires_grad", False))
 
 
 def spherical_cross_entropy(
@@ -87,13 +87,19 @@ def spherical_cross_entropy(
         The loss in float32 (float64 for float64 inputs) regardless of the input dtype:
         a scalar, or (B,) for ``reduction="none"``.
 
-    Numerics: cosines are fp32 GEMM tiles (16-bit inputs are upcast per tile; fp64
-    inputs stay fp64); online log-sum-exp with per-row state in fp64; fp32 accumulation
+    Numerics: cosines are fp32 GEMM tiles (16-bit inputs are upcast per tile, or on
+    CUDA multiplied on tensor cores with fp32 output; fp64 inputs stay fp64); online log-sum-exp with per-row state in fp64; fp32 accumulation
     of dĤ and dŴ. Complexity: 3 GEMM passes (6·B·K·d flops) for mean/sum with
-    gradients on CPU, 4 otherwise (the backward recomputes tiles). Memory: O(B) state
-    plus one fp32 tile (``gnc_ext.ops.loss.TILE_BYTES``, 32 MiB) plus normalised copies
-    and gradients (no B × K tensor). Deterministic. On CUDA the chunked path (cuBLAS +
-    native epilogues) runs; those kernels were compiled but not run by their author.
+    gradients on CPU (gradient computed in the forward on row blocks that see all K
+    classes), 4 otherwise (the backward recomputes tiles). Memory: O(B) state plus one
+    fp32 tile (recompute: ``gnc_ext.ops.loss.TILE_BYTES`` = 32 MiB of B × chunk;
+    gradient-in-forward: ``FUSED_TILE_BYTES`` = 256 MiB of rows × K) plus the gradients
+    (the recompute path also holds normalised copies Ĥ, Ŵ); never a B × K tensor
+    (unless B × K fits one tile). Deterministic (no floating-point atomics). On
+    CUDA the chunked path (cuBLAS + native epilogues) runs by default; a fused forward
+    kernel (logits tile kept in shared memory, WMMA tensor cores for bf16/fp16, fp32
+    FMA for fp32) is opt-in via ``gnc_ext.ops.loss.CUDA_FORWARD = "fused"``. All CUDA
+    kernels were compiled but NOT run by their author (no GPU in that session).
 
     Raises:
         TypeError/ValueError naming the argument: wrong types/dtypes, shapes or devices,
@@ -111,12 +117,13 @@ def spherical_cross_entropy(
     margin, mcode = _check_margin(margin, margin_type)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
-    _ops.validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index)
-
     need_h, need_w = _needs(H), _needs(W)
     strategy = _ops.STRATEGY
     use_fused = reduction != "none" and (need_h or need_w) and (
-        strategy == "grad_in_forward" or (strategy == "auto" and H.device.type == "cpu"))
+        strategy == "grad_in_forward" or (strategy == "auto" and getattr(H, "device", None) == torch.device("cpu")))
+    # the fused op computes ‖w_k‖ anyway and rejects non-finite W from those O(K) norms
+    _ops.validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index,
+                         check_W=not (use_fused and normalize))
     if use_fused:
         loss, _, _ = torch.ops.gnc_ext.spherical_ce_fused(
             H, W, y, tau, ignore_index, label_smoothing, margin, mcode, normalize,

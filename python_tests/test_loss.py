@@ -397,6 +397,17 @@ def test_bad_inputs():
         sce(torch.tensor([[1.0, float("nan"), 0, 0]] * 3), W, y)
     with pytest.raises(ValueError, match="W: contains NaN or Inf"):
         hm(H, W.index_fill(0, torch.tensor([2]), float("inf")), y)
+    for strategy in ("recompute", "grad_in_forward"):  # both paths, with gradients
+        L.STRATEGY = strategy
+        try:
+            Wbad = W.index_fill(0, torch.tensor([4]), float("nan")).requires_grad_(True)
+            with pytest.raises(ValueError, match="W: contains NaN or Inf"):
+                sce(H.requires_grad_(True), Wbad, y)
+            with pytest.raises(ValueError, match="H: contains NaN or Inf"):
+                sce(H.index_fill(0, torch.tensor([1]), float("inf")).requires_grad_(True), W, y)
+        finally:
+            L.STRATEGY = "auto"
+            H = H.detach()
     for bad_tau in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="tau"):
             sce(H, W, y, tau=bad_tau)
@@ -482,3 +493,21 @@ def test_cuda_bf16(cuda_device):
     torch.testing.assert_close(out.cpu(), ref, atol=2e-2 * float(ref), rtol=0)
     s = float(Wr.grad.abs().max())
     torch.testing.assert_close(Wb.grad.float().cpu() / s, Wr.grad / s, atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_fused_forward_matches_chunked(cuda_device, dtype, monkeypatch):
+    g = torch.Generator().manual_seed(16)
+    H, W = torch.randn(131, 72, generator=g), torch.randn(10007, 72, generator=g)
+    y = torch.randint(0, 10007, (131,), generator=g)
+    y[5] = -100
+    y[0], y[1] = 0, 10006
+    Hc, Wc, yc = H.to(cuda_device, dtype), W.to(cuda_device, dtype), y.to(cuda_device)
+    opts = dict(tau=0.05, reduction="none", margin=0.3, margin_type="arcface", label_smoothing=0.1)
+    with torch.no_grad():
+        monkeypatch.setattr(L, "CUDA_FORWARD", "chunked")
+        a = gnc_ext.spherical_cross_entropy(Hc, Wc, yc, **opts)
+        monkeypatch.setattr(L, "CUDA_FORWARD", "fused")
+        b = gnc_ext.spherical_cross_entropy(Hc, Wc, yc, **opts)
+    tol = 1e-4 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(b.cpu(), a.cpu(), atol=tol * float(a.abs().max()), rtol=0)

@@ -31,133 +31,39 @@ void check_tile(const TensorView& tile, const TensorView& y, const char* fn) {
   check_dtype(y, DType::I64, "y");
 }
 
-template <typename A>
-void fold_impl(const TensorView& tile, const TensorView& yv, int64_t col0, const TensorView& st,
-               double tau, const loss_math::Margin& mg, int64_t ignore_index) {
-  const int64_t R = tile.size(0), C = tile.size(1), ld = tile.stride(0);
-  const A* tp = tile.data<A>();
-  const int64_t* y = yv.data<int64_t>();
-  double* s = st.data<double>();
-  const A inv_tau = A(1.0 / tau);
-  const A m = A(mg.m), cm = A(mg.cos_m), sm = A(mg.sin_m), th = A(mg.th), mmv = A(mg.mm);
-#pragma omp parallel for schedule(static) if (R * C > 65536)
-  for (int64_t i = 0; i < R; ++i) {
-    const int64_t yi = y[i * yv.stride(0)];
-    if (yi == ignore_index) continue;
-    const A* row = tp + i * ld;
-    const int64_t t = yi - col0;
-    const bool has_t = t >= 0 && t < C;
-    A zt = A(0);
-    if (has_t) zt = loss_math::phi<A>(row[t], mg.type, m, cm, sm, th, mmv) * inv_tau;
-    // the target column (if here) is excluded from the plain loops and added exactly,
-    // so a margin never causes cancellation in the sum
-    const int64_t a_end = has_t ? t : C, b_beg = has_t ? t + 1 : C;
-    A mx = -std::numeric_limits<A>::infinity();
-#pragma omp simd reduction(max : mx)
-    for (int64_t k = 0; k < a_end; ++k) mx = std::max(mx, row[k]);
-#pragma omp simd reduction(max : mx)
-    for (int64_t k = b_beg; k < C; ++k) mx = std::max(mx, row[k]);
-    mx *= inv_tau;
-    if (has_t) mx = std::max(mx, zt);
-    double* si = s + 4 * i;
-    const double M = std::max(si[0], static_cast<double>(mx));
-    const A Ma = static_cast<A>(M);
-    A acc = A(0), zsum = A(0);
-#pragma omp simd reduction(+ : acc, zsum)
-    for (int64_t k = 0; k < a_end; ++k) {
-      const A z = row[k] * inv_tau;
-      acc += exp_nonpos(z - Ma);
-      zsum += z;
-    }
-#pragma omp simd reduction(+ : acc, zsum)
-    for (int64_t k = b_beg; k < C; ++k) {
-      const A z = row[k] * inv_tau;
-      acc += exp_nonpos(z - Ma);
-      zsum += z;
-    }
-    if (has_t) {
-      acc += exp_nonpos(zt - Ma);
-      zsum += zt;
-      si[2] = static_cast<double>(row[t]);
-    }
-    const double old = si[0] == -std::numeric_limits<double>::infinity() ? 0.0 : si[1] * std::exp(si[0] - M);
-    si[1] = old + static_cast<double>(acc);
-    si[0] = M;
-    si[3] += static_cast<double>(zsum);
-  }
-}
+}  // namespace
 
-template <typename A>
-void grad_impl(const TensorView& tile, const TensorView& yv, int64_t col0, int64_t K,
-               const TensorView& lsev, const TensorView& scv, double tau, const loss_math::Margin& mg,
-               double eps_ls, int64_t ignore_index) {
-  const int64_t R = tile.size(0), C = tile.size(1), ld = tile.stride(0);
-  A* tp = tile.data<A>();
-  const int64_t* y = yv.data<int64_t>();
-  const double* lse = lsev.data<double>();
-  const double* sc = scv.data<double>();
-  const A inv_tau = A(1.0 / tau);
-  const A m = A(mg.m), cm = A(mg.cos_m), sm = A(mg.sin_m), th = A(mg.th), mmv = A(mg.mm);
-  const A uni = A(eps_ls / static_cast<double>(K));
-#pragma omp parallel for schedule(static) if (R * C > 65536)
-  for (int64_t i = 0; i < R; ++i) {
-    A* row = tp + i * ld;
-    const int64_t yi = y[i * yv.stride(0)];
-    const double scale = sc[i * scv.stride(0)];
-    if (yi == ignore_index || scale == 0.0) {
-      std::fill(row, row + C, A(0));
-      continue;
-    }
-    const A L = static_cast<A>(lse[i * lsev.stride(0)]);
-    const A u = static_cast<A>(scale / tau);
-    const int64_t t = yi - col0;
-    const bool has_t = t >= 0 && t < C;
-    A ct = A(0);
-    if (has_t) ct = row[t];
-#pragma omp simd
-    for (int64_t k = 0; k < C; ++k) row[k] = u * (exp_nonpos(row[k] * inv_tau - L) - uni);
-    if (has_t) {
-      const A zt = loss_math::phi<A>(ct, mg.type, m, cm, sm, th, mmv) * inv_tau;
-      const A pt = exp_nonpos(zt - L);
-      row[t] = u * (pt - uni - A(1.0 - eps_ls)) * loss_math::dphi<A>(ct, mg.type, cm, sm, th);
-    }
-  }
-}
+namespace base {
+using loss_math::exp_nonpos;
+#include "cpu/loss_kernels.inc"
+}  // namespace base
 
-template <typename A>
-void argmax_impl(const TensorView& tile, const TensorView& yv, int64_t col0, const TensorView& bv,
-                 const TensorView& av, const TensorView& tv) {
-  const int64_t R = tile.size(0), C = tile.size(1), ld = tile.stride(0);
-  const A* tp = tile.data<A>();
-  const int64_t* y = yv.data<int64_t>();
-  double* best = bv.data<double>();
-  int64_t* arg = av.data<int64_t>();
-  double* tgt = tv.data<double>();
-#pragma omp parallel for schedule(static) if (R * C > 65536)
-  for (int64_t i = 0; i < R; ++i) {
-    const A* row = tp + i * ld;
-    const int64_t t = y[i * yv.stride(0)] - col0;
-    const bool has_t = t >= 0 && t < C;
-    // vectorisable max over the row with the target masked out, then the first index
-    A mx = -std::numeric_limits<A>::infinity();
-    if (has_t) {
-      for (int64_t k = 0; k < t; ++k) mx = std::max(mx, row[k]);
-      for (int64_t k = t + 1; k < C; ++k) mx = std::max(mx, row[k]);
-      tgt[i] = static_cast<double>(row[t]);
-    } else {
-#pragma omp simd reduction(max : mx)
-      for (int64_t k = 0; k < C; ++k) mx = std::max(mx, row[k]);
-    }
-    if (C == 0 || (has_t && C == 1)) continue;
-    if (static_cast<double>(mx) > best[i]) {  // strict: earlier tiles win ties
-      int64_t k = 0;
-      while (k < C && (k == t || row[k] != mx)) ++k;
-      best[i] = static_cast<double>(mx);
-      arg[i] = col0 + k;
-    }
-  }
-}
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#define GNC_LOSS_AVX512 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+namespace avx512 {
+using loss_math::exp_nonpos;
+#include "cpu/loss_kernels.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+#endif
 
+namespace {
+bool use_avx512() {
+#ifdef GNC_LOSS_AVX512
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  return ok;
+#else
+  return false;
+#endif
+}
+#ifdef GNC_LOSS_AVX512
+#define GNC_LOSS_CALL(fn, ...) (use_avx512() ? avx512::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+#else
+#define GNC_LOSS_CALL(fn, ...) base::fn(__VA_ARGS__)
+#endif
 }  // namespace
 
 void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
@@ -169,9 +75,9 @@ void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const T
   if (!(tau > 0)) fail("tau: must be > 0");
   const auto mg = loss_math::make_margin(margin_type, margin);
   if (tile.dtype == DType::F32)
-    fold_impl<float>(tile, y, col0, state, tau, mg, ignore_index);
+    GNC_LOSS_CALL(fold_impl<float>, tile, y, col0, state, tau, mg, ignore_index);
   else
-    fold_impl<double>(tile, y, col0, state, tau, mg, ignore_index);
+    GNC_LOSS_CALL(fold_impl<double>, tile, y, col0, state, tau, mg, ignore_index);
 }
 
 void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
@@ -186,9 +92,9 @@ void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t
   if (num_classes < 1) fail("num_classes: must be >= 1");
   const auto mg = loss_math::make_margin(margin_type, margin);
   if (tile.dtype == DType::F32)
-    grad_impl<float>(tile, y, col0, num_classes, lse, scale, tau, mg, label_smoothing, ignore_index);
+    GNC_LOSS_CALL(grad_impl<float>, tile, y, col0, num_classes, lse, scale, tau, mg, label_smoothing, ignore_index);
   else
-    grad_impl<double>(tile, y, col0, num_classes, lse, scale, tau, mg, label_smoothing, ignore_index);
+    GNC_LOSS_CALL(grad_impl<double>, tile, y, col0, num_classes, lse, scale, tau, mg, label_smoothing, ignore_index);
 }
 
 void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col0,
@@ -203,9 +109,9 @@ void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col
   if (best.size(0) > 0 && (best.stride(0) != 1 || arg.stride(0) != 1 || tgt.stride(0) != 1))
     fail("best/arg/tgt: must be contiguous");
   if (tile.dtype == DType::F32)
-    argmax_impl<float>(tile, y, col0, best, arg, tgt);
+    GNC_LOSS_CALL(argmax_impl<float>, tile, y, col0, best, arg, tgt);
   else
-    argmax_impl<double>(tile, y, col0, best, arg, tgt);
+    GNC_LOSS_CALL(argmax_impl<double>, tile, y, col0, best, arg, tgt);
 }
 
 }  // namespace cpu

@@ -20,3 +20,21 @@ void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col
 
 }  // namespace cuda
 }  // namespace gnc
+
+namespace gnc {
+namespace cuda {
+
+// FUSED forward of the spherical CE (unit-norm inputs Hn (B, d), Wn (K, d), same dtype,
+// contiguous rows): one kernel computes 64 x 64 cosine tiles (bf16/fp16: WMMA tensor
+// cores, fp32 accumulation; fp32: plain fp32 FMA, i.e. full fp32 accuracy, no TF32) and
+// folds each tile into per-row online log-sum-exp state while it is in shared memory;
+// blocks split K and write partial states, a second kernel merges them in a fixed order
+// (deterministic, no atomics). Writes `state` (B x 4, float64) with the layout of
+// sce_fold: [max z, sum exp(z - max), target cosine, sum z]. Compiled, NOT run in the
+// session that wrote it.
+void sce_fused_forward(const TensorView& Hn, const TensorView& Wn, const TensorView& y,
+                       const TensorView& state, double tau, int margin_type, double margin,
+                       int64_t ignore_index, std::uintptr_t stream);
+
+}  // namespace cuda
+}  // namespace gnc

@@ -28,7 +28,7 @@ Ops (namespace ``torch.ops.gnc_ext``):
     the gradients for an upstream gradient of 1; the autograd formula scales them by
     the upstream scalar (no copy when it is 1 in eager mode). Memory beyond the inputs:
     dW (K × d, the gradient itself), one (row_chunk × K) fp32 tile
-    (``FUSED_TILE_BYTES``), O(B·d + K). This is the CPU default.
+    (``FUSED_TILE_BYTES``, 256 MiB), O(B·d + K). This is the CPU default.
 
 ``hardmax_rows(Hn, Wn, y, chunk)``
     ``(values, arg)``: ``values_i = max_{k≠y_i} s_ik − s_iy_i`` and ``arg_i`` the
@@ -43,9 +43,15 @@ when gradients are needed, recompute otherwise and always on CUDA; ``"recompute"
 atomics: CPU epilogues parallelise over rows; the CUDA epilogues reduce inside one
 block per row; the GEMMs are torch's).
 
-CUDA status: the CUDA path is the chunked one (cuBLAS through torch + the native
-epilogue kernels of ``csrc/cuda/loss.cu``). Those kernels were compiled but NOT run
-in the session that wrote them (no GPU was available). No fused CUDA kernel exists yet.
+CUDA status: the default CUDA path is the chunked one (cuBLAS through torch + the
+native epilogue kernels of ``csrc/cuda/loss.cu``), recompute strategy. A fused forward
+kernel (``csrc/cuda/loss_fused.cu``, opt-in via :data:`CUDA_FORWARD` = "fused") keeps
+each 64 × 64 logits tile in shared memory; the backward has no fused kernel yet. All
+CUDA kernels were compiled but NOT run in the session that wrote them (no GPU).
+fp32 precision on CUDA: the chunked path's GEMMs are torch's, so they follow
+``torch.backends.cuda.matmul.allow_tf32`` (False by default: full fp32; set it True for
+the faster TF32 mode, ~1e-3 relative error in the cosines); the fused forward kernel
+uses plain fp32 FMA (full fp32 accuracy, no TF32, no error compensation).
 """
 from __future__ import annotations
 
@@ -60,10 +66,17 @@ from .._native import native, stream_of, view
 
 # "auto" | "recompute" | "grad_in_forward" (see the module docstring)
 STRATEGY = "auto"
+# CUDA forward of the recompute strategy: "chunked" (cuBLAS tile + native epilogue, the
+# default) or "fused" (csrc/cuda/loss_fused.cu: GEMM tile and online log-sum-exp in one
+# kernel, logits only in shared memory; bf16/fp16 on tensor cores via WMMA, fp32 by
+# plain fp32 FMA). The fused kernel was compiled but NOT run by its author: it stays
+# opt-in until a GPU session has checked it against the chunked path
+# (python_tests/test_loss.py::test_cuda_fused_forward_matches_chunked).
+CUDA_FORWARD = "chunked"
 # Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
 # and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
 TILE_BYTES = 32 * 2**20
-FUSED_TILE_BYTES = 128 * 2**20
+FUSED_TILE_BYTES = 256 * 2**20
 # Minimum rows per block of the gradient-in-forward strategy (keeps the rank-r update
 # of dŴ compute-bound: each block re-reads and re-writes dŴ once).
 MIN_ROW_CHUNK = 32
@@ -88,6 +101,24 @@ def row_chunk(rows: int, K: int) -> int:
 
 
 # ---------------------------------------------------------------- native drivers --
+_MM_OUT_DTYPE_OK = None  # CUDA: does torch.mm(..., out_dtype=float32) work for 16-bit inputs?
+
+
+def _cos_tile(Ha: Tensor, H16: Tensor, Wc: Tensor, acc: torch.dtype) -> Tensor:
+    """(rows × c) tile ``H · Wcᵀ`` in ``acc`` dtype. 16-bit CUDA inputs use the tensor-core
+    GEMM with fp32 output (``torch.mm(..., out_dtype=)``) when this torch has it (checked
+    once, falling back to upcasting the chunk); everything else multiplies in ``acc``."""
+    global _MM_OUT_DTYPE_OK
+    if Wc.dtype != acc and Wc.is_cuda and _MM_OUT_DTYPE_OK is not False:
+        try:
+            t = torch.mm(H16, Wc.T, out_dtype=acc)
+            _MM_OUT_DTYPE_OK = True
+            return t
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_OUT_DTYPE_OK = False
+    return Ha @ Wc.to(acc).T
+
+
 def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, margin: float,
                 margin_type: int, chunk: int) -> Tensor:
     B, K = Hn.shape[0], Wn.shape[0]
@@ -98,7 +129,7 @@ def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int
     Ha = Hn.to(acc)
     st = stream_of(Hn)
     for s in range(0, K, chunk):
-        tile = Ha @ Wn[s : s + chunk].to(acc).T
+        tile = _cos_tile(Ha, Hn, Wn[s : s + chunk], acc)
         native.sce_fold(view(tile), view(y), s, view(state), tau, margin_type, margin, ignore_index, st)
     return state
 
@@ -134,8 +165,8 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, t
     dW = torch.empty(Wn.shape, dtype=Wn.dtype, device=Wn.device) if need_w else Wn.new_empty(0)
     st = stream_of(Hn)
     for s in range(0, Wn.shape[0], chunk):
+        tile = _cos_tile(Ha, Hn, Wn[s : s + chunk], acc)
         Wc = Wn[s : s + chunk].to(acc)
-        tile = Ha @ Wc.T
         native.sce_grad(view(tile), view(y), s, K, view(lse), view(scale), tau, margin_type, margin,
                         label_smoothing, ignore_index, st)
         if need_h:
@@ -154,7 +185,15 @@ def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, 
               margin: float, margin_type: int, chunk: int) -> Tuple[Tensor, Tensor]:
     K = Wn.shape[0]
     check_labels(y, K, True, ignore_index)
-    state = _fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type, chunk or col_chunk(Hn.shape[0], K))
+    if Hn.device.type == "cuda" and CUDA_FORWARD == "fused" and Hn.dtype != torch.float64:
+        state = torch.empty((Hn.shape[0], 4), dtype=torch.float64, device=Hn.device)
+        state[:, 0] = -math.inf
+        state[:, 1:] = 0.0
+        Hc, Wc = Hn.contiguous(), Wn.contiguous()
+        native.sce_fused_forward(view(Hc), view(Wc), view(y), view(state), tau, margin_type, margin, ignore_index,
+                                 stream_of(Hn))
+    else:
+        state = _fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type, chunk or col_chunk(Hn.shape[0], K))
     loss, lse = _finish(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
     return loss.to(_acc(Hn.dtype)), lse
 
@@ -268,15 +307,13 @@ def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, l
             Wc = W[s:e] if full else W[s:e].to(acc)
             native.sce_grad(view(tile), view(yr), s, K, view(lse), view(sc), tau, margin_type, margin,
                             label_smoothing, ignore_index, st)
-            if need_w:  # dŴ[s:e] += gᵀ·Ĥ_r
-                part = tile.T @ Hr
+            if need_w:  # dŴ[s:e] += gᵀ·Ĥ_r (the first full-width block writes, later ones add in place)
                 if dWn is None and full:
-                    dWn = part
+                    dWn = tile.T @ Hr
                 else:
                     if dWn is None:
                         dWn = torch.zeros((K, d), dtype=acc, device=dev)
-                    dWn[s:e] += part
-                del part
+                    dWn[s:e].addmm_(tile.T, Hr)
             if need_h:  # dĤ_r += g·Ŵ = (g · diag(1/‖w‖))·W
                 if invW is not None:
                     tile.mul_(invW[s:e])
@@ -357,7 +394,7 @@ def _hardmax_rows(Hn: Tensor, Wn: Tensor, y: Tensor, chunk: int) -> Tuple[Tensor
     st = stream_of(Hn)
     c = chunk or col_chunk(B, K)
     for s in range(0, K, c):
-        tile = Ha @ Wn[s : s + c].to(acc).T
+        tile = _cos_tile(Ha, Hn, Wn[s : s + c], acc)
         native.masked_argmax_fold(view(tile), view(y), s, view(best), view(arg), view(tgt), st)
     return (best - tgt).to(acc), arg
 
@@ -419,7 +456,7 @@ def _(H, Wn, chunk):
 
 
 # ------------------------------------------------------------------- validation --
-def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100) -> None:
+def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100, check_W: bool = True) -> None:
     _validate.tensor(H, "H", ndim=2)
     _validate.tensor(W, "W", ndim=2)
     _validate.tensor(y, "y", ndim=1, dtypes=(torch.int64,), allow_empty=True)
@@ -436,9 +473,23 @@ def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100) ->
         raise ValueError(f"y: expected shape ({H.shape[0]},) (one label per row of H), got {tuple(y.shape)}")
     if torch.compiler.is_compiling():
         return  # data-dependent checks: labels are re-checked inside the ops at run time
-    _validate.finite(H, "H")
-    _validate.finite(W, "W")
+    check_finite_rows(H, "H")
+    if check_W:
+        check_finite_rows(W, "W")
     check_labels(y, W.shape[0], allow_ignore, ignore_index)
+
+
+def check_finite_rows(x: Tensor, name: str) -> None:
+    """Raise ValueError naming ``x`` if it holds NaN/Inf (``gnc_ext.config.check_finite``).
+
+    One pass and an O(rows) temporary: a row sum is non-finite iff the row holds a NaN
+    or an Inf, or its finite values overflow the fp32 sum (> 3e38; also rejected).
+    (``torch.isfinite(x).all()`` makes several full-size temporaries: ~10x slower.)
+    """
+    if _validate.config.check_finite and x.numel() > 0:
+        acc = _acc(x.dtype)
+        if not bool(torch.isfinite(x.sum(dim=1, dtype=acc)).all()):
+            raise ValueError(f"{name}: contains NaN or Inf values (or rows whose sum overflows)")
 
 
 def check_labels(y: Tensor, K: int, allow_ignore: bool, ignore_index: int = -100) -> None:
