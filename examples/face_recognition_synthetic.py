@@ -76,8 +76,11 @@ def train(rank: int, world: int, args, init_file: str | None = None) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
     torch.manual_seed(args.seed)  # same backbone init on every rank
     X, y = make_data(args.classes, args.per_class, args.input_dim, args.noise, args.seed)
-    Xev, yev = make_data(args.classes, 2, args.input_dim, args.noise, args.seed)  # same prototypes, new noise
-    Xev, yev = Xev[args.classes * 2 // 2 :], yev[args.classes * 2 // 2 :]  # half of them, all classes likely
+    # held-out samples: the same prototypes (same seed), fresh noise
+    g_ev = torch.Generator().manual_seed(args.seed + 12345)
+    yev = torch.arange(args.classes).repeat_interleave(2)
+    protos = torch.randn(args.classes, args.input_dim, generator=torch.Generator().manual_seed(args.seed))
+    Xev = protos[yev] + args.noise * torch.randn(yev.numel(), args.input_dim, generator=g_ev)
     net = backbone(args.input_dim, args.dim).to(device)
     if distributed:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -91,7 +94,7 @@ def train(rank: int, world: int, args, init_file: str | None = None) -> None:
     else:
         crit = gnc_ext.nn.SphericalCELoss(args.classes, args.dim, tau=args.tau, margin=args.margin).to(device)
     params = list(net.parameters()) + [p for p in crit.parameters()]
-    opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = math.ceil(X.shape[0] / (args.batch_size * world))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
     if rank == 0:
@@ -115,14 +118,14 @@ def train(rank: int, world: int, args, init_file: str | None = None) -> None:
             sched.step()
             if cmf is not None:
                 cmf.update(feats.detach(), yb)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.detach().item():.3f}")
         if ep % args.eval_every == 0 or ep == args.epochs:
             W = crit.full_weight() if distributed else crit.class_weights().detach()
             inner = net.module if distributed else net
             if rank == 0:
                 m = gnc_report(inner, W, Xev, yev, args.classes, device)
                 rho = "n/a" if m["rho"] is None else f"{m['rho']:.4f} (gap {m['rho_gap']:.1e})"
-                print(f"epoch {ep:3d} loss {float(loss):.4f}  NCC acc {m['ncc']:.4f}  GNC1 {m['gnc1']:.3e}  "
+                print(f"epoch {ep:3d} loss {loss.detach().item():.4f}  NCC acc {m['ncc']:.4f}  GNC1 {m['gnc1']:.3e}  "
                       f"GNC3 {m['gnc3']:.3e}  rho(W) {rho}  [{time.time() - t0:.0f} s]")
             if distributed:
                 dist.barrier()
@@ -136,10 +139,10 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=8)
     p.add_argument("--input-dim", type=int, default=64)
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--noise", type=float, default=0.6)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--noise", type=float, default=1.2)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--lr", type=float, default=2e-2)
     p.add_argument("--tau", type=float, default=1 / 32)
     p.add_argument("--margin", type=float, default=0.2, help="CosFace margin")
     p.add_argument("--classifier", choices=["learned", "cmf"], default="learned")

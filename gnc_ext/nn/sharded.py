@@ -38,7 +38,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import _validate
-from ..ops.loss import MARGIN_CODES, _finish, _fold_state, _grad_tiles, col_chunk
+from ..losses import _check_margin
+from ..ops.loss import _finish, _fold_state, _grad_tiles, col_chunk
 from ..ops.normalize import normalize_rows
 
 _REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
@@ -159,13 +160,7 @@ class ShardedSphericalCELoss(nn.Module):
         K = _validate.integer(num_classes, "num_classes", minimum=2)
         d = _validate.integer(dim, "dim", minimum=1)
         self.tau = _validate.positive_float(tau, "tau")
-        self.margin = _validate.positive_float(margin, "margin", allow_zero=True)
-        if margin_type not in MARGIN_CODES:
-            raise ValueError(f"margin_type: expected one of {sorted(MARGIN_CODES)}, got {margin_type!r}")
-        if margin_type == "arcface" and self.margin >= math.pi:
-            raise ValueError(f"margin: ArcFace margin must be in [0, pi), got {self.margin}")
-        if margin_type == "cosface" and self.margin > 2.0:
-            raise ValueError(f"margin: CosFace margin must be in [0, 2], got {self.margin}")
+        self.margin, self._margin_code = _check_margin(margin, margin_type)
         ls = float(label_smoothing)
         if not 0.0 <= ls < 1.0:
             raise ValueError(f"label_smoothing: expected a value in [0, 1), got {label_smoothing}")
@@ -248,8 +243,7 @@ class ShardedSphericalCELoss(nn.Module):
         if self.sample_rate < 1.0:
             Wn, y_loc, K_eff = self._sample(Wn, y_loc, in_shard, outside, counts)
         return _ShardedCE.apply(Hn, Wn, y_all, y_loc.contiguous(), counts, self.rank, self.group, self.tau,
-                                self.ignore_index, self.label_smoothing, self.margin,
-                                MARGIN_CODES[self.margin_type] if self.margin > 0 else 0, K_eff,
+                                self.ignore_index, self.label_smoothing, self.margin, self._margin_code, K_eff,
                                 _REDUCTIONS[self.reduction], col_chunk(y_all.shape[0], Wn.shape[0]))
 
     def _sample(self, Wn: Tensor, y_loc: Tensor, in_shard: Tensor, outside: int, counts: List[int]):
