@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from typing import List, Optional
 
 import numpy as np
@@ -144,7 +145,9 @@ def _polish(W: np.ndarray, *, max_iter: int, tol: float):
     cmax = C.max()
     delta = 0.05 * max(math.sqrt(max(2.0 - 2.0 * cmax, 0.0)), 1e-3)
     it_done = 0
-    opts = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+    # Primal simplex: these LPs are highly degenerate (many box-bound variables); HiGHS's
+    # default dual simplex needs ~10x more pivots on them (measured at d = 16, K = 24).
+    opts = {"simplex_strategy": 4}
     for it in range(max_iter):
         it_done = it + 1
         B = _sphere.tangent_bases(W)  # (K, d, d-1)
@@ -165,7 +168,11 @@ def _polish(W: np.ndarray, *, max_iter: int, tol: float):
         c = np.zeros(n + 1)
         c[n] = -1.0
         bounds = [(-1.0, 1.0)] * n + [(None, None)]
-        res = linprog(c, A_ub=A, b_ub=b, bounds=bounds, method="highs", options=opts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 'simplex_strategy' is passed to HiGHS verbatim
+            res = linprog(c, A_ub=A, b_ub=b, bounds=bounds, method="highs-ds", options=opts)
+        if res.status != 0 or res.x is None:
+            res = linprog(c, A_ub=A, b_ub=b, bounds=bounds, method="highs-ipm")
         if res.status != 0 or res.x is None:
             delta *= 0.25
             if delta < 1e-15:
@@ -211,6 +218,7 @@ def _chord(cmax: float) -> float:
 
 # ------------------------------------------------------------------------ public
 _S_GLOBAL = (32.0, 128.0, 512.0, 2048.0)
+_S_LOW = (2.0, 8.0, 32.0, 128.0, 512.0, 2048.0)
 _S_HOP = (128.0, 1024.0)
 
 
@@ -334,6 +342,9 @@ def tammes(
     restart_values: List[float] = []
     history: List[float] = []
 
+    def reached() -> bool:
+        return proven_cos is not None and state["c"] <= proven_cos + max(tol, 1e-11)
+
     def consider(X: torch.Tensor, top: int) -> None:
         cm = _sphere.max_cos(X).cpu()
         order = torch.argsort(cm)[:top].tolist()
@@ -348,9 +359,8 @@ def tammes(
             c = float(C.max())
             if c < state["c"] - 1e-15:
                 state.update(W=Wc, c=c, it=its)
-
-    def reached() -> bool:
-        return proven_cos is not None and state["c"] <= proven_cos + max(tol, 1e-13)
+            if reached():
+                break
 
     def out_of_time() -> bool:
         return time_limit is not None and time.perf_counter() - t0 > time_limit
@@ -361,7 +371,14 @@ def tammes(
         while done < restarts and not reached():
             nb = min(batch, restarts - done)
             X = _sphere.random_points(nb, K, d, generator=gen, device=dev)
-            X = _anneal(X, max_iter, h, _S_GLOBAL)
+            # a quarter of the starts follow the full continuation from s = 2 (few,
+            # well-determined paths), the rest start at s = 32 (diverse basins)
+            n_low = nb // 4
+            parts = []
+            if n_low > 0:
+                parts.append(_anneal(X[:n_low], max_iter, h, _S_LOW))
+            parts.append(_anneal(X[n_low:], max_iter, h, _S_GLOBAL))
+            X = torch.cat(parts, dim=0)
             restart_values += [_chord(float(c)) for c in _sphere.max_cos(X).cpu()]
             consider(X, polish_top)
             done += nb
