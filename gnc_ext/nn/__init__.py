@@ -1,9 +1,14 @@
-"""nn.Module front-ends: large-K losses (and, later, classifiers such as CMFClassifier).
+"""nn.Module front-ends for large-K training.
 
 - :class:`SphericalCELoss` — spherical cross-entropy with a (K, d) weight Parameter or an
   external weight provider (``classifier=``), ``predict`` and chunked ``logits``.
 - :class:`HardMaxLoss` — the HardMax loss, same conventions.
+- :class:`CMFClassifier` — class-mean-feature classifier (EMA of batch class means).
+- :class:`ShardedSphericalCELoss` — spherical CE with W sharded by class over a
+  torch.distributed group.
 """
+from .cmf import CMFClassifier
 from .losses import HardMaxLoss, SphericalCELoss
+from .sharded import ShardedSphericalCELoss
 
-__all__ = ["SphericalCELoss", "HardMaxLoss"]
+__all__ = ["SphericalCELoss", "HardMaxLoss", "CMFClassifier", "ShardedSphericalCELoss"]
