@@ -87,3 +87,22 @@ def test_cmf_bad_inputs():
         cmf.update(torch.randn(2, 2), torch.tensor([0]))
     with pytest.raises(TypeError, match="labels"):
         cmf.update(torch.randn(2, 2), torch.tensor([0.0, 1.0]))
+
+
+def test_cmf_plugs_into_spherical_ce_loss():
+    import gnc_ext
+
+    K, d = 6, 4
+    cmf = CMFClassifier(K, d, seed=2)
+    crit = gnc_ext.nn.SphericalCELoss(K, d, tau=0.1, classifier=cmf)
+    H = torch.randn(10, d, requires_grad=True)
+    y = torch.arange(10) % K
+    loss = crit(H, y)
+    ref = gnc_ext.spherical_cross_entropy(H, cmf.weight, y, tau=0.1)
+    torch.testing.assert_close(loss, ref)
+    loss.backward()
+    assert H.grad is not None and cmf.weight.grad is None  # W is not trained
+    cmf.update(H.detach(), y)
+    loss2 = crit(H, y)  # the provider's updated weight is read at every call
+    torch.testing.assert_close(loss2, gnc_ext.spherical_cross_entropy(H, cmf.weight, y, tau=0.1))
+    assert not torch.allclose(loss2, loss)
