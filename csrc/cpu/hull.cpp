@@ -88,6 +88,7 @@ inline void bwd_solve(const double* L, int64_t ld, int s, double* a) {
 }
 
 constexpr double kDegenerate = 1e-13;  // pivot floor relative to ||(y, 1)||: affine dependence
+constexpr double kThin = 1e-4;         // below this relative Gram pivot, recompute it explicitly
 constexpr double kPos = 1e-15;         // weights below this are treated as zero
 
 // Removes row p from the lower-triangular Cholesky factor L (rows = corral points,
@@ -163,6 +164,15 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
     double* Ls = w.L.data() + s * ld;
     for (int i = 0; i < s; ++i) w.z[i] = w.G[static_cast<int64_t>(w.S[i]) * n + jm] + 1.0;
     fwd_solve(w.L.data(), ld, s, w.z.data(), Ls);
+    const double scale = w.G[jm * n + jm] + 1.0;
+    double d2 = scale;
+    for (int i = 0; i < s; ++i) d2 -= Ls[i] * Ls[i];
+    if (d2 > kThin * scale) {  // well separated: the Gram pivot is accurate (rel. err <= eps/kThin)
+      Ls[s] = std::sqrt(d2);
+      w.S.push_back(static_cast<int>(jm));
+      w.lam[s] = 0.0;
+      return true;
+    }
     for (int i = 0; i < s; ++i) w.c[i] = Ls[i];
     bwd_solve(w.L.data(), ld, s, w.c.data());  // c = M^-1 r: least-squares coefficients
     const T* wj = W + w.cidx[jm] * ws0;
@@ -176,7 +186,6 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
     }
     double piv2 = e1 * e1;
     for (int64_t t = 0; t < d; ++t) piv2 += w.e[t] * w.e[t];
-    const double scale = w.G[jm * n + jm] + 1.0;
     if (!(piv2 > kDegenerate * kDegenerate * scale)) return false;
     Ls[s] = std::sqrt(piv2);
     w.S.push_back(static_cast<int>(jm));
