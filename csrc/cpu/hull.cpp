@@ -64,7 +64,7 @@ void topm_impl(const TensorView& tile, const TensorView& row_ids, int64_t col0,
 
 // ---- Wolfe's min-norm-point algorithm (fp64) ------------------------------------
 struct Work {
-  std::vector<double> G, x, g, L, lam, alpha, z, c, e, wkd;
+  std::vector<double> G, Y, x, g, L, lam, alpha, z, c, e, wkd;
   std::vector<int64_t> cidx, pos;  // global class index of candidate i
   std::vector<int> S;         // corral: candidate positions
 };
@@ -141,8 +141,28 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
   for (int64_t t = 0; t < d; ++t) w.wkd[t] = static_cast<double>(load_f(wk, t));
   // compact Gram matrix of the valid candidates (n x n)
   w.G.resize(static_cast<size_t>(n * n));
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) w.G[i * n + j] = gram[w.pos[i] * ncand + w.pos[j]];
+  if (gram != nullptr) {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) w.G[i * n + j] = gram[w.pos[i] * ncand + w.pos[j]];
+  } else {  // form it here: y_i = w_i - w_k in a cache-resident buffer, then dot products
+    w.Y.resize(static_cast<size_t>(n * d));
+    for (int64_t i = 0; i < n; ++i) {
+      const T* wj = W + w.cidx[i] * ws0;
+      double* y = w.Y.data() + i * d;
+      for (int64_t t = 0; t < d; ++t) y[t] = static_cast<double>(load_f(wj, t)) - w.wkd[t];
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const double* yi = w.Y.data() + i * d;
+      for (int64_t j = 0; j <= i; ++j) {
+        const double* yj = w.Y.data() + j * d;
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t t = 0; t < d; ++t) s += yi[t] * yj[t];
+        w.G[i * n + j] = s;
+        w.G[j * n + i] = s;
+      }
+    }
+  }
   double ymax = 0.0;
   for (int64_t i = 0; i < n; ++i) ymax = std::max(ymax, w.G[i * n + i]);
   const int smax = static_cast<int>(std::min<int64_t>(n, d + 1));
@@ -344,8 +364,8 @@ void solve_impl(const TensorView& W, const TensorView& classes, const TensorView
     for (int64_t b = 0; b < B; ++b) {
       const int64_t* is = n_init ? init_sup.data<int64_t>() + b * init_sup.stride(0) : nullptr;
       const double* iw = n_init ? init_wt.data<double>() + b * init_wt.stride(0) : nullptr;
-      solve_one<T>(Wp, W.stride(0), d, cl[b * classes.stride(0)], cp + b * cand.stride(0), n,
-                   gram.data<double>() + b * gram.stride(0), is, iw, n_init,
+      const double* gb = gram.numel() > 0 ? gram.data<double>() + b * gram.stride(0) : nullptr;
+      solve_one<T>(Wp, W.stride(0), d, cl[b * classes.stride(0)], cp + b * cand.stride(0), n, gb, is, iw, n_init,
                    gap_tol,
                    max_iter, w, proj.data<double>() + b * proj.stride(0), dist.data<double>() + b,
                    support.data<int64_t>() + b * support.stride(0),

@@ -208,7 +208,8 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
         # ---- exact small problems, in batches bounding the (batch x d) buffers ------
         ts = time.perf_counter()
         s_cap = max(1, min(n, d + 1))
-        bs = max(1, min(B, (2 * _TILE_BYTES) // (8 * (d + 2 * s_cap + n * d + n * n))))
+        per = d + 2 * s_cap + (n * d + n * n if dev.type == "cuda" else 0)
+        bs = max(1, min(B, (2 * _TILE_BYTES) // (8 * per)))
         if dev.type == "cuda":
             bs = max(1, min(bs, (256 * 2**20) // (8 * _hull_ops.solve_workspace_doubles(n, d))))
         if progress and bs > 2048:

@@ -103,7 +103,12 @@ def solve(W: Tensor, classes: Tensor, cand: Tensor, gap_tol: float, max_iter: in
           init_support: Tensor = None, init_weights: Tensor = None) -> None:
     """Batched exact min-norm-point (Wolfe, fp64) for ``classes`` over candidate lists ``cand``,
     optionally warm-started from a previous corral (``init_support``/``init_weights``)."""
-    gram = candidate_gram(W, classes, cand)
+    # CUDA: Gram matrices by one cuBLAS batched GEMM; CPU: formed per class natively
+    # (cache-resident, no (B, n, d) gather), signalled by an empty tensor.
+    if W.device.type == "cuda":
+        gram = candidate_gram(W, classes, cand)
+    else:
+        gram = torch.empty(0, 0, 0, dtype=torch.float64)
     if init_support is None:
         init_support = torch.empty(0, 0, dtype=torch.int64, device=W.device)
         init_weights = torch.empty(0, 0, dtype=torch.float64, device=W.device)
