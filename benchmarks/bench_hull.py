@@ -124,7 +124,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small cases only")
     args = p.parse_args(argv)
     dev = args.device
-    cases = [(2000, 64), (10000, 128)] if not args.quick else [(1000, 32)]
+    cases = [(2000, 64), (10000, 128), (10000, 512)] if not args.quick else [(1000, 32)]
     if dev.startswith("cuda"):
         cases += [(10000, 512), (100000, 512)]
     lines = ["| K | d | method | time (s) | iterations | ρ upper | ρ lower (certified) | max gap | ρ_lower − ρ* | speed-up |",
@@ -162,6 +162,9 @@ def main(argv=None):
         print(scale[-1], flush=True)
     header = (f"## one_vs_rest_distance vs pure-PyTorch baselines ({dev})\n\nDate: {_dt.date.today().isoformat()}; "
               f"machine: {machine_description(dev)}; command: `python benchmarks/bench_hull.py {' '.join(argv or sys.argv[1:])}`\n\n"
+              f"Load average when finishing (1/5/15 min): {os.getloadavg()[0]:.1f}/{os.getloadavg()[1]:.1f}/"
+              f"{os.getloadavg()[2]:.1f} on {os.cpu_count()} cores — the CI-like machine is shared, so absolute "
+              "times are noisy; ratios within one case are measured back to back.\n\n"
               f"Random unit W (seed 0). Baselines capped at {args.cap:.0f} s wall clock each; gnc_ext runs to its "
               "default tolerance (1e-7 certified gap for fp32 input). 'ρ_lower − ρ*' compares each certified lower "
               "bound with gnc_ext's ρ (exact within its gap). The GNC2 method has no upper bound.\n")

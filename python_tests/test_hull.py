@@ -307,6 +307,13 @@ def test_gradcheck_distance():
                                     (W3,), eps=1e-6, atol=1e-7)
 
 
+def test_opcheck_envelope_op():
+    W = unit_rows(7, 3, 5).requires_grad_(True)
+    r = gnc_ext.one_vs_rest_distance(W.detach())
+    args = (W, r.distance, r.feature, r.support, r.weights)
+    torch.library.opcheck(torch.ops.gnc_ext.hull_envelope.default, args)
+
+
 def test_gradient_fp32_dtype():
     W = unit_rows(12, 4, 2, torch.float32).requires_grad_(True)
     r = gnc_ext.one_vs_rest_distance(W)

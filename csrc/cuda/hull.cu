@@ -126,9 +126,11 @@ __global__ void price_kernel(const double* __restrict__ tile, int64_t ts, const 
   }
 }
 
+// Warp sum, broadcast from lane 0: butterfly sums may differ in the last bit between
+// lanes, and every lane must take the same branches afterwards.
 __device__ __forceinline__ double warp_sum_d(double v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;
+  return __shfl_sync(kFull, v, 0);
 }
 
 // z = L^-1 b (lower-triangular, row stride ld); all lanes help with the dot products.
