@@ -386,6 +386,16 @@ def test_bad_inputs(fn):
         fn(good, normalize=1)
 
 
+def test_unconverged_run_warns_but_stays_valid():
+    W = unit_rows(200, 12, 9)
+    with pytest.warns(RuntimeWarning, match="tol"):
+        r = gnc_ext.one_vs_rest_distance(W, candidates=2, max_add=1, max_rounds=1)
+    assert not r.stats["converged"] and r.gap > 1e-10
+    exact = gnc_ext.one_vs_rest_distance(W)
+    # still a valid certificate: lower <= exact <= distance
+    assert torch.all(r.lower <= exact.distance + 1e-12) and torch.all(exact.distance <= r.distance + 1e-12)
+
+
 def test_bad_options():
     W = unit_rows(6, 3, 0)
     with pytest.raises(ValueError, match="tol"):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -396,6 +397,11 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
     with torch.no_grad():
         core = _solve_core(Wn.detach(), tol=tol, m=m, max_add=max_add, max_rounds=max_rounds,
                            max_iter=max_iter, progress=bool(progress))
+    if not core["stats"]["converged"]:
+        warnings.warn(
+            f"one_vs_rest_distance: stopped before every certified gap was <= tol={tol:g} "
+            f"(rounds={core['stats']['rounds']}, solver status {core['stats']['solver_status']}); the bounds "
+            "returned are still valid, see result.gap", RuntimeWarning, stacklevel=2)
     dist, lower, proj = core["distance"], core["lower"], core["projection"]
     support, weights = core["support"], core["weights"]
     W64 = core["W64"]
