@@ -129,10 +129,6 @@ def normalized(W: Tensor, name: str = "W") -> Tensor:
     return normalize_rows(W)
 
 
-def _row_block(n: int, d: int, bytes_per: int = 8) -> int:
-    return max(1, min(n, 8192, _TILE_BYTES // max(1, d * bytes_per)))
-
-
 def _candidates(Wc: Tensor, m: int, progress: bool) -> Tensor:
     """(K, m) int64 indices of the m largest <w_k, w_j>, j ≠ k (fp32 tiles, native top-m)."""
     K = Wc.shape[0]
@@ -301,6 +297,8 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
         width = int((merged >= 0).sum(1).max().item())
         cand = merged.sort(dim=1, descending=True).values[:, :width].contiguous()
 
+    width = max(1, int((support >= 0).sum(1).max().item()))  # entries are packed to the left
+    support, weights = support[:, :width].contiguous(), weights[:, :width].contiguous()
     counts = torch.bincount(status_all, minlength=3).tolist()
     stats = {
         "candidates": m, "max_add": q, "tol": tol, "rounds": rounds, "classes_solved_per_round": resolved,
