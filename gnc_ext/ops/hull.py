@@ -53,7 +53,7 @@ def envelope_grad(grad: Tensor, feature: Tensor, support: Tensor, weights: Tenso
             valid = sup >= 0  # padding contributes 0 (to row 0): no data-dependent shapes
             wt = torch.where(valid, weights[s : s + block].to(feature.dtype), 0) * g[s : s + block].unsqueeze(1)
             contrib = -(wt.unsqueeze(2) * feature[s : s + block].unsqueeze(1))
-            dW = dW.index_add(0, sup.clamp_min(0).reshape(-1), contrib.reshape(-1, d))
+            dW.index_add_(0, sup.clamp_min(0).reshape(-1), contrib.reshape(-1, d))
     return dW.to(w_dtype)
 
 
