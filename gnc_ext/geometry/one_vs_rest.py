@@ -8,9 +8,12 @@ generation around an exact small solver:
    rows × one block of columns, torch GEMM, then the native top-m epilogue) gives each
    class its ``m`` nearest neighbours by inner product (self excluded).
 2. **Exact small problems.** For each class, Wolfe's min-norm-point algorithm on
-   ``{w_j − w_k : j ∈ candidates}`` in fp64 with an incremental Cholesky factorisation
-   of the corral matrix; batched over classes natively (OpenMP on CPU, one warp per
-   class on CUDA).
+   ``{w_j − w_k : j ∈ candidates}`` in fp64 on the candidates' Gram matrix (formed per
+   class natively on CPU, by one batched cuBLAS GEMM on CUDA), with an incremental
+   Cholesky factorisation of the corral matrix ``[⟨y_i, y_j⟩ + 1]`` (new pivots of thin
+   simplices recomputed from explicit residuals, removals by Givens downdates);
+   batched over classes natively (OpenMP on CPU, one warp per class on CUDA). Round
+   r > 1 warm-starts each class from its previous corral.
 3. **Pricing.** One similarity-reduce pass of the unit residuals
    ``u_k = (w_k − p_k)/‖w_k − p_k‖`` against all weights (fp64 tiles, native
    max/argmax + top-q epilogue) finds violators ``j`` with ``⟨w_j − p_k, u_k⟩ > tol``;
