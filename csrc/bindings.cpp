@@ -159,10 +159,12 @@ void hull_solve(const TensorView& W, const TensorView& classes, const TensorView
   gnc::check_dtype(cand, gnc::DType::I64, "cand");
   if (cand.size(0) != B) gnc::fail("cand: expected one row per class");
   gnc::check_row_contiguous(cand, "cand");
-  gnc::check_shape(gram, {B, cand.size(1), cand.size(1)}, "gram");
-  gnc::check_dtype(gram, gnc::DType::F64, "gram");
-  if (!gram.is_contiguous()) gnc::fail("gram: must be contiguous");
-  gnc::check_same_device(W, gram, "W", "gram");
+  if (gram.numel() > 0 || W.is_cuda()) {  // optional on CPU (formed natively when empty)
+    gnc::check_shape(gram, {B, cand.size(1), cand.size(1)}, "gram");
+    gnc::check_dtype(gram, gnc::DType::F64, "gram");
+    if (!gram.is_contiguous()) gnc::fail("gram: must be contiguous");
+    gnc::check_same_device(W, gram, "W", "gram");
+  }
   gnc::check_shape(proj, {B, d}, "proj");
   gnc::check_dtype(proj, gnc::DType::F64, "proj");
   gnc::check_row_contiguous(proj, "proj");

@@ -307,6 +307,13 @@ def test_gradcheck_distance():
                                     (W3,), eps=1e-6, atol=1e-7)
 
 
+def test_opcheck_envelope_op():
+    W = unit_rows(7, 3, 5).requires_grad_(True)
+    r = gnc_ext.one_vs_rest_distance(W.detach())
+    args = (W, r.distance, r.feature, r.support, r.weights)
+    torch.library.opcheck(torch.ops.gnc_ext.hull_envelope.default, args)
+
+
 def test_gradient_fp32_dtype():
     W = unit_rows(12, 4, 2, torch.float32).requires_grad_(True)
     r = gnc_ext.one_vs_rest_distance(W)
@@ -377,6 +384,16 @@ def test_bad_inputs(fn):
         fn(torch.zeros(4, 3, dtype=torch.float64), normalize=True)
     with pytest.raises(TypeError, match="normalize"):
         fn(good, normalize=1)
+
+
+def test_unconverged_run_warns_but_stays_valid():
+    W = unit_rows(200, 12, 9)
+    with pytest.warns(RuntimeWarning, match="tol"):
+        r = gnc_ext.one_vs_rest_distance(W, candidates=2, max_add=1, max_rounds=1)
+    assert not r.stats["converged"] and r.gap > 1e-10
+    exact = gnc_ext.one_vs_rest_distance(W)
+    # still a valid certificate: lower <= exact <= distance
+    assert torch.all(r.lower <= exact.distance + 1e-12) and torch.all(exact.distance <= r.distance + 1e-12)
 
 
 def test_bad_options():

@@ -64,7 +64,7 @@ void topm_impl(const TensorView& tile, const TensorView& row_ids, int64_t col0,
 
 // ---- Wolfe's min-norm-point algorithm (fp64) ------------------------------------
 struct Work {
-  std::vector<double> G, x, g, L, lam, alpha, z, c, e, wkd;
+  std::vector<double> G, Y, x, g, L, lam, alpha, z, c, e, wkd;
   std::vector<int64_t> cidx, pos;  // global class index of candidate i
   std::vector<int> S;         // corral: candidate positions
 };
@@ -88,6 +88,7 @@ inline void bwd_solve(const double* L, int64_t ld, int s, double* a) {
 }
 
 constexpr double kDegenerate = 1e-13;  // pivot floor relative to ||(y, 1)||: affine dependence
+constexpr double kThin = 1e-4;         // below this relative Gram pivot, recompute it explicitly
 constexpr double kPos = 1e-15;         // weights below this are treated as zero
 
 // Removes row p from the lower-triangular Cholesky factor L (rows = corral points,
@@ -109,6 +110,38 @@ inline void chol_remove(double* L, int64_t ld, int s, int p) {
     L[j * ld + j + 1] = 0.0;
   }
   for (int i = 0; i < s - 1; ++i) L[i * ld + s - 1] = 0.0;
+}
+
+// G = Y Y^T for the first n of n4 (multiple of 4, zero-padded) rows of Y (row length d),
+// in 4 x 4 register blocks (16 accumulators: 8 loads feed 16 multiply-adds), lower
+// blocks only, mirrored.
+inline void gram_4x4(const double* Y, int64_t n, int64_t n4, int64_t d, double* G) {
+  for (int64_t I = 0; I < n4; I += 4) {
+    const double *a0 = Y + I * d, *a1 = a0 + d, *a2 = a1 + d, *a3 = a2 + d;
+    for (int64_t J = 0; J <= I; J += 4) {
+      const double *b0 = Y + J * d, *b1 = b0 + d, *b2 = b1 + d, *b3 = b2 + d;
+      double s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+      double s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
+#pragma omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+      for (int64_t t = 0; t < d; ++t) {
+        const double x0 = a0[t], x1 = a1[t], x2 = a2[t], x3 = a3[t];
+        const double y0 = b0[t], y1 = b1[t], y2 = b2[t], y3 = b3[t];
+        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3;
+        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3;
+        s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3;
+        s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3;
+      }
+      const double blk[4][4] = {{s00, s01, s02, s03}, {s10, s11, s12, s13}, {s20, s21, s22, s23}, {s30, s31, s32, s33}};
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+          const int64_t i = I + a, j = J + b;
+          if (i < n && j < n) {
+            G[i * n + j] = blk[a][b];
+            G[j * n + i] = blk[a][b];
+          }
+        }
+    }
+  }
 }
 
 template <typename T>
@@ -140,8 +173,19 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
   for (int64_t t = 0; t < d; ++t) w.wkd[t] = static_cast<double>(load_f(wk, t));
   // compact Gram matrix of the valid candidates (n x n)
   w.G.resize(static_cast<size_t>(n * n));
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) w.G[i * n + j] = gram[w.pos[i] * ncand + w.pos[j]];
+  if (gram != nullptr) {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) w.G[i * n + j] = gram[w.pos[i] * ncand + w.pos[j]];
+  } else {  // form it here: y_i = w_i - w_k in a cache-resident buffer, then dot products
+    const int64_t n4 = (n + 3) / 4 * 4;  // rows padded with zeros to a multiple of 4
+    w.Y.assign(static_cast<size_t>(n4 * d), 0.0);
+    for (int64_t i = 0; i < n; ++i) {
+      const T* wj = W + w.cidx[i] * ws0;
+      double* y = w.Y.data() + i * d;
+      for (int64_t t = 0; t < d; ++t) y[t] = static_cast<double>(load_f(wj, t)) - w.wkd[t];
+    }
+    gram_4x4(w.Y.data(), n, n4, d, w.G.data());
+  }
   double ymax = 0.0;
   for (int64_t i = 0; i < n; ++i) ymax = std::max(ymax, w.G[i * n + i]);
   const int smax = static_cast<int>(std::min<int64_t>(n, d + 1));
@@ -163,6 +207,15 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
     double* Ls = w.L.data() + s * ld;
     for (int i = 0; i < s; ++i) w.z[i] = w.G[static_cast<int64_t>(w.S[i]) * n + jm] + 1.0;
     fwd_solve(w.L.data(), ld, s, w.z.data(), Ls);
+    const double scale = w.G[jm * n + jm] + 1.0;
+    double d2 = scale;
+    for (int i = 0; i < s; ++i) d2 -= Ls[i] * Ls[i];
+    if (d2 > kThin * scale) {  // well separated: the Gram pivot is accurate (rel. err <= eps/kThin)
+      Ls[s] = std::sqrt(d2);
+      w.S.push_back(static_cast<int>(jm));
+      w.lam[s] = 0.0;
+      return true;
+    }
     for (int i = 0; i < s; ++i) w.c[i] = Ls[i];
     bwd_solve(w.L.data(), ld, s, w.c.data());  // c = M^-1 r: least-squares coefficients
     const T* wj = W + w.cidx[jm] * ws0;
@@ -176,7 +229,6 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
     }
     double piv2 = e1 * e1;
     for (int64_t t = 0; t < d; ++t) piv2 += w.e[t] * w.e[t];
-    const double scale = w.G[jm * n + jm] + 1.0;
     if (!(piv2 > kDegenerate * kDegenerate * scale)) return false;
     Ls[s] = std::sqrt(piv2);
     w.S.push_back(static_cast<int>(jm));
@@ -335,8 +387,8 @@ void solve_impl(const TensorView& W, const TensorView& classes, const TensorView
     for (int64_t b = 0; b < B; ++b) {
       const int64_t* is = n_init ? init_sup.data<int64_t>() + b * init_sup.stride(0) : nullptr;
       const double* iw = n_init ? init_wt.data<double>() + b * init_wt.stride(0) : nullptr;
-      solve_one<T>(Wp, W.stride(0), d, cl[b * classes.stride(0)], cp + b * cand.stride(0), n,
-                   gram.data<double>() + b * gram.stride(0), is, iw, n_init,
+      const double* gb = gram.numel() > 0 ? gram.data<double>() + b * gram.stride(0) : nullptr;
+      solve_one<T>(Wp, W.stride(0), d, cl[b * classes.stride(0)], cp + b * cand.stride(0), n, gb, is, iw, n_init,
                    gap_tol,
                    max_iter, w, proj.data<double>() + b * proj.stride(0), dist.data<double>() + b,
                    support.data<int64_t>() + b * support.stride(0),

@@ -34,7 +34,8 @@ void hull_price_update(const TensorView& tile, const TensorView& row_ids, int64_
 // W: (K, d) float (any float dtype, rows contiguous). classes: (B,) int64. cand: (B, n)
 // int64, -1 padded, entries in [0, K) and != the class (others are skipped).
 // gram (B, n, n) f64: gram[b, i, j] = <w_ci - w_k, w_cj - w_k> for c = cand[b] (entries
-// at padding positions are ignored); formed by the caller with a batched GEMM.
+// at padding positions are ignored), formed by the caller with a batched GEMM; on CPU it
+// may be empty (numel 0), and each class forms its Gram matrix natively.
 // init_sup (B, s0) int64 / init_wt (B, s0) f64: optional warm start (numel 0: none), a
 // previous corral whose points are among the candidates; ignored if not usable.
 // Outputs (all caller-allocated): proj (B, d) f64 = p_k; dist (B,) f64 = ||w_k - p_k||;

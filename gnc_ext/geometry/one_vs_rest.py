@@ -8,9 +8,12 @@ generation around an exact small solver:
    rows × one block of columns, torch GEMM, then the native top-m epilogue) gives each
    class its ``m`` nearest neighbours by inner product (self excluded).
 2. **Exact small problems.** For each class, Wolfe's min-norm-point algorithm on
-   ``{w_j − w_k : j ∈ candidates}`` in fp64 with an incremental Cholesky factorisation
-   of the corral matrix; batched over classes natively (OpenMP on CPU, one warp per
-   class on CUDA).
+   ``{w_j − w_k : j ∈ candidates}`` in fp64 on the candidates' Gram matrix (formed per
+   class natively on CPU, by one batched cuBLAS GEMM on CUDA), with an incremental
+   Cholesky factorisation of the corral matrix ``[⟨y_i, y_j⟩ + 1]`` (new pivots of thin
+   simplices recomputed from explicit residuals, removals by Givens downdates);
+   batched over classes natively (OpenMP on CPU, one warp per class on CUDA). Round
+   r > 1 warm-starts each class from its previous corral.
 3. **Pricing.** One similarity-reduce pass of the unit residuals
    ``u_k = (w_k − p_k)/‖w_k − p_k‖`` against all weights (fp64 tiles, native
    max/argmax + top-q epilogue) finds violators ``j`` with ``⟨w_j − p_k, u_k⟩ > tol``;
@@ -28,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -128,10 +132,6 @@ def normalized(W: Tensor, name: str = "W") -> Tensor:
     return normalize_rows(W)
 
 
-def _row_block(n: int, d: int, bytes_per: int = 8) -> int:
-    return max(1, min(n, 8192, _TILE_BYTES // max(1, d * bytes_per)))
-
-
 def _candidates(Wc: Tensor, m: int, progress: bool) -> Tensor:
     """(K, m) int64 indices of the m largest <w_k, w_j>, j ≠ k (fp32 tiles, native top-m)."""
     K = Wc.shape[0]
@@ -208,7 +208,8 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
         # ---- exact small problems, in batches bounding the (batch x d) buffers ------
         ts = time.perf_counter()
         s_cap = max(1, min(n, d + 1))
-        bs = max(1, min(B, (2 * _TILE_BYTES) // (8 * (d + 2 * s_cap + n * d + n * n))))
+        per = d + 2 * s_cap + (n * d + n * n if dev.type == "cuda" else 0)
+        bs = max(1, min(B, (2 * _TILE_BYTES) // (8 * per)))
         if dev.type == "cuda":
             bs = max(1, min(bs, (256 * 2**20) // (8 * _hull_ops.solve_workspace_doubles(n, d))))
         if progress and bs > 2048:
@@ -299,6 +300,8 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
         width = int((merged >= 0).sum(1).max().item())
         cand = merged.sort(dim=1, descending=True).values[:, :width].contiguous()
 
+    width = max(1, int((support >= 0).sum(1).max().item()))  # entries are packed to the left
+    support, weights = support[:, :width].contiguous(), weights[:, :width].contiguous()
     counts = torch.bincount(status_all, minlength=3).tolist()
     stats = {
         "candidates": m, "max_add": q, "tol": tol, "rounds": rounds, "classes_solved_per_round": resolved,
@@ -395,6 +398,11 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
     with torch.no_grad():
         core = _solve_core(Wn.detach(), tol=tol, m=m, max_add=max_add, max_rounds=max_rounds,
                            max_iter=max_iter, progress=bool(progress))
+    if not core["stats"]["converged"]:
+        warnings.warn(
+            f"one_vs_rest_distance: stopped before every certified gap was <= tol={tol:g} "
+            f"(rounds={core['stats']['rounds']}, solver status {core['stats']['solver_status']}); the bounds "
+            "returned are still valid, see result.gap", RuntimeWarning, stacklevel=2)
     dist, lower, proj = core["distance"], core["lower"], core["projection"]
     support, weights = core["support"], core["weights"]
     W64 = core["W64"]

@@ -50,13 +50,10 @@ def envelope_grad(grad: Tensor, feature: Tensor, support: Tensor, weights: Tenso
         block = max(1, _BACKWARD_BLOCK_BYTES // max(1, m * d * feature.element_size()))
         for s in range(0, K, block):
             sup = support[s : s + block]
-            wt = weights[s : s + block].to(feature.dtype) * g[s : s + block].unsqueeze(1)
-            mask = sup >= 0
-            if not bool(mask.any()):
-                continue
-            rows = sup[mask]
-            contrib = -(wt.unsqueeze(2) * feature[s : s + block].unsqueeze(1))[mask]
-            dW.index_add_(0, rows, contrib)
+            valid = sup >= 0  # padding contributes 0 (to row 0): no data-dependent shapes
+            wt = torch.where(valid, weights[s : s + block].to(feature.dtype), 0) * g[s : s + block].unsqueeze(1)
+            contrib = -(wt.unsqueeze(2) * feature[s : s + block].unsqueeze(1))
+            dW.index_add_(0, sup.clamp_min(0).reshape(-1), contrib.reshape(-1, d))
     return dW.to(w_dtype)
 
 
@@ -103,7 +100,12 @@ def solve(W: Tensor, classes: Tensor, cand: Tensor, gap_tol: float, max_iter: in
           init_support: Tensor = None, init_weights: Tensor = None) -> None:
     """Batched exact min-norm-point (Wolfe, fp64) for ``classes`` over candidate lists ``cand``,
     optionally warm-started from a previous corral (``init_support``/``init_weights``)."""
-    gram = candidate_gram(W, classes, cand)
+    # CUDA: Gram matrices by one cuBLAS batched GEMM; CPU: formed per class natively
+    # (cache-resident, no (B, n, d) gather), signalled by an empty tensor.
+    if W.device.type == "cuda":
+        gram = candidate_gram(W, classes, cand)
+    else:
+        gram = torch.empty(0, 0, 0, dtype=torch.float64)
     if init_support is None:
         init_support = torch.empty(0, 0, dtype=torch.int64, device=W.device)
         init_weights = torch.empty(0, 0, dtype=torch.float64, device=W.device)
