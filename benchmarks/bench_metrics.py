@@ -124,5 +124,45 @@ CASES = [
          baseline="torch chunked addmm+max", devices=("cuda",), warmup=1, repeats=3),
 ]
 
+def interleaved(case_names, rounds=5):
+    """Noise-robust addendum for a shared CPU: implementations alternate round by round
+    (so load changes hit all of them alike) and both wall and process CPU time are
+    recorded; prints a markdown table of medians."""
+    import statistics
+    import time
+
+    lines = ["| case | impl | wall ms (median) | CPU ms (median) | speed-up (wall) | speed-up (CPU) |",
+             "|---|---|---|---|---|---|"]
+    for case in CASES:
+        if not any(n in case.name for n in case_names) or "cpu" not in case.devices:
+            continue
+        inp = case.setup("cpu")
+        for fn in case.impls.values():
+            fn(inp)  # warm-up
+        wall = {k: [] for k in case.impls}
+        cpu = {k: [] for k in case.impls}
+        for _ in range(rounds):
+            for name, fn in case.impls.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn(inp)
+                wall[name].append((time.perf_counter() - t0) * 1e3)
+                cpu[name].append((time.process_time() - c0) * 1e3)
+        bw, bc = statistics.median(wall[case.baseline]), statistics.median(cpu[case.baseline])
+        for name in case.impls:
+            w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+            lines.append(f"| {case.name} | {name}{' (baseline)' if name == case.baseline else ''} | {w:.0f} | "
+                         f"{c:.0f} | {bw / w:.2f}x | {bc / c:.2f}x |")
+        del inp
+    print("\n".join(lines))
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main(CASES, "GNC metrics: GNCAccumulator.update and NCC vs pure PyTorch")
+    import sys
+
+    if "--interleaved" in sys.argv:
+        i = sys.argv.index("--interleaved")
+        names = sys.argv[i + 1].split(",") if len(sys.argv) > i + 1 else ["update"]
+        interleaved(names)
+    else:
+        main(CASES, "GNC metrics: GNCAccumulator.update and NCC vs pure PyTorch")

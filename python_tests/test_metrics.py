@@ -508,3 +508,19 @@ def test_gnc2_theory_fields():
     r = acc.compute(torch.randn(K, d), gnc2=True)
     assert r.gnc2.rho_optimum == pytest.approx(K / (K - 1))
     assert r.gnc2.rho <= r.gnc2.rho_optimum + 1e-6
+
+
+def test_strided_features_int32_labels_and_dataloader(device):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    K, d, N = 7, 5, 300
+    H, y = random_data(K, d, N, seed=20)
+    Ht = H.T.contiguous().T  # column-major view: row stride 1, column stride N
+    assert not Ht.is_contiguous()
+    a = GNCAccumulator(K, d, device=device)
+    a.update(Ht.to(device) if device == "cpu" else Ht.to(device).T.contiguous().T, y.to(torch.int32).to(device))
+    assert rel(a.compute().gnc1, ref_gnc(H, y, K)["gnc1"]) < 1e-10
+    dl = DataLoader(TensorDataset(H, y), batch_size=64)
+    r = evaluate(lambda x: x.to(device), dl, num_classes=K, progress=False)
+    assert rel(r.gnc1, ref_gnc(H, y, K)["gnc1"]) < 1e-10
+    assert r.ncc_accuracy == pytest.approx(a.ncc_accuracy(H.to(device), y.to(device)), abs=1e-12)
