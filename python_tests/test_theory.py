@@ -247,6 +247,14 @@ def test_max_classes(d, rho):
         assert K >= 2 * d
 
 
+def test_no_cancellation_at_large_K():
+    K = 10**9
+    assert theory.rho_closed_form(2, K) == pytest.approx(2 * math.pi**2 / K**2, rel=1e-9)
+    assert theory.max_classes(2, 1e-30) > 10**15
+    d = theory.min_feature_dim(10**15, 1e-3)  # huge K: no float-rounding loops
+    assert _certified(d, 10**15, 1e-3)
+
+
 def test_max_classes_exact_for_d2_and_huge_values():
     for rho in [0.01, 0.1, 0.5, 1.0, 1.5]:
         K = theory.max_classes(2, rho)
