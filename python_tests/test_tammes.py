@@ -211,3 +211,9 @@ def test_sphere_helpers():
     C = _sphere.pairwise_cos(X)
     assert float(_sphere.max_cos(X)[1]) == pytest.approx(float((X[1] @ X[1].T - 3 * torch.eye(7)).max()))
     assert float(C[0].diagonal().max()) == -2.0
+
+
+def test_thread_count_restored():
+    before = torch.get_num_threads()
+    solvers.tammes(3, 6, seed=0, **FAST)
+    assert torch.get_num_threads() == before

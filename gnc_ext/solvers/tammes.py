@@ -289,6 +289,10 @@ def tammes(
         TypeError / ValueError naming the argument for non-integer or out-of-range
         sizes, counts and tolerances; ImportError without scipy.
 
+    Threads: on the CPU, while ``batch*K*K < 2^22``, torch runs single-threaded during
+    the call (restored afterwards): these tensors are too small for intra-op
+    parallelism, which made the solver 4x slower on a loaded 2-core machine.
+
     Complexity: O((restarts + hops*batch) * max_iter * K^2 d) flops in the smoothed
     phase with a few (batch, K, K) float64 buffers (batch=64, K=500: ~130 MB each);
     each polish iteration is one LP with K(d-1)+1 variables and O(contacts) rows.
@@ -377,7 +381,9 @@ def tammes(
 
     done = 0
     hops_done = 0
+    threads = _sphere.small_problem_threads(dev, batch * K * K)
     try:
+        threads.__enter__()
         while done < restarts and not reached():
             nb = min(batch, restarts - done)
             X = _sphere.random_points(nb, K, d, generator=gen, device=dev)
@@ -411,6 +417,7 @@ def tammes(
                 bar.update(1)
                 bar.set_postfix(min_dist=f"{history[-1]:.10f}")
     finally:
+        threads.__exit__(None, None, None)
         if bar is not None:
             bar.close()
 
