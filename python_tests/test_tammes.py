@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnc_ext import solvers, theory
+from gnc_ext import solvers
 
 FAST = dict(restarts=16, batch=16, hops=0, progress=False)
 

@@ -3,7 +3,6 @@
 exact values), the feature-dimension design functions, constructors, bad input."""
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
