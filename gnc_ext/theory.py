@@ -101,7 +101,7 @@ def rho_closed_form(d, K) -> Optional[float]:
     if K <= 2 * d:
         return 1.0
     if d == 2:
-        return 1.0 - math.cos(2.0 * math.pi / K)
+        return 2.0 * math.sin(math.pi / K) ** 2  # = 1 - cos(2 pi/K) without cancellation
     return None
 
 
@@ -288,14 +288,14 @@ def min_feature_dim(K, rho) -> int:
     cands = [K - 1]  # simplex ETF: rho = K/(K-1) >= rho
     if rho <= 1.0:
         cands.append((K + 1) // 2)
-    if 1.0 - math.cos(2.0 * math.pi / K) >= rho:
+    if 2.0 * math.sin(math.pi / K) ** 2 >= rho:
         cands.append(2)
-    # Thm 3.9 lower bound: valid for 2 <= d <= d_max; lower bound increasing in d.
-    d_max = int(math.floor(K * K / (2.0 * math.pi * _SQRT_E)))
+    # Thm 3.9 lower bound: valid for 2 <= d <= K^2/(2 pi sqrt(e)); the lower bound is
+    # increasing in d. Dimensions >= K-1 need not be searched (the simplex is optimal
+    # there), which also keeps the float rounding of K^2 harmless for huge K.
+    d_max = min(int(math.floor(K * K / (2.0 * math.pi * _SQRT_E))), K - 1)
     while d_max >= 2 and not _bound_valid(d_max, K):
-        d_max -= 1  # guard against floating rounding at the boundary
-    while _bound_valid(d_max + 1, K):
-        d_max += 1
+        d_max -= 1  # guard against floating rounding at the boundary (small K only)
     log_rho = math.log(rho)
     if d_max >= 2 and _log_lower(d_max, K) >= log_rho:
         lo, hi = 2, d_max  # invariant: lower(hi) >= rho
@@ -350,9 +350,9 @@ def max_classes(d, rho) -> int:
             kk += 1
         cands.append(kk)
     if d == 2:
-        # largest K with 1 - cos(2 pi / K) >= rho (exact optimum for d = 2)
-        kk = int(math.floor(2.0 * math.pi / math.acos(max(-1.0, 1.0 - rho)))) + 2
-        while kk > 2 and 1.0 - math.cos(2.0 * math.pi / kk) < rho:
+        # largest K with 1 - cos(2 pi/K) = 2 sin^2(pi/K) >= rho (exact optimum for d = 2)
+        kk = int(math.floor(math.pi / math.asin(min(1.0, math.sqrt(rho / 2.0))))) + 2
+        while kk > 2 and 2.0 * math.sin(math.pi / kk) ** 2 < rho:
             kk -= 1
         cands.append(kk)
     if d >= 2:

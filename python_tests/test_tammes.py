@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnc_ext import solvers, theory
+from gnc_ext import solvers
 
 FAST = dict(restarts=16, batch=16, hops=0, progress=False)
 
@@ -74,7 +74,10 @@ def test_d2_regular_polygon(K):
     np.testing.assert_allclose(gaps, 2 * np.pi / K, atol=1e-7)  # equally spaced
 
 
-@pytest.mark.parametrize("d,K", [(3, 5), (5, 6), (5, 8), (5, 10), (8, 9), (8, 12), (8, 16), (16, 17), (16, 24), (16, 32)])
+# (16, 24) is left out on purpose: its polish converges only linearly on some seeds
+# (~20 s on the CI CPU); see the module docstring of gnc_ext.solvers.tammes.
+@pytest.mark.parametrize("d,K", [(3, 5), (5, 6), (5, 8), (5, 10), (8, 9), (8, 12), (8, 16), (12, 18),
+                                 (16, 17), (16, 20), (16, 28), (16, 32)])
 def test_simplex_and_cross_polytope_regimes(d, K):
     r = solvers.tammes(d, K, seed=2, **FAST)
     _check_result(r, d, K)
@@ -178,3 +181,39 @@ def test_assign_with_a_solved_code():
 def test_assign_bad_input(means, code, exc, name):
     with pytest.raises(exc, match=rf"^{name}"):
         solvers.assign_classes(means, code)
+
+
+def test_hops_and_time_limit_paths():
+    r = solvers.tammes(3, 13, seed=4, restarts=8, batch=8, hops=2, progress=False)
+    _check_result(r, 3, 13)
+    assert len(r.history) == 1 + 2 and r.restarts == 8
+    r = solvers.tammes(3, 20, seed=4, restarts=64, batch=8, hops=4, time_limit=1e-3, progress=False)
+    assert r.restarts == 8 and len(r.history) == 1  # stopped after the first batch
+    _check_result(r, 3, 20)
+
+
+def test_sphere_helpers():
+    from gnc_ext.solvers import _sphere
+
+    g = torch.Generator().manual_seed(0)
+    X = _sphere.random_points(3, 7, 5, generator=g)
+    np.testing.assert_allclose(X.norm(dim=-1).numpy(), 1.0, atol=1e-15)
+    V = torch.randn(3, 7, 5, generator=g, dtype=torch.float64)
+    T = _sphere.tangent(X, V)
+    assert float((T * X).sum(-1).abs().max()) < 1e-14
+    W = X[0].numpy()
+    W[0] = [-1.0, 0, 0, 0, 0]  # the reflection's sign branch
+    B = _sphere.tangent_bases(W)
+    assert B.shape == (7, 5, 4)
+    for k in range(7):
+        np.testing.assert_allclose(B[k].T @ B[k], np.eye(4), atol=1e-14)
+        np.testing.assert_allclose(W[k] @ B[k], 0.0, atol=1e-14)
+    C = _sphere.pairwise_cos(X)
+    assert float(_sphere.max_cos(X)[1]) == pytest.approx(float((X[1] @ X[1].T - 3 * torch.eye(7)).max()))
+    assert float(C[0].diagonal().max()) == -2.0
+
+
+def test_thread_count_restored():
+    before = torch.get_num_threads()
+    solvers.tammes(3, 6, seed=0, **FAST)
+    assert torch.get_num_threads() == before

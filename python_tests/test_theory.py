@@ -3,7 +3,6 @@
 exact values), the feature-dimension design functions, constructors, bad input."""
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -245,6 +244,14 @@ def test_max_classes(d, rho):
             assert theory.min_feature_dim(K, rho) <= d  # round trip
     if d >= 2 and rho <= 1.0:
         assert K >= 2 * d
+
+
+def test_no_cancellation_at_large_K():
+    K = 10**9
+    assert theory.rho_closed_form(2, K) == pytest.approx(2 * math.pi**2 / K**2, rel=1e-9)
+    assert theory.max_classes(2, 1e-30) > 10**15
+    d = theory.min_feature_dim(10**15, 1e-3)  # huge K: no float-rounding loops
+    assert _certified(d, 10**15, 1e-3)
 
 
 def test_max_classes_exact_for_d2_and_huge_values():

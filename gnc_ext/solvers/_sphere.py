@@ -81,3 +81,30 @@ def pairs_above(C: np.ndarray, threshold: float) -> Tuple[np.ndarray, np.ndarray
     """Index pairs (i < j) whose cosine ``C[i, j]`` is >= threshold."""
     iu, ju = np.nonzero(np.triu(C >= threshold, k=1))
     return iu, ju
+
+
+class small_problem_threads:
+    """Context manager: run torch single-threaded on the CPU while the batched tensors
+    are small (``numel < limit``), restoring the thread count afterwards.
+
+    The smoothed phases work on (batch, K, K) tensors of a few thousand to a few
+    million elements, far below the size where intra-op parallelism pays; on a loaded
+    2-core machine the default 2 threads made ``tammes(3, 13)`` 4x slower (measured).
+    ``torch.set_num_threads`` is process-wide, so other threads of the process run
+    single-threaded for the duration too.
+    """
+
+    def __init__(self, device: torch.device, numel: int, limit: int = 1 << 22):
+        self.active = device.type == "cpu" and numel < limit
+        self.prev = None
+
+    def __enter__(self):
+        if self.active:
+            self.prev = torch.get_num_threads()
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.prev is not None:
+            torch.set_num_threads(self.prev)
+        return False

@@ -4,13 +4,15 @@
 Equivalently: minimise the largest pairwise cosine ``c_max``; the minimal chord is
 ``sqrt(2 - 2 c_max)``.
 
-Algorithm (two phases, restarts in batches):
+Algorithm (restarts in batches):
 
 1. **Smoothed global phase** (torch, batched over restarts, any device): from uniform
    random starts, minimise the soft-max of ``-log ||w_i - w_j||`` at inverse temperature
    ``s`` — ``f_s = (1/s) log sum_{i != j} exp(-s log r_ij)``, i.e. the log of the Riesz
-   s-energy — with an annealed schedule ``s = 2 .. 1024`` (energy continuation: low s is
-   smooth with few local minima, large s approaches ``-log min r``). Riemannian steps:
+   s-energy — with an annealed schedule (energy continuation; large s approaches
+   ``-log min r``): s = 32 -> 2048 for three quarters of the starts (diverse basins),
+   s = 2 -> 2048 for the rest (low s is smooth with few minima, so those starts follow
+   a few well-determined continuation paths). Riemannian steps:
    the ambient gradient ``G = S W`` with ``S_ij = p_ij / r_ij^2`` (p the soft-max
    weights) is projected to the tangent spaces, scaled by Adam moments, and retracted by
    row normalisation. Step sizes scale with the typical spacing of K points on S^{d-1}.
@@ -22,9 +24,13 @@ Algorithm (two phases, restarts in batches):
    true ``c_max`` decreases (ratio test adjusts Delta). Only the near-active pairs move
    the solution; rattlers stay free. At a rigid optimum this converges fast (the
    optimum is a vertex of the linearised problem) to ~1e-12 in cosine; where the
-   optimum is not isolated it converges more slowly. Stops when the LP predicts no
-   decrease above ``tol`` (a first-order stationarity certificate for the minimax
-   problem) or Delta underflows.
+   optimum is not isolated (e.g. cosine 0 with d+1 < K < 2d, where the optimal set is
+   a manifold) it converges only linearly: d = 16, K = 24 can take ~200 LPs (~20 s).
+   Stops when the LP predicts a decrease below ``tol`` within the trust region (at a
+   first-order stationary point of the minimax problem it predicts none), when Delta
+   underflows, or when a known optimum is reached.
+3. **Basin hopping** (optional, ``hops``): perturb the best configuration, short
+   smoothed phase, polish; keep improvements.
 
 The best polished restart is returned. There is no optimality certificate for general
 (d, K); where :func:`gnc_ext.theory.one_vs_one_closed_form` knows the proven optimum the
@@ -32,7 +38,8 @@ result says whether it was reached (``optimal``) and the restarts stop early whe
 
 Sizes: the global phase holds a few (restarts_per_batch, K, K) float64 matrices, the
 polish a (K, K) matrix and an LP with K(d-1)+1 variables, so this solver is meant for
-K up to a few hundred (K = 1000 works but is slow on a CPU). A large-K path (K >> 1000)
+K up to a few hundred (benchmarked up to K = 130 at d = 3; larger K is untimed). A
+large-K path (K >> 1000)
 needs pairwise minima without the K x K matrix: use ``gnc_ext.one_vs_one_distance``
 (issue 3, chunked similarity-reduce) for evaluation and a neighbour-list version of the
 polish; that is not implemented here yet.
@@ -132,7 +139,7 @@ def _anneal(X: torch.Tensor, iters: int, h: float, s_values) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ polish
-def _polish(W: np.ndarray, *, max_iter: int, tol: float):
+def _polish(W: np.ndarray, *, max_iter: int, tol: float, stop_at: float = -math.inf):
     """Trust-region sequential LP on the near-active pairs; returns (W, iterations)."""
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
@@ -149,6 +156,8 @@ def _polish(W: np.ndarray, *, max_iter: int, tol: float):
     # default dual simplex needs ~10x more pivots on them (measured at d = 16, K = 24).
     opts = {"simplex_strategy": 4}
     for it in range(max_iter):
+        if cmax <= stop_at:
+            break  # a known optimum has been reached
         it_done = it + 1
         B = _sphere.tangent_bases(W)  # (K, d, d-1)
         reach = 4.0 * delta * math.sqrt(dm1) + 8.0 * delta * delta * dm1
@@ -269,7 +278,7 @@ def tammes(
             batch/hop during which it is exceeded (the result is still polished).
 
     Early stop: when :func:`gnc_ext.theory.one_vs_one_closed_form` knows the proven
-    optimum and the best configuration reaches it within ``max(tol, 1e-13)`` in cosine,
+    optimum and the best configuration reaches it within ``max(tol, 1e-10)`` in cosine,
     the search stops (``optimal=True`` in the result). Otherwise the full budget runs:
     there is no general optimality certificate for the Tammes problem.
 
@@ -279,6 +288,10 @@ def tammes(
     Raises:
         TypeError / ValueError naming the argument for non-integer or out-of-range
         sizes, counts and tolerances; ImportError without scipy.
+
+    Threads: on the CPU, while ``batch*K*K < 2^22``, torch runs single-threaded during
+    the call (restored afterwards): these tensors are too small for intra-op
+    parallelism, which made the solver 4x slower on a loaded 2-core machine.
 
     Complexity: O((restarts + hops*batch) * max_iter * K^2 d) flops in the smoothed
     phase with a few (batch, K, K) float64 buffers (batch=64, K=500: ~130 MB each);
@@ -339,11 +352,12 @@ def tammes(
         bar = tqdm(total=restarts + hops, desc=f"tammes d={d} K={K}", leave=False)
 
     state = {"W": None, "c": math.inf, "it": 0}
+    stop_at = -math.inf if proven_cos is None else proven_cos + max(tol, 1e-10)
     restart_values: List[float] = []
     history: List[float] = []
 
     def reached() -> bool:
-        return proven_cos is not None and state["c"] <= proven_cos + max(tol, 1e-11)
+        return proven_cos is not None and state["c"] <= stop_at
 
     def consider(X: torch.Tensor, top: int) -> None:
         cm = _sphere.max_cos(X).cpu()
@@ -353,7 +367,7 @@ def tammes(
             Wc = Xc[idx] / np.linalg.norm(Xc[idx], axis=1, keepdims=True)
             its = 0
             if polish_iter > 0:
-                Wc, its = _polish(Wc, max_iter=polish_iter, tol=tol)
+                Wc, its = _polish(Wc, max_iter=polish_iter, tol=tol, stop_at=stop_at)
             C = Wc @ Wc.T
             np.fill_diagonal(C, -2.0)
             c = float(C.max())
@@ -367,7 +381,9 @@ def tammes(
 
     done = 0
     hops_done = 0
+    threads = _sphere.small_problem_threads(dev, batch * K * K)
     try:
+        threads.__enter__()
         while done < restarts and not reached():
             nb = min(batch, restarts - done)
             X = _sphere.random_points(nb, K, d, generator=gen, device=dev)
@@ -401,6 +417,7 @@ def tammes(
                 bar.update(1)
                 bar.set_postfix(min_dist=f"{history[-1]:.10f}")
     finally:
+        threads.__exit__(None, None, None)
         if bar is not None:
             bar.close()
 
