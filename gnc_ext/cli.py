@@ -127,8 +127,10 @@ def _cmd_distance(args) -> int:
     cf = gnc_ext.theory.rho_closed_form(d, K)
     if cf is not None:
         rows["closed-form optimum (Thm 3.3)"] = cf
-    b = gnc_ext.theory.rho_bounds(d, K)
-    rows["Thm 3.9 bounds on max rho"] = f"[{b.lower:.6g}, {b.upper:.6g}]" + ("" if b.valid else " (outside validity)")
+    if d >= 2:
+        b = gnc_ext.theory.rho_bounds(d, K)
+        rows["Thm 3.9 bounds on max rho"] = (f"[{b.lower:.6g}, {b.upper:.6g}]"
+                                             + ("" if b.valid else " (K below the theorem's validity range)"))
     nn = gnc_ext.one_vs_one_distance(W if not args.normalize else gnc_ext.normalize_rows(W))
     rows["one-vs-one min distance"] = float(nn.min)
     if args.json:
