@@ -113,7 +113,7 @@ def _cmd_distance(args) -> int:
     if args.device:
         W = W.to(args.device)
     try:
-        r = gnc_ext.one_vs_rest_distance(W, normalize=args.normalize)
+        r = gnc_ext.one_vs_rest_distance(W, normalize=args.normalize, rattler_tol=args.rattler_tol)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     K, d = W.shape
@@ -122,7 +122,7 @@ def _cmd_distance(args) -> int:
         "rho (min distance)": float(r.rho), "rho certified lower bound": float(r.rho_lower),
         "max certificate gap": float(r.gap),
         "argmin class": int(torch.argmin(r.distance)),
-        "rattlers": int(len(r.rattlers)),
+        f"rattlers (lower > rho + {args.rattler_tol:g})": int(len(r.rattlers)),
     }
     cf = gnc_ext.theory.rho_closed_form(d, K)
     if cf is not None:
@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("distance", help="one-vs-rest distances of class weights, with certificate and rattlers")
     s.add_argument("weights", metavar="W", help="(K, d) weights as .npy, .npz or .pt")
     s.add_argument("--normalize", action="store_true", help="normalise rows first (else rows must be unit-norm)")
+    s.add_argument("--rattler-tol", type=_float, default=1e-6,
+                   help="report classes whose certified distance exceeds rho by more than this (default 1e-6)")
     s.add_argument("--device", default=None)
     s.add_argument("--plot", default=None, metavar="FILE.png")
     s.add_argument("--json", action="store_true")

@@ -49,3 +49,81 @@ def test_float_labels_rejected(tmp_path):
 def test_bad_usage_exit_code(tmp_path):
     out = run(["design", "--classes", "abc", "--margin", "0.1"], tmp_path)
     assert out.returncode == 2
+
+
+# ---- commands that succeed -------------------------------------------------------
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+SLOANE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sloane_pack_3_124.npy"
+
+
+def test_distance_json_matches_library(tmp_path):
+    import torch
+
+    import gnc_ext
+
+    if not SLOANE.exists():
+        pytest.skip(f"bundled data not found at {SLOANE}")
+    out = run(["distance", str(SLOANE), "--json", "--plot", "d.png"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    W = torch.from_numpy(np.load(SLOANE))
+    r = gnc_ext.one_vs_rest_distance(W, rattler_tol=1e-6)
+    assert rep["classes K"] == 124 and rep["dim d"] == 3
+    assert abs(rep["rho (min distance)"] - r.rho) < 1e-12
+    assert rep["max certificate gap"] <= 1e-9
+    assert sorted(rep["rattler_ids"]) == sorted(r.rattlers.tolist())
+    assert abs(rep["one-vs-one min distance"] - 0.32926) < 5e-6  # data/README.md
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rattler_tol_is_monotone():
+    import torch
+
+    import gnc_ext
+
+    if not SLOANE.exists():
+        pytest.skip("bundled data not found")
+    W = torch.from_numpy(np.load(SLOANE))
+    counts = [len(gnc_ext.one_vs_rest_distance(W, rattler_tol=t).rattlers) for t in (0.0, 1e-8, 1e-6, 1e-4, 1.0)]
+    assert counts == sorted(counts, reverse=True) and counts[-1] == 0 and counts[0] > 0
+    with pytest.raises(ValueError, match="rattler_tol"):
+        gnc_ext.one_vs_rest_distance(W, rattler_tol=-1.0)
+
+
+def test_design_json_consistent_with_theory(tmp_path):
+    import gnc_ext
+
+    out = run(["design", "--classes", "100000", "--margin", "0.3", "--json"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    d = rep["min feature dim d (Thm 3.9 lower bound reaches rho)"]
+    assert gnc_ext.theory.rho_bounds(d, 100000).lower >= 0.3
+    assert gnc_ext.theory.rho_bounds(d - 1, 100000).lower < 0.3
+
+
+def test_solve_tammes_saves_a_code(tmp_path):
+    out = run(["solve", "tammes", "--dim", "3", "--classes", "4", "--save", "c.npy", "--json"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    W = np.load(tmp_path / "c.npy")
+    assert W.shape == (4, 3)
+    assert abs(rep["min angle cosine"] - (-1.0 / 3.0)) < 1e-7  # regular tetrahedron
+    assert abs(rep["one-vs-rest rho"] - 4.0 / 3.0) < 1e-7      # Thm 3.3, K <= d + 1
+
+
+def test_metrics_json(tmp_path):
+    rng = np.random.default_rng(0)
+    K, d = 12, 6
+    M = rng.standard_normal((K, d))
+    y = np.repeat(np.arange(K), 4)
+    F = (M[y] + 0.05 * rng.standard_normal((K * 4, d))).astype(np.float32)
+    np.save(tmp_path / "f.npy", F)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "w.npy", M.astype(np.float32))
+    out = run(["metrics", "--features", "f.npy", "--labels", "y.npy", "--weights", "w.npy", "--json"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["NCC accuracy"] == 1.0
+    assert 0 <= rep["GNC1"] < 0.1 and 0 <= rep["GNC3"] < 0.1 and rep["GNC2 rho(W)"] > 0

@@ -72,7 +72,7 @@ class OneVsRestResult:
             padded with −1 (m = the largest support found, ≤ d + 1).
         weights: (K, m) float64 convex weights (non-negative, rows sum to 1), 0 at padding.
         rattlers: 1-D int64 class indices whose certified lower bound exceeds
-            ``rho + tol`` (Def. 3.4): provably not attaining the minimum.
+            ``rho + rattler_tol`` (Def. 3.4): provably not attaining the minimum.
         iterations: number of column-generation rounds (solve + pricing passes).
         stats: timings and counters (candidates m, violators added, solver status counts,
             Wolfe iterations, max support, tolerance used, converged flag).
@@ -318,7 +318,7 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
 def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[float] = None,
                          return_projection: bool = True, candidates: Optional[int] = None, max_add: int = 32,
                          max_rounds: int = 100, max_iter: Optional[int] = None,
-                         progress: Optional[bool] = None) -> OneVsRestResult:
+                         progress: Optional[bool] = None, rattler_tol: Optional[float] = None) -> OneVsRestResult:
     """Exact one-vs-rest distances ``dist_k = dist(w_k, conv{w_j : j ≠ k})`` with a certificate.
 
     Solves every class's minimum-norm-point problem exactly (Wolfe's algorithm in fp64 on
@@ -347,6 +347,11 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
         max_rounds: cap on column-generation rounds (default 100).
         max_iter: cap on Wolfe iterations per class (default 50·(min(n, d+1) + 10)).
         progress: show tqdm bars (default: on when K ≥ 100,000).
+        rattler_tol: a class is reported as a rattler when its certified lower bound
+            exceeds ``rho + rattler_tol``. Default ``tol``: provably above the minimum for
+            these exact numbers. Data known only to a few digits (published tables,
+            fp32/bf16 weights) should pass a larger value, e.g. 1e-6, or classes that are
+            tied in exact arithmetic show up as rattlers through rounding.
 
     Returns:
         :class:`OneVsRestResult`.
@@ -416,7 +421,12 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
     rho = float(dist.min().item())
     rho_lower = float(lower.min().item())
     gap = float((dist - lower).max().item())
-    rattlers = torch.nonzero(lower > rho + tol).flatten()
+    if rattler_tol is None:
+        rattler_tol = tol
+    elif isinstance(rattler_tol, bool) or not isinstance(rattler_tol, (int, float)) or not (
+            math.isfinite(rattler_tol) and rattler_tol >= 0):
+        raise ValueError(f"rattler_tol: expected a finite number >= 0, got {rattler_tol!r}")
+    rattlers = torch.nonzero(lower > rho + float(rattler_tol)).flatten()
     out_dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
     return OneVsRestResult(
         distance=distance, lower=lower, rho=rho, rho_lower=rho_lower, gap=gap,
