@@ -511,3 +511,85 @@ def test_cuda_fused_forward_matches_chunked(cuda_device, dtype, monkeypatch):
         b = gnc_ext.spherical_cross_entropy(Hc, Wc, yc, **opts)
     tol = 1e-4 if dtype == torch.float32 else 2e-3
     torch.testing.assert_close(b.cpu(), a.cpu(), atol=tol * float(a.abs().max()), rtol=0)
+
+
+# ------------------------------------------------------ CUDA fused backward --
+FUSED_BWD_SHAPES = [  # B, d, K, options
+    (1, 8, 2, dict(tau=0.05)),
+    (37, 1, 1000, dict(tau=0.1, margin=0.35, margin_type="cosface")),
+    (70, 600, 1000, dict(tau=0.05, margin=0.5, margin_type="arcface", label_smoothing=0.1)),
+    (130, 72, 1000, dict(tau=1.0, label_smoothing=0.2)),
+    (65, 64, 130, dict(tau=0.02, margin=0.2, margin_type="arcface")),
+]
+FUSED_BWD_TOL = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 2e-2}
+
+
+def _sce_grads(dev, dtype, H, W, y, wts, opts):
+    """(loss rows, dH, dW) of sum_i wts_i * loss_i (reduction none) on `dev` in `dtype`."""
+    h = H.to(dev, dtype).requires_grad_(True)
+    w = W.to(dev, dtype).requires_grad_(True)
+    o = gnc_ext.spherical_cross_entropy(h, w, y.to(dev), reduction="none", **opts)
+    (o.float() * wts.to(dev)).sum().backward()
+    return o.detach().double().cpu(), h.grad.double().cpu(), w.grad.double().cpu()
+
+
+def _fused_bwd_inputs(B, d, K, seed):
+    g = torch.Generator().manual_seed(seed)
+    H, W = torch.randn(B, d, generator=g), torch.randn(K, d, generator=g)
+    y = torch.randint(0, K, (B,), generator=g)
+    y[0] = K - 1
+    if B > 2:
+        y[1], y[2] = 0, -100  # labels 0 and K-1, one ignored row
+    wts = torch.rand(B, generator=g) + 0.5  # per-row upstream gradients (the op's `scale`)
+    return H, W, y, wts
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,d,K,opts", FUSED_BWD_SHAPES)
+def test_cuda_fused_backward_matches_chunked_and_reference(cuda_device, monkeypatch, dtype, B, d, K, opts):
+    H, W, y, wts = _fused_bwd_inputs(B, d, K, 17 + B + d)
+    # independent reference: float64 PyTorch on the dtype-rounded inputs
+    Hr = H.to(dtype).double().requires_grad_(True)
+    Wr = W.to(dtype).double().requires_grad_(True)
+    (ref_sce(Hr, Wr, y, reduction="none", **opts) * wts.double()).sum().backward()
+    got = {}
+    for mode in ("chunked", "fused"):
+        monkeypatch.setattr(L, "CUDA_BACKWARD", mode)
+        got[mode] = _sce_grads(cuda_device, dtype, H, W, y, wts, opts)
+    tol = FUSED_BWD_TOL[dtype]
+    for name, i, ref in (("dH", 1, Hr.grad), ("dW", 2, Wr.grad)):
+        s = max(float(ref.abs().max()), 1e-12)
+        a, b = got["chunked"][i], got["fused"][i]
+        assert torch.isfinite(b).all(), name
+        torch.testing.assert_close(b / s, a / s, atol=tol, rtol=0, msg=lambda m: f"{name} fused vs chunked: {m}")
+        torch.testing.assert_close(b / s, ref / s, atol=tol, rtol=0, msg=lambda m: f"{name} fused vs ref: {m}")
+    if B > 2:  # the ignored row gets exactly zero gradient
+        assert float(got["fused"][1][2].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_fused_backward_deterministic_and_flags(cuda_device, monkeypatch, dtype):
+    H, W, y, wts = _fused_bwd_inputs(200, 96, 3001, 23)
+    opts = dict(tau=0.05, label_smoothing=0.1, margin=0.3, margin_type="cosface")
+    monkeypatch.setattr(L, "CUDA_BACKWARD", "fused")
+    a = _sce_grads(cuda_device, dtype, H, W, y, wts, opts)
+    b = _sce_grads(cuda_device, dtype, H, W, y, wts, opts)
+    for x, z in zip(a, b):
+        assert torch.equal(x, z)  # bitwise: no atomics
+    # both flags together (fused forward + fused backward), mean reduction, W-only gradient
+    monkeypatch.setattr(L, "CUDA_FORWARD", "fused")
+    Wd = W.to(cuda_device, dtype).requires_grad_(True)
+    gnc_ext.spherical_cross_entropy(H.to(cuda_device, dtype), Wd, y.to(cuda_device), **opts).backward()
+    Wr = W.to(dtype).double().requires_grad_(True)
+    ref_sce(H.to(dtype).double(), Wr, y, **opts).backward()
+    s = float(Wr.grad.abs().max())
+    torch.testing.assert_close(Wd.grad.double().cpu() / s, Wr.grad / s, atol=FUSED_BWD_TOL[dtype], rtol=0)
+
+
+def test_fused_backward_native_rejects_cpu():
+    H = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="CUDA only"):
+        L.native.sce_fused_backward(L.view(H), L.view(torch.randn(5, 4)), L.view(torch.zeros(3, dtype=torch.int64)),
+                                    L.view(torch.zeros(3, dtype=torch.float64)),
+                                    L.view(torch.ones(3, dtype=torch.float64)), L.view(torch.empty(3, 4)),
+                                    L.view(torch.empty(5, 4)), 5, 0.05, 0, 0.0, 0.0, -100)

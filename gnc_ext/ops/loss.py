@@ -46,8 +46,16 @@ block per row; the GEMMs are torch's).
 CUDA status: the default CUDA path is the chunked one (cuBLAS through torch + the
 native epilogue kernels of ``csrc/cuda/loss.cu``), recompute strategy. A fused forward
 kernel (``csrc/cuda/loss_fused.cu``, opt-in via :data:`CUDA_FORWARD` = "fused") keeps
-each 64 × 64 logits tile in shared memory; the backward has no fused kernel yet. All
-CUDA kernels were compiled but NOT run in the session that wrote them (no GPU).
+each 64 × 64 logits tile in shared memory; a fused backward (same file, opt-in via
+:data:`CUDA_BACKWARD` = "fused") recomputes each cosine tile, turns it into
+``g = dL/dS`` in shared memory (exactly ``sce_grad``'s formula) and accumulates
+``dĤ = g·Ŵ`` (blocks over row tiles × class splits, merged in a fixed order) and
+``dŴ = gᵀ·Ĥ`` (blocks over class tiles) in block-private fp32 workspaces: deterministic,
+no atomics, the logits never reach global memory. Its second products use bf16 tensor-core
+operands for bf16/fp16 inputs (g rounded to bf16: fp32 range, ~2^-9 relative rounding)
+and plain fp32 FMA for fp32. Both defaults stay "chunked" until a GPU run verifies the
+fused kernels. All CUDA kernels were compiled but NOT run in the session that wrote them
+(no GPU).
 fp32 precision on CUDA: the chunked path's GEMMs are torch's, so they follow
 ``torch.backends.cuda.matmul.allow_tf32`` (False by default: full fp32; set it True for
 the faster TF32 mode, ~1e-3 relative error in the cosines); the fused forward kernel
@@ -73,6 +81,14 @@ STRATEGY = "auto"
 # opt-in until a GPU session has checked it against the chunked path
 # (python_tests/test_loss.py::test_cuda_fused_forward_matches_chunked).
 CUDA_FORWARD = "chunked"
+# CUDA backward of the recompute strategy: "chunked" (per tile: cuBLAS GEMM, sce_grad
+# epilogue, two cuBLAS GEMMs; the default) or "fused" (csrc/cuda/loss_fused.cu: each
+# 64 x 64 cosine tile is recomputed and turned into dL/ds in shared memory, then
+# multiplied into dĤ and dŴ by two deterministic kernels, no atomics; bf16/fp16 on
+# tensor cores via WMMA with bf16 operands for the second products, fp32 by plain fp32
+# FMA). Compiled but NOT run by its author: it stays opt-in until a GPU session has
+# checked it (python_tests/test_loss.py::test_cuda_fused_backward_*).
+CUDA_BACKWARD = "chunked"
 # Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
 # and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
 TILE_BYTES = 32 * 2**20
@@ -179,6 +195,23 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, t
     return (dH.to(Hn.dtype) if need_h else dH), dW
 
 
+def _fused_backward_cuda(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, tau: float,
+                         ignore_index: int, label_smoothing: float, margin: float, margin_type: int, need_h: bool,
+                         need_w: bool, num_classes: int = 0) -> Tuple[Tensor, Tensor]:
+    """CUDA backward of the recompute strategy through the fused kernels
+    (``native.sce_fused_backward``, csrc/cuda/loss_fused.cu): same outputs, dtypes and
+    semantics as :func:`_grad_tiles` (dĤ in Hn's dtype, dŴ in Wn's dtype; an empty tensor
+    for a gradient that is not needed). The kernels need contiguous rows: Hn/Wn are made
+    contiguous here (a no-op for the normalised inputs the public API passes)."""
+    Hc, Wc = Hn.contiguous(), Wn.contiguous()
+    dH = torch.empty(Hc.shape, dtype=Hc.dtype, device=Hc.device) if need_h else Hn.new_empty(0)
+    dW = torch.empty(Wc.shape, dtype=Wc.dtype, device=Wc.device) if need_w else Wn.new_empty(0)
+    native.sce_fused_backward(view(Hc), view(Wc), view(y), view(lse.to(torch.float64).contiguous()), view(scale),
+                              view(dH), view(dW), num_classes or Wn.shape[0], tau, margin_type, margin,
+                              label_smoothing, ignore_index, stream_of(Hn))
+    return dH, dW
+
+
 # ------------------------------------------------------ op 1: recompute strategy --
 @torch.library.custom_op("gnc_ext::spherical_ce_rows", mutates_args=(), device_types=("cpu", "cuda"))
 def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
@@ -209,6 +242,9 @@ def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, lse: Ten
                   ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
                   need_h: bool, need_w: bool) -> Tuple[Tensor, Tensor]:
     scale = grad_rows.to(torch.float64).contiguous()
+    if Hn.device.type == "cuda" and CUDA_BACKWARD == "fused" and Hn.dtype != torch.float64:
+        return _fused_backward_cuda(Hn, Wn, y, lse, scale, tau, ignore_index, label_smoothing, margin, margin_type,
+                                    need_h, need_w)
     return _grad_tiles(Hn, Wn, y, lse, scale, tau, ignore_index, label_smoothing, margin, margin_type,
                        chunk or col_chunk(Hn.shape[0], Wn.shape[0]), need_h, need_w)
 
