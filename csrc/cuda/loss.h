@@ -50,11 +50,14 @@ namespace cuda {
 // skipped. num_classes: the K of the label-smoothing term. Cosine tiles are recomputed
 // and turned into g in shared memory only; two deterministic kernels (dH: blocks over
 // row tiles x class splits, merged in split order; dW: blocks over class tiles), no
-// atomics. Extra device memory: an fp32 dH workspace (<= 256 MiB, splits x B x d) and an
-// fp32 dW workspace (K x d, padded to multiples of 64). Compiled, NOT run in the session
-// that wrote it.
+// atomics. Workspaces (fp32, contiguous, allocated by the caller so that torch's allocator
+// accounts for them; zeroed here): ws_h (splits, Bpad, dpad) when dH is wanted (splits =
+// how many class ranges the dH kernel splits K into; 1 <= splits <= 65535), ws_w
+// (Kpad, dpad) when dW is wanted; Bpad, Kpad, dpad = B, K, d rounded up to 64. Compiled,
+// NOT run in the session that wrote it.
 void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
-                        const TensorView& scale, const TensorView& dH, const TensorView& dW, int64_t num_classes,
+                        const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
+                        const TensorView& ws_w, int64_t num_classes,
                         double tau, int margin_type, double margin, double label_smoothing, int64_t ignore_index,
                         std::uintptr_t stream);
 

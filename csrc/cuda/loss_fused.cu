@@ -572,12 +572,10 @@ unsigned grid_for(int64_t n) {
   return static_cast<unsigned>(b < 1 ? 1 : b);
 }
 
-// Bytes of the dH workspace (splits x Bpad x dpad fp32) the split heuristic may use.
-constexpr int64_t kDhWorkspaceBudget = 256LL << 20;
-
 template <typename T>
 void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
-                const TensorView& scale, const TensorView& dH, const TensorView& dW, int64_t num_classes,
+                const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
+                const TensorView& ws_w, int64_t num_classes,
                 double tau, int margin_type, double margin, double label_smoothing, int64_t ignore_index,
                 cudaStream_t st) {
   const int64_t B = Hn.size(0), d = Hn.size(1), K = Wn.size(0);
@@ -597,21 +595,13 @@ void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y,
   const double* lp = lse.data<double>();
   const double* sp = scale.data<double>();
   if (need_h) {
-    int dev = 0, sms = 132;
-    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    int64_t splits = (4LL * sms + row_tiles - 1) / row_tiles;  // about 4 blocks per SM
-    const int64_t cap = kDhWorkspaceBudget / (Bpad * dpad * static_cast<int64_t>(sizeof(float)));
-    if (splits > cap) splits = cap;
-    if (splits > n_tiles) splits = n_tiles;
-    if (splits > 65535) splits = 65535;
-    if (splits < 1) splits = 1;
+    // splits: chosen by the caller (ws_h's first dimension); the class tiles are dealt
+    // out in contiguous runs of `per`, so at most ceil(n_tiles / per) planes are used.
+    int64_t splits = ws_h.size(0);
     const int64_t per = (n_tiles + splits - 1) / splits;
     splits = (n_tiles + per - 1) / per;
     const int64_t plane = Bpad * dpad;
-    float* ws = nullptr;
-    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&ws), sizeof(float) * splits * plane, st),
-               "cudaMallocAsync(dH workspace)");
+    float* ws = ws_h.data<float>();
     check_cuda(cudaMemsetAsync(ws, 0, sizeof(float) * splits * plane, st), "cudaMemsetAsync(dH workspace)");
     dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(splits));
     sce_fused_bwd_dh_kernel<T><<<grid, NT, 0, st>>>(Hn.data<T>(), Wn.data<T>(), yp, y.stride(0), lp, lse.stride(0),
@@ -621,13 +611,10 @@ void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y,
     sce_fused_bwd_finalize_kernel<T><<<grid_for(B * d), 256, 0, st>>>(ws, splits, plane, B, d, dpad, dH.data<T>(),
                                                                      dH.stride(0));
     check_launch("sce_fused_backward(dH finalize)");
-    check_cuda(cudaFreeAsync(ws, st), "cudaFreeAsync(dH workspace)");
   }
   if (need_w) {
     const int64_t plane = Kpad * dpad;
-    float* ws = nullptr;
-    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&ws), sizeof(float) * plane, st),
-               "cudaMallocAsync(dW workspace)");
+    float* ws = ws_w.data<float>();
     check_cuda(cudaMemsetAsync(ws, 0, sizeof(float) * plane, st), "cudaMemsetAsync(dW workspace)");
     sce_fused_bwd_dw_kernel<T><<<static_cast<unsigned>(n_tiles), NT, 0, st>>>(
         Hn.data<T>(), Wn.data<T>(), yp, y.stride(0), lp, lse.stride(0), sp, scale.stride(0), B, K, d, Hn.stride(0),
@@ -636,14 +623,14 @@ void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y,
     sce_fused_bwd_finalize_kernel<T><<<grid_for(K * d), 256, 0, st>>>(ws, 1, plane, K, d, dpad, dW.data<T>(),
                                                                      dW.stride(0));
     check_launch("sce_fused_backward(dW finalize)");
-    check_cuda(cudaFreeAsync(ws, st), "cudaFreeAsync(dW workspace)");
   }
 }
 
 }  // namespace
 
 void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
-                        const TensorView& scale, const TensorView& dH, const TensorView& dW, int64_t num_classes,
+                        const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
+                        const TensorView& ws_w, int64_t num_classes,
                         double tau, int margin_type, double margin, double label_smoothing, int64_t ignore_index,
                         std::uintptr_t stream) {
   check_dim(Hn, 2, "Hn");
@@ -670,20 +657,34 @@ void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const Tensor
   }
   if (!(tau > 0)) fail("tau: must be > 0");
   if (num_classes < 1) fail("num_classes: must be >= 1");
+  const int64_t Bpad = (B + BM - 1) / BM * BM, Kpad = (K + BN - 1) / BN * BN, dpad = (d + DC - 1) / DC * DC;
+  if (dH.numel() > 0) {
+    check_dim(ws_h, 3, "ws_h");
+    check_dtype(ws_h, DType::F32, "ws_h");
+    if (ws_h.size(0) < 1 || ws_h.size(0) > 65535 || ws_h.size(1) != Bpad || ws_h.size(2) != dpad)
+      fail("ws_h: expected shape (splits, Bpad, dpad) with 1 <= splits <= 65535, Bpad = B rounded up to 64, "
+           "dpad = d rounded up to 64");
+    if (!ws_h.is_contiguous()) fail("ws_h: must be contiguous");
+  }
+  if (dW.numel() > 0) {
+    check_shape(ws_w, {Kpad, dpad}, "ws_w");
+    check_dtype(ws_w, DType::F32, "ws_w");
+    if (!ws_w.is_contiguous()) fail("ws_w: must be contiguous");
+  }
   if (B == 0 || K == 0 || d == 0 || (dH.numel() == 0 && dW.numel() == 0)) return;
   DeviceGuard g(Hn.device);
   const cudaStream_t st = as_stream(stream);
   switch (Hn.dtype) {
     case DType::F32:
-      launch_bwd<float>(Hn, Wn, y, lse, scale, dH, dW, num_classes, tau, margin_type, margin, label_smoothing,
+      launch_bwd<float>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin, label_smoothing,
                         ignore_index, st);
       break;
     case DType::BF16:
-      launch_bwd<bf16_t>(Hn, Wn, y, lse, scale, dH, dW, num_classes, tau, margin_type, margin, label_smoothing,
+      launch_bwd<bf16_t>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin, label_smoothing,
                          ignore_index, st);
       break;
     case DType::F16:
-      launch_bwd<f16_t>(Hn, Wn, y, lse, scale, dH, dW, num_classes, tau, margin_type, margin, label_smoothing,
+      launch_bwd<f16_t>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin, label_smoothing,
                         ignore_index, st);
       break;
     default: fail("Hn: the fused CUDA backward supports float32/bfloat16/float16");

@@ -202,14 +202,43 @@ def _fused_backward_cuda(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: 
     (``native.sce_fused_backward``, csrc/cuda/loss_fused.cu): same outputs, dtypes and
     semantics as :func:`_grad_tiles` (dĤ in Hn's dtype, dŴ in Wn's dtype; an empty tensor
     for a gradient that is not needed). The kernels need contiguous rows: Hn/Wn are made
-    contiguous here (a no-op for the normalised inputs the public API passes)."""
+    contiguous here (a no-op for the normalised inputs the public API passes).
+    Extra memory (fp32, from torch's allocator): a dH workspace of splits × B × d
+    (≤ FUSED_BWD_DH_WORKSPACE = 256 MiB unless one split needs more) and a dW workspace of
+    K × d (B, K, d rounded up to 64), besides the gradients themselves."""
     Hc, Wc = Hn.contiguous(), Wn.contiguous()
-    dH = torch.empty(Hc.shape, dtype=Hc.dtype, device=Hc.device) if need_h else Hn.new_empty(0)
-    dW = torch.empty(Wc.shape, dtype=Wc.dtype, device=Wc.device) if need_w else Wn.new_empty(0)
+    (B, d), K = Hc.shape, Wc.shape[0]
+    dev = Hc.device
+    T = _FUSED_TILE  # the kernels' row / class / feature-chunk tile (checked natively)
+    Bp, Kp, dp = -(-B // T) * T, -(-K // T) * T, -(-d // T) * T
+    dH = torch.empty((B, d), dtype=Hc.dtype, device=dev) if need_h else Hn.new_empty(0)
+    dW = torch.empty((K, d), dtype=Wc.dtype, device=dev) if need_w else Wn.new_empty(0)
+    f32 = dict(dtype=torch.float32, device=dev)
+    ws_h = torch.empty((_fused_bwd_splits(B, K, d, dev), Bp, dp), **f32) if need_h else Hn.new_empty(0, **f32)
+    ws_w = torch.empty((Kp, dp), **f32) if need_w else Wn.new_empty(0, **f32)
     native.sce_fused_backward(view(Hc), view(Wc), view(y), view(lse.to(torch.float64).contiguous()), view(scale),
-                              view(dH), view(dW), num_classes or Wn.shape[0], tau, margin_type, margin,
-                              label_smoothing, ignore_index, stream_of(Hn))
+                              view(dH), view(dW), view(ws_h), view(ws_w), num_classes or K, tau, margin_type,
+                              margin, label_smoothing, ignore_index, stream_of(Hn))
     return dH, dW
+
+
+_FUSED_TILE = 64
+# fp32 bytes the fused backward's dH workspace (splits × B × d) may take for parallelism
+FUSED_BWD_DH_WORKSPACE = 256 * 2**20
+
+
+def _fused_bwd_splits(B: int, K: int, d: int, device: torch.device) -> int:
+    """How many class ranges the fused dH kernel splits K into: about 4 blocks per SM
+    over (row tiles × splits), capped by FUSED_BWD_DH_WORKSPACE and by the class tiles;
+    normalised so that every split gets at least one class tile."""
+    T = _FUSED_TILE
+    row_tiles, n_tiles = -(-B // T), -(-K // T)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    splits = -(-4 * sms // row_tiles)
+    splits = min(splits, FUSED_BWD_DH_WORKSPACE // (row_tiles * T * (-(-d // T) * T) * 4), n_tiles, 65535)
+    splits = max(splits, 1)
+    per = -(-n_tiles // splits)
+    return -(-n_tiles // per)
 
 
 # ------------------------------------------------------ op 1: recompute strategy --
