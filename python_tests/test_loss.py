@@ -613,3 +613,18 @@ def test_fused_backward_native_rejects_cpu():
                                     L.view(torch.ones(3, dtype=torch.float64)), L.view(torch.empty(3, 4)),
                                     L.view(torch.empty(5, 4)), L.view(torch.empty(1, 64, 64)),
                                     L.view(torch.empty(64, 64)), 5, 0.05, 0, 0.0, 0.0, -100)
+
+
+def test_cuda_path_flags_are_validated(monkeypatch):
+    assert L._cuda_mode("CUDA_BACKWARD", "fused") == "fused"
+    with pytest.raises(ValueError, match="CUDA_BACKWARD: expected 'chunked' or 'fused'"):
+        L._cuda_mode("CUDA_BACKWARD", "fast")
+
+
+def test_cuda_bad_backward_flag_raises(cuda_device, monkeypatch):
+    H, W, y, _ = _fused_bwd_inputs(4, 8, 10, 3)
+    h = H.to(cuda_device).requires_grad_(True)
+    loss = gnc_ext.spherical_cross_entropy(h, W.to(cuda_device), y.to(cuda_device))
+    monkeypatch.setattr(L, "CUDA_BACKWARD", "fast")
+    with pytest.raises(ValueError, match="CUDA_BACKWARD"):
+        loss.backward()

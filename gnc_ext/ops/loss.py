@@ -64,6 +64,7 @@ uses plain fp32 FMA (full fp32 accuracy, no TF32, no error compensation).
 from __future__ import annotations
 
 import math
+import os
 from typing import Tuple
 
 import torch
@@ -80,7 +81,9 @@ STRATEGY = "auto"
 # plain fp32 FMA). The fused kernel was compiled but NOT run by its author: it stays
 # opt-in until a GPU session has checked it against the chunked path
 # (python_tests/test_loss.py::test_cuda_fused_forward_matches_chunked).
-CUDA_FORWARD = "chunked"
+# The initial value comes from the environment variable GNC_LOSS_CUDA_FORWARD (default
+# "chunked"), so a whole test run can exercise the fused kernels (scripts/device_check.sh).
+CUDA_FORWARD = os.environ.get("GNC_LOSS_CUDA_FORWARD", "chunked")
 # CUDA backward of the recompute strategy: "chunked" (per tile: cuBLAS GEMM, sce_grad
 # epilogue, two cuBLAS GEMMs; the default) or "fused" (csrc/cuda/loss_fused.cu: each
 # 64 x 64 cosine tile is recomputed and turned into dL/ds in shared memory, then
@@ -88,7 +91,15 @@ CUDA_FORWARD = "chunked"
 # tensor cores via WMMA with bf16 operands for the second products, fp32 by plain fp32
 # FMA). Compiled but NOT run by its author: it stays opt-in until a GPU session has
 # checked it (python_tests/test_loss.py::test_cuda_fused_backward_*).
-CUDA_BACKWARD = "chunked"
+# Initial value from the environment variable GNC_LOSS_CUDA_BACKWARD (default "chunked").
+CUDA_BACKWARD = os.environ.get("GNC_LOSS_CUDA_BACKWARD", "chunked")
+
+
+def _cuda_mode(name: str, value: object) -> str:
+    """Validates a CUDA path flag ("chunked" | "fused"), raising ValueError naming it."""
+    if value not in ("chunked", "fused"):
+        raise ValueError(f"gnc_ext.ops.loss.{name}: expected 'chunked' or 'fused', got {value!r}")
+    return value
 # Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
 # and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
 TILE_BYTES = 32 * 2**20
@@ -247,7 +258,7 @@ def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, 
               margin: float, margin_type: int, chunk: int) -> Tuple[Tensor, Tensor]:
     K = Wn.shape[0]
     check_labels(y, K, True, ignore_index)
-    if Hn.device.type == "cuda" and CUDA_FORWARD == "fused" and Hn.dtype != torch.float64:
+    if Hn.device.type == "cuda" and _cuda_mode("CUDA_FORWARD", CUDA_FORWARD) == "fused" and Hn.dtype != torch.float64:
         state = torch.empty((Hn.shape[0], 4), dtype=torch.float64, device=Hn.device)
         state[:, 0] = -math.inf
         state[:, 1:] = 0.0
@@ -271,7 +282,8 @@ def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, lse: Ten
                   ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
                   need_h: bool, need_w: bool) -> Tuple[Tensor, Tensor]:
     scale = grad_rows.to(torch.float64).contiguous()
-    if Hn.device.type == "cuda" and CUDA_BACKWARD == "fused" and Hn.dtype != torch.float64:
+    if (Hn.device.type == "cuda" and _cuda_mode("CUDA_BACKWARD", CUDA_BACKWARD) == "fused"
+            and Hn.dtype != torch.float64):
         return _fused_backward_cuda(Hn, Wn, y, lse, scale, tau, ignore_index, label_smoothing, margin, margin_type,
                                     need_h, need_w)
     return _grad_tiles(Hn, Wn, y, lse, scale, tau, ignore_index, label_smoothing, margin, margin_type,
