@@ -575,9 +575,8 @@ unsigned grid_for(int64_t n) {
 template <typename T>
 void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
                 const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
-                const TensorView& ws_w, int64_t num_classes,
-                double tau, int margin_type, double margin, double label_smoothing, int64_t ignore_index,
-                cudaStream_t st) {
+                const TensorView& ws_w, int64_t num_classes, double tau, int margin_type, double margin,
+                double label_smoothing, int64_t ignore_index, cudaStream_t st) {
   const int64_t B = Hn.size(0), d = Hn.size(1), K = Wn.size(0);
   const bool need_h = dH.numel() > 0, need_w = dW.numel() > 0;
   const auto g = loss_math::make_margin(margin_type, margin);
@@ -676,16 +675,16 @@ void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const Tensor
   const cudaStream_t st = as_stream(stream);
   switch (Hn.dtype) {
     case DType::F32:
-      launch_bwd<float>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin, label_smoothing,
-                        ignore_index, st);
+      launch_bwd<float>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin,
+                        label_smoothing, ignore_index, st);
       break;
     case DType::BF16:
-      launch_bwd<bf16_t>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin, label_smoothing,
-                         ignore_index, st);
+      launch_bwd<bf16_t>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin,
+                         label_smoothing, ignore_index, st);
       break;
     case DType::F16:
-      launch_bwd<f16_t>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin, label_smoothing,
-                        ignore_index, st);
+      launch_bwd<f16_t>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin,
+                        label_smoothing, ignore_index, st);
       break;
     default: fail("Hn: the fused CUDA backward supports float32/bfloat16/float16");
   }
