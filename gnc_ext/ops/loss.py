@@ -89,8 +89,9 @@ CUDA_FORWARD = os.environ.get("GNC_LOSS_CUDA_FORWARD", "chunked")
 # 64 x 64 cosine tile is recomputed and turned into dL/ds in shared memory, then
 # multiplied into dĤ and dŴ by two deterministic kernels, no atomics; bf16/fp16 on
 # tensor cores via WMMA with bf16 operands for the second products, fp32 by plain fp32
-# FMA). Compiled but NOT run by its author: it stays opt-in until a GPU session has
-# checked it (python_tests/test_loss.py::test_cuda_fused_backward_*).
+# FMA; float64 inputs always take the chunked path). Compiled but NOT run by its author:
+# it stays opt-in until a GPU session has checked it
+# (python_tests/test_loss.py::test_cuda_fused_backward_*).
 # Initial value from the environment variable GNC_LOSS_CUDA_BACKWARD (default "chunked").
 CUDA_BACKWARD = os.environ.get("GNC_LOSS_CUDA_BACKWARD", "chunked")
 
@@ -100,6 +101,8 @@ def _cuda_mode(name: str, value: object) -> str:
     if value not in ("chunked", "fused"):
         raise ValueError(f"gnc_ext.ops.loss.{name}: expected 'chunked' or 'fused', got {value!r}")
     return value
+
+
 # Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
 # and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
 TILE_BYTES = 32 * 2**20
