@@ -5,6 +5,9 @@ Cut Cross-Entropy and Liger's fused linear CE where importable. One training ste
 
     python benchmarks/bench_loss.py [--device cpu|cuda] [--only TEXT] [--out DIR]
 
+On GPU, "gnc_ext" is the default (chunked) CUDA path and "gnc_ext fused" the opt-in
+fused kernels (gnc_ext.ops.loss.CUDA_FORWARD = CUDA_BACKWARD = "fused").
+
 The eager recipe: F.normalize(H), F.normalize(W), matmul, / tau, F.cross_entropy.
 Peers without fused normalisation (linear_cross_entropy, CCE, Liger) get the
 normalisation done by torch before them, as a user would. CPU memory is the growth of
@@ -60,6 +63,26 @@ def gnc_hardmax(h, w, y):
     return gnc_ext.hardmax_loss(h, w, y, reduction="max")
 
 
+def gnc_sce_fused(h, w, y):
+    """gnc_ext with the opt-in fused CUDA kernels (forward and backward; see
+    gnc_ext.ops.loss.CUDA_FORWARD / CUDA_BACKWARD). The flags are read when the ops run,
+    so they are held for the whole step (the backward runs inside .backward())."""
+    return gnc_ext.spherical_cross_entropy(h, w, y, tau=TAU)
+
+
+def _step_fused(loss_fn):
+    from gnc_ext.ops import loss as L
+
+    def run(inp):
+        old = L.CUDA_FORWARD, L.CUDA_BACKWARD
+        L.CUDA_FORWARD, L.CUDA_BACKWARD = "fused", "fused"
+        try:
+            return _step(loss_fn)(inp)
+        finally:
+            L.CUDA_FORWARD, L.CUDA_BACKWARD = old
+    return run
+
+
 _compiled = {}
 
 
@@ -104,6 +127,12 @@ def _sce_impls(device_peers):
     return impls
 
 
+def _sce_impls_gpu(device_peers):
+    impls = _sce_impls(device_peers)
+    impls["gnc_ext fused"] = _step_fused(gnc_sce_fused)  # opt-in fused CUDA forward + backward
+    return impls
+
+
 CASES = []
 for B, d, K in [(256, 512, 100_000), (64, 128, 1_000_000)]:
     CASES.append(Case(f"CE B={B}, d={d}, K={K}, float32", _setup(B, d, K, torch.float32), _sce_impls({}),
@@ -114,7 +143,7 @@ if torch.cuda.is_available():  # GPU cases (the harness skips them on --device c
     for B, d, K, dt in [(512, 512, 1_000_000, torch.bfloat16), (512, 512, 1_000_000, torch.float32),
                         (8192, 2048, 131_072, torch.bfloat16), (512, 512, 100_000, torch.bfloat16),
                         (8192, 2048, 100_000, torch.bfloat16)]:
-        CASES.append(Case(f"CE B={B}, d={d}, K={K}, {str(dt)[6:]}", _setup(B, d, K, dt), _sce_impls(peers),
+        CASES.append(Case(f"CE B={B}, d={d}, K={K}, {str(dt)[6:]}", _setup(B, d, K, dt), _sce_impls_gpu(peers),
                           baseline="torch eager", devices=("cuda",), notes=note))
     for dt in (torch.float32, torch.bfloat16):
         CASES.append(Case(f"HardMax B=512, d=512, K=1000000, {str(dt)[6:]}", _setup(512, 512, 1_000_000, dt),

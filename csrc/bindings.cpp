@@ -245,6 +245,19 @@ void sce_fused_forward(const TensorView& Hn, const TensorView& Wn, const TensorV
                       throw std::invalid_argument("sce_fused_forward: CUDA only (the CPU path is the chunked engine)"),
                       gnc::cuda::sce_fused_forward(Hn, Wn, y, state, tau, margin_type, margin, ignore_index, stream));
 }
+void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
+                        const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
+                        const TensorView& ws_w, int64_t num_classes, double tau, int margin_type, double margin,
+                        double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
+  check_loss_devices(Hn, {{&Wn, "Wn"}, {&y, "y"}, {&lse, "lse"}, {&scale, "scale"}, {&dH, "dH"}, {&dW, "dW"},
+                          {&ws_h, "ws_h"}, {&ws_w, "ws_w"}},
+                     "Hn");
+  if (margin_type < 0 || margin_type > 2) gnc::fail("margin_type: expected 0, 1 or 2");
+  GNC_DISPATCH_DEVICE(Hn,
+                      throw std::invalid_argument("sce_fused_backward: CUDA only (the CPU path is the chunked engine)"),
+                      gnc::cuda::sce_fused_backward(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau,
+                                                    margin_type, margin, label_smoothing, ignore_index, stream));
+}
 // ---- end [loss] -------------------------------------------------------------
 
 // ---- [metrics] bindings (GNC accumulators, NCC) ------------------------------
@@ -402,6 +415,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("sce_fused_forward", &sce_fused_forward, py::arg("Hn"), py::arg("Wn"), py::arg("y"), py::arg("state"),
         py::arg("tau"), py::arg("margin_type"), py::arg("margin"), py::arg("ignore_index"), py::arg("stream") = 0,
         nogil);
+  m.def("sce_fused_backward", &sce_fused_backward, py::arg("Hn"), py::arg("Wn"), py::arg("y"), py::arg("lse"),
+        py::arg("scale"), py::arg("dH"), py::arg("dW"), py::arg("ws_h"), py::arg("ws_w"), py::arg("num_classes"),
+        py::arg("tau"),
+        py::arg("margin_type"), py::arg("margin"), py::arg("label_smoothing"), py::arg("ignore_index"),
+        py::arg("stream") = 0, nogil);
   // end [loss]
   // [metrics] module definitions
   m.def("metrics_update_batch", &metrics_update_batch, py::arg("features"), py::arg("labels"),

@@ -98,7 +98,9 @@ def spherical_cross_entropy(
     (unless B × K fits one tile). Deterministic (no floating-point atomics). On
     CUDA the chunked path (cuBLAS + native epilogues) runs by default; a fused forward
     kernel (logits tile kept in shared memory, WMMA tensor cores for bf16/fp16, fp32
-    FMA for fp32) is opt-in via ``gnc_ext.ops.loss.CUDA_FORWARD = "fused"``. All CUDA
+    FMA for fp32) is opt-in via ``gnc_ext.ops.loss.CUDA_FORWARD = "fused"``, and a fused
+    backward (cosine tiles recomputed and turned into dL/dS in shared memory, two
+    deterministic kernels for dĤ and dŴ) via ``gnc_ext.ops.loss.CUDA_BACKWARD = "fused"``. All CUDA
     kernels were compiled but NOT run by their author (no GPU in that session).
 
     Raises:

@@ -511,3 +511,120 @@ def test_cuda_fused_forward_matches_chunked(cuda_device, dtype, monkeypatch):
         b = gnc_ext.spherical_cross_entropy(Hc, Wc, yc, **opts)
     tol = 1e-4 if dtype == torch.float32 else 2e-3
     torch.testing.assert_close(b.cpu(), a.cpu(), atol=tol * float(a.abs().max()), rtol=0)
+
+
+# ------------------------------------------------------ CUDA fused backward --
+# The fused backward (L.CUDA_BACKWARD = "fused") against the chunked CUDA backward and
+# an independent float64 PyTorch reference. Inputs are unit rows rounded to the dtype
+# and passed with normalize=False, so the reference sees exactly the op's cosines and
+# the tolerance measures the kernels (16-bit: bf16 rounding of g and of the output,
+# ~4e-3 of the largest entry in a CPU emulation; fp32: ~1e-6).
+FUSED_BWD_SHAPES = [  # B, d, K, options (tau=1 for K=2 so that p is not saturated)
+    (1, 8, 2, dict(tau=1.0)),
+    (37, 1, 1000, dict(tau=0.1, margin=0.35, margin_type="cosface")),
+    (70, 600, 1000, dict(tau=0.05, margin=0.5, margin_type="arcface", label_smoothing=0.1)),
+    (130, 72, 1000, dict(tau=1.0, label_smoothing=0.2)),
+    (65, 64, 130, dict(tau=0.02, margin=0.2, margin_type="arcface")),
+]
+FUSED_BWD_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+
+
+def _unit(X, dtype):
+    return F.normalize(X.double(), dim=1).to(dtype)
+
+
+def _sce_grads(dev, Hn, Wn, y, wts, opts, normalize=False):
+    """(loss rows, dH, dW) of sum_i wts_i * loss_i (reduction none) on `dev`."""
+    h = Hn.to(dev).detach().clone().requires_grad_(True)
+    w = Wn.to(dev).detach().clone().requires_grad_(True)
+    o = gnc_ext.spherical_cross_entropy(h, w, y.to(dev), reduction="none", normalize=normalize, **opts)
+    (o.float() * wts.to(dev)).sum().backward()
+    return o.detach().double().cpu(), h.grad.double().cpu(), w.grad.double().cpu()
+
+
+def _fused_bwd_inputs(B, d, K, seed):
+    g = torch.Generator().manual_seed(seed)
+    H, W = torch.randn(B, d, generator=g), torch.randn(K, d, generator=g)
+    y = torch.randint(0, K, (B,), generator=g)
+    y[0] = K - 1
+    if B > 2:
+        y[1], y[2] = 0, -100  # labels 0 and K-1, one ignored row
+    wts = torch.rand(B, generator=g) + 0.5  # per-row upstream gradients (the op's `scale`)
+    return H, W, y, wts
+
+
+def _close(got, ref, tol, what):
+    s = max(float(ref.abs().max()), 1e-12)
+    assert torch.isfinite(got).all(), what
+    torch.testing.assert_close(got / s, ref / s, atol=tol, rtol=0, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,d,K,opts", FUSED_BWD_SHAPES)
+def test_cuda_fused_backward_matches_chunked_and_reference(cuda_device, monkeypatch, dtype, B, d, K, opts):
+    H, W, y, wts = _fused_bwd_inputs(B, d, K, 17 + B + d)
+    Hn, Wn = _unit(H, dtype), _unit(W, dtype)
+    Hr, Wr = Hn.double().requires_grad_(True), Wn.double().requires_grad_(True)
+    (ref_sce(Hr, Wr, y, reduction="none", normalize=False, **opts) * wts.double()).sum().backward()
+    got = {}
+    for mode in ("chunked", "fused"):
+        monkeypatch.setattr(L, "CUDA_BACKWARD", mode)
+        got[mode] = _sce_grads(cuda_device, Hn, Wn, y, wts, opts)
+    tol = FUSED_BWD_TOL[dtype]
+    for name, i, ref in (("dH", 1, Hr.grad), ("dW", 2, Wr.grad)):
+        _close(got["fused"][i], got["chunked"][i], tol, f"{name} fused vs chunked")
+        _close(got["fused"][i], ref, tol, f"{name} fused vs float64 reference")
+        _close(got["chunked"][i], ref, tol, f"{name} chunked vs float64 reference")
+    if B > 2:  # the ignored row gets exactly zero gradient
+        assert float(got["fused"][1][2].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_fused_backward_deterministic_and_flags(cuda_device, monkeypatch, dtype):
+    H, W, y, wts = _fused_bwd_inputs(200, 96, 3001, 23)
+    opts = dict(tau=0.05, label_smoothing=0.1, margin=0.3, margin_type="cosface")
+    monkeypatch.setattr(L, "CUDA_BACKWARD", "fused")
+    Hn, Wn = _unit(H, dtype), _unit(W, dtype)
+    a = _sce_grads(cuda_device, Hn, Wn, y, wts, opts)
+    b = _sce_grads(cuda_device, Hn, Wn, y, wts, opts)
+    for x, z in zip(a, b):
+        assert torch.equal(x, z)  # bitwise reproducible: no atomics
+    # both fused kernels together, mean reduction, W-only gradient, through the normalisation
+    monkeypatch.setattr(L, "CUDA_FORWARD", "fused")
+    Wd = W.to(cuda_device, dtype).detach().clone().requires_grad_(True)
+    loss = gnc_ext.spherical_cross_entropy(H.to(cuda_device, dtype), Wd, y.to(cuda_device), **opts)
+    loss.backward()
+    monkeypatch.setattr(L, "CUDA_FORWARD", "chunked")
+    monkeypatch.setattr(L, "CUDA_BACKWARD", "chunked")
+    Wc = W.to(cuda_device, dtype).detach().clone().requires_grad_(True)
+    gnc_ext.spherical_cross_entropy(H.to(cuda_device, dtype), Wc, y.to(cuda_device), **opts).backward()
+    _close(Wd.grad.double().cpu(), Wc.grad.double().cpu(), FUSED_BWD_TOL[dtype], "dW fused vs chunked (mean)")
+    if dtype == torch.float32:  # fp32: also against float64 PyTorch through the normalisation
+        Wr = W.detach().double().requires_grad_(True)
+        ref_sce(H.double(), Wr, y, **opts).backward()
+        _close(Wd.grad.double().cpu(), Wr.grad, 1e-4, "dW fused vs float64 reference (mean)")
+
+
+def test_fused_backward_native_rejects_cpu():
+    H = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="CUDA only"):
+        L.native.sce_fused_backward(L.view(H), L.view(torch.randn(5, 4)), L.view(torch.zeros(3, dtype=torch.int64)),
+                                    L.view(torch.zeros(3, dtype=torch.float64)),
+                                    L.view(torch.ones(3, dtype=torch.float64)), L.view(torch.empty(3, 4)),
+                                    L.view(torch.empty(5, 4)), L.view(torch.empty(1, 64, 64)),
+                                    L.view(torch.empty(64, 64)), 5, 0.05, 0, 0.0, 0.0, -100)
+
+
+def test_cuda_path_flags_are_validated(monkeypatch):
+    assert L._cuda_mode("CUDA_BACKWARD", "fused") == "fused"
+    with pytest.raises(ValueError, match="CUDA_BACKWARD: expected 'chunked' or 'fused'"):
+        L._cuda_mode("CUDA_BACKWARD", "fast")
+
+
+def test_cuda_bad_backward_flag_raises(cuda_device, monkeypatch):
+    H, W, y, _ = _fused_bwd_inputs(4, 8, 10, 3)
+    h = H.to(cuda_device).requires_grad_(True)
+    loss = gnc_ext.spherical_cross_entropy(h, W.to(cuda_device), y.to(cuda_device))
+    monkeypatch.setattr(L, "CUDA_BACKWARD", "fast")
+    with pytest.raises(ValueError, match="CUDA_BACKWARD"):
+        loss.backward()

@@ -41,6 +41,12 @@ note "build_info: $(cat "$OUT/build_info.json" | head -c 300)"
 timeout 240 python3 -m pytest -q -x python_tests -k "cuda" -p no:cacheprovider > "$OUT/tests_cuda.log" 2>&1
 rc=$?
 note "cuda tests: rc=$rc, $(tail -1 "$OUT/tests_cuda.log")"
+# the loss family's CUDA tests again with the opt-in fused forward/backward kernels as
+# the defaults (gnc_ext.ops.loss.CUDA_FORWARD / CUDA_BACKWARD)
+GNC_LOSS_CUDA_FORWARD=fused GNC_LOSS_CUDA_BACKWARD=fused timeout 120 python3 -m pytest -q -x \
+  python_tests/test_loss.py -k "cuda" -p no:cacheprovider > "$OUT/tests_cuda_loss_fused.log" 2>&1
+rc=$?
+note "cuda loss tests (fused kernels as default): rc=$rc, $(tail -1 "$OUT/tests_cuda_loss_fused.log")"
 
 if [ "${BENCH:-1}" = "1" ]; then
   # name | command line (each capped so the whole script fits in 8 minutes)

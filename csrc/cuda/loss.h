@@ -38,3 +38,28 @@ void sce_fused_forward(const TensorView& Hn, const TensorView& Wn, const TensorV
 
 }  // namespace cuda
 }  // namespace gnc
+
+namespace gnc {
+namespace cuda {
+
+// FUSED backward of the spherical CE, recompute strategy (twin of the chunked path:
+// per tile sce_grad then dH += g.Wn, dW = g^T.Hn). Unit-norm Hn (B, d), Wn (K, d) of one
+// dtype (float32/bfloat16/float16) with contiguous rows; y (B,) int64; lse, scale (B,)
+// float64 (scale: upstream gradient per row, incl. 1/N for mean). Writes
+// dH (B, d) and dW (K, d) (Hn's dtype, contiguous rows); an empty dH/dW (numel 0) is
+// skipped. num_classes: the K of the label-smoothing term. Cosine tiles are recomputed
+// and turned into g in shared memory only; two deterministic kernels (dH: blocks over
+// row tiles x class splits, merged in split order; dW: blocks over class tiles), no
+// atomics. Workspaces (fp32, contiguous, allocated by the caller so that torch's allocator
+// accounts for them; zeroed here): ws_h (splits, Bpad, dpad) when dH is wanted (splits =
+// how many class ranges the dH kernel splits K into; 1 <= splits <= 65535), ws_w
+// (Kpad, dpad) when dW is wanted; Bpad, Kpad, dpad = B, K, d rounded up to 64. Compiled,
+// NOT run in the session that wrote it.
+void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
+                        const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
+                        const TensorView& ws_w, int64_t num_classes,
+                        double tau, int margin_type, double margin, double label_smoothing, int64_t ignore_index,
+                        std::uintptr_t stream);
+
+}  // namespace cuda
+}  // namespace gnc

@@ -46,8 +46,16 @@ block per row; the GEMMs are torch's).
 CUDA status: the default CUDA path is the chunked one (cuBLAS through torch + the
 native epilogue kernels of ``csrc/cuda/loss.cu``), recompute strategy. A fused forward
 kernel (``csrc/cuda/loss_fused.cu``, opt-in via :data:`CUDA_FORWARD` = "fused") keeps
-each 64 × 64 logits tile in shared memory; the backward has no fused kernel yet. All
-CUDA kernels were compiled but NOT run in the session that wrote them (no GPU).
+each 64 × 64 logits tile in shared memory; a fused backward (same file, opt-in via
+:data:`CUDA_BACKWARD` = "fused") recomputes each cosine tile, turns it into
+``g = dL/dS`` in shared memory (exactly ``sce_grad``'s formula) and accumulates
+``dĤ = g·Ŵ`` (blocks over row tiles × class splits, merged in a fixed order) and
+``dŴ = gᵀ·Ĥ`` (blocks over class tiles) in block-private fp32 workspaces: deterministic,
+no atomics, the logits never reach global memory. Its second products use bf16 tensor-core
+operands for bf16/fp16 inputs (g rounded to bf16: fp32 range, ~2^-9 relative rounding)
+and plain fp32 FMA for fp32. Both defaults stay "chunked" until a GPU run verifies the
+fused kernels. All CUDA kernels were compiled but NOT run in the session that wrote them
+(no GPU).
 fp32 precision on CUDA: the chunked path's GEMMs are torch's, so they follow
 ``torch.backends.cuda.matmul.allow_tf32`` (False by default: full fp32; set it True for
 the faster TF32 mode, ~1e-3 relative error in the cosines); the fused forward kernel
@@ -56,6 +64,7 @@ uses plain fp32 FMA (full fp32 accuracy, no TF32, no error compensation).
 from __future__ import annotations
 
 import math
+import os
 from typing import Tuple
 
 import torch
@@ -72,7 +81,28 @@ STRATEGY = "auto"
 # plain fp32 FMA). The fused kernel was compiled but NOT run by its author: it stays
 # opt-in until a GPU session has checked it against the chunked path
 # (python_tests/test_loss.py::test_cuda_fused_forward_matches_chunked).
-CUDA_FORWARD = "chunked"
+# The initial value comes from the environment variable GNC_LOSS_CUDA_FORWARD (default
+# "chunked"), so a whole test run can exercise the fused kernels (scripts/device_check.sh).
+CUDA_FORWARD = os.environ.get("GNC_LOSS_CUDA_FORWARD", "chunked")
+# CUDA backward of the recompute strategy: "chunked" (per tile: cuBLAS GEMM, sce_grad
+# epilogue, two cuBLAS GEMMs; the default) or "fused" (csrc/cuda/loss_fused.cu: each
+# 64 x 64 cosine tile is recomputed and turned into dL/ds in shared memory, then
+# multiplied into dĤ and dŴ by two deterministic kernels, no atomics; bf16/fp16 on
+# tensor cores via WMMA with bf16 operands for the second products, fp32 by plain fp32
+# FMA; float64 inputs always take the chunked path). Compiled but NOT run by its author:
+# it stays opt-in until a GPU session has checked it
+# (python_tests/test_loss.py::test_cuda_fused_backward_*).
+# Initial value from the environment variable GNC_LOSS_CUDA_BACKWARD (default "chunked").
+CUDA_BACKWARD = os.environ.get("GNC_LOSS_CUDA_BACKWARD", "chunked")
+
+
+def _cuda_mode(name: str, value: object) -> str:
+    """Validates a CUDA path flag ("chunked" | "fused"), raising ValueError naming it."""
+    if value not in ("chunked", "fused"):
+        raise ValueError(f"gnc_ext.ops.loss.{name}: expected 'chunked' or 'fused', got {value!r}")
+    return value
+
+
 # Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
 # and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
 TILE_BYTES = 32 * 2**20
@@ -179,13 +209,59 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, t
     return (dH.to(Hn.dtype) if need_h else dH), dW
 
 
+def _fused_backward_cuda(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, tau: float,
+                         ignore_index: int, label_smoothing: float, margin: float, margin_type: int, need_h: bool,
+                         need_w: bool, num_classes: int = 0) -> Tuple[Tensor, Tensor]:
+    """CUDA backward of the recompute strategy through the fused kernels
+    (``native.sce_fused_backward``, csrc/cuda/loss_fused.cu): same outputs, dtypes and
+    semantics as :func:`_grad_tiles` (dĤ in Hn's dtype, dŴ in Wn's dtype; an empty tensor
+    for a gradient that is not needed). The kernels need contiguous rows: Hn/Wn are made
+    contiguous here (a no-op for the normalised inputs the public API passes).
+    Extra memory (fp32, from torch's allocator): a dH workspace of splits × B × d
+    (≤ FUSED_BWD_DH_WORKSPACE = 256 MiB unless one split needs more) and a dW workspace of
+    K × d (B, K, d rounded up to 64), besides the gradients themselves."""
+    Hc, Wc = Hn.contiguous(), Wn.contiguous()
+    (B, d), K = Hc.shape, Wc.shape[0]
+    dev = Hc.device
+    T = _FUSED_TILE  # the kernels' row / class / feature-chunk tile (checked natively)
+    Bp, Kp, dp = -(-B // T) * T, -(-K // T) * T, -(-d // T) * T
+    dH = torch.empty((B, d), dtype=Hc.dtype, device=dev) if need_h else Hn.new_empty(0)
+    dW = torch.empty((K, d), dtype=Wc.dtype, device=dev) if need_w else Wn.new_empty(0)
+    f32 = dict(dtype=torch.float32, device=dev)
+    ws_h = torch.empty((_fused_bwd_splits(B, K, d, dev), Bp, dp), **f32) if need_h else Hn.new_empty(0, **f32)
+    ws_w = torch.empty((Kp, dp), **f32) if need_w else Wn.new_empty(0, **f32)
+    native.sce_fused_backward(view(Hc), view(Wc), view(y), view(lse.to(torch.float64).contiguous()), view(scale),
+                              view(dH), view(dW), view(ws_h), view(ws_w), num_classes or K, tau, margin_type,
+                              margin, label_smoothing, ignore_index, stream_of(Hn))
+    return dH, dW
+
+
+_FUSED_TILE = 64
+# fp32 bytes the fused backward's dH workspace (splits × B × d) may take for parallelism
+FUSED_BWD_DH_WORKSPACE = 256 * 2**20
+
+
+def _fused_bwd_splits(B: int, K: int, d: int, device: torch.device) -> int:
+    """How many class ranges the fused dH kernel splits K into: about 4 blocks per SM
+    over (row tiles × splits), capped by FUSED_BWD_DH_WORKSPACE and by the class tiles;
+    normalised so that every split gets at least one class tile."""
+    T = _FUSED_TILE
+    row_tiles, n_tiles = -(-B // T), -(-K // T)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    splits = -(-4 * sms // row_tiles)
+    splits = min(splits, FUSED_BWD_DH_WORKSPACE // (row_tiles * T * (-(-d // T) * T) * 4), n_tiles, 65535)
+    splits = max(splits, 1)
+    per = -(-n_tiles // splits)
+    return -(-n_tiles // per)
+
+
 # ------------------------------------------------------ op 1: recompute strategy --
 @torch.library.custom_op("gnc_ext::spherical_ce_rows", mutates_args=(), device_types=("cpu", "cuda"))
 def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
               margin: float, margin_type: int, chunk: int) -> Tuple[Tensor, Tensor]:
     K = Wn.shape[0]
     check_labels(y, K, True, ignore_index)
-    if Hn.device.type == "cuda" and CUDA_FORWARD == "fused" and Hn.dtype != torch.float64:
+    if Hn.device.type == "cuda" and _cuda_mode("CUDA_FORWARD", CUDA_FORWARD) == "fused" and Hn.dtype != torch.float64:
         state = torch.empty((Hn.shape[0], 4), dtype=torch.float64, device=Hn.device)
         state[:, 0] = -math.inf
         state[:, 1:] = 0.0
@@ -209,6 +285,10 @@ def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, lse: Ten
                   ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
                   need_h: bool, need_w: bool) -> Tuple[Tensor, Tensor]:
     scale = grad_rows.to(torch.float64).contiguous()
+    if (Hn.device.type == "cuda" and _cuda_mode("CUDA_BACKWARD", CUDA_BACKWARD) == "fused"
+            and Hn.dtype != torch.float64):
+        return _fused_backward_cuda(Hn, Wn, y, lse, scale, tau, ignore_index, label_smoothing, margin, margin_type,
+                                    need_h, need_w)
     return _grad_tiles(Hn, Wn, y, lse, scale, tau, ignore_index, label_smoothing, margin, margin_type,
                        chunk or col_chunk(Hn.shape[0], Wn.shape[0]), need_h, need_w)
 
