@@ -17,6 +17,10 @@ rm -rf "$OUT"; mkdir -p "$OUT" "$FINAL_OUT"
 export PYTHONUNBUFFERED=1
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
+# Whole-script budget (seconds): every stage's timeout is capped by what is left.
+BUDGET=${BUDGET:-470}
+T_START=$(date +%s)
+cap() { local left=$(( BUDGET - ($(date +%s) - T_START) )); [ "$left" -lt 5 ] && left=5; [ "$1" -lt "$left" ] && echo "$1" || echo "$left"; }
 
 # Optional peer wheels (cut-cross-entropy, liger-kernel) carried in .whl/
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -28,7 +32,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 note "gpu: $(head -1 "$OUT/gpu.txt")"
 
 t0=$(date +%s)
-if GNC_CUDA=on GNC_CUDA_ARCHS=${GNC_CUDA_ARCHS:-90} timeout 300 python3 -m pip install -q --no-build-isolation . > "$OUT/build.log" 2>&1; then
+if GNC_CUDA=on GNC_CUDA_ARCHS=${GNC_CUDA_ARCHS:-90} timeout $(cap 300) python3 -m pip install -q --no-build-isolation . > "$OUT/build.log" 2>&1; then
   note "build: ok ($(( $(date +%s) - t0 )) s)"
 else
   note "build: FAILED (see build.log)"; tail -30 "$OUT/build.log"; cp "$OUT/build.log" "$FINAL_OUT/"; printf '%s\n' "${summary[@]}"; exit 1
@@ -38,12 +42,12 @@ note "build_info: $(cat "$OUT/build_info.json" | head -c 300)"
 
 # CUDA tests: every test parametrised over devices, run for the cuda ids, plus the
 # explicit CUDA-vs-CPU tests.
-timeout 240 python3 -m pytest -q -x python_tests -k "cuda" -p no:cacheprovider > "$OUT/tests_cuda.log" 2>&1
+timeout $(cap 200) python3 -m pytest -q -x python_tests -k "cuda" -p no:cacheprovider > "$OUT/tests_cuda.log" 2>&1
 rc=$?
 note "cuda tests: rc=$rc, $(tail -1 "$OUT/tests_cuda.log")"
 # the loss family's CUDA tests again with the opt-in fused forward/backward kernels as
 # the defaults (gnc_ext.ops.loss.CUDA_FORWARD / CUDA_BACKWARD)
-GNC_LOSS_CUDA_FORWARD=fused GNC_LOSS_CUDA_BACKWARD=fused timeout 120 python3 -m pytest -q -x \
+GNC_LOSS_CUDA_FORWARD=fused GNC_LOSS_CUDA_BACKWARD=fused timeout $(cap 90) python3 -m pytest -q -x \
   python_tests/test_loss.py -k "cuda" -p no:cacheprovider > "$OUT/tests_cuda_loss_fused.log" 2>&1
 rc=$?
 note "cuda loss tests (fused kernels as default): rc=$rc, $(tail -1 "$OUT/tests_cuda_loss_fused.log")"
@@ -52,7 +56,7 @@ if [ "${BENCH:-1}" = "1" ]; then
   # name | command line (each capped so the whole script fits in 8 minutes)
   while IFS='|' read -r name cmd; do
     [ -z "$name" ] && continue
-    if timeout 90 bash -c "$cmd" > "$OUT/$name.log" 2>&1; then
+    if timeout "$(cap 75)" bash -c "$cmd" > "$OUT/$name.log" 2>&1; then
       note "$name: ok"
     else
       note "$name: FAILED or timed out (rc=$?), see $name.log"
