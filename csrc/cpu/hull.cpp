@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/heap.h"
 #include "common/dispatch.h"
 
 #ifdef GNC_WITH_OPENMP
@@ -17,24 +18,6 @@ namespace gnc {
 namespace cpu {
 
 namespace {
-
-// Min-heap of size m stored in (v, ix): v[0] is the smallest kept value.
-template <typename V>
-inline void heap_replace_root(V* v, int64_t* ix, int64_t m, V val, int64_t id) {
-  int64_t i = 0;
-  for (;;) {
-    int64_t l = 2 * i + 1, r = l + 1, s = i;
-    V sv = val;
-    if (l < m && v[l] < sv) { s = l; sv = v[l]; }
-    if (r < m && v[r] < sv) { s = r; sv = v[r]; }
-    if (s == i) break;
-    v[i] = v[s];
-    ix[i] = ix[s];
-    i = s;
-  }
-  v[i] = val;
-  ix[i] = id;
-}
 
 template <typename V>
 void topm_impl(const TensorView& tile, const TensorView& row_ids, int64_t col0,

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 
+#include "common/tile_checks.h"
 #include "common/dispatch.h"
 #include "cpu/loss_math.h"
 
@@ -21,15 +22,6 @@ namespace cpu {
 namespace {
 
 using loss_math::exp_nonpos;
-
-void check_tile(const TensorView& tile, const TensorView& y, const char* fn) {
-  check_dim(tile, 2, "tile");
-  if (tile.dtype != DType::F32 && tile.dtype != DType::F64)
-    fail(std::string(fn) + ": tile must be float32 or float64");
-  if (tile.size(1) > 1 && tile.stride(1) != 1) fail(std::string(fn) + ": tile rows must be contiguous");
-  check_shape(y, {tile.size(0)}, "y");
-  check_dtype(y, DType::I64, "y");
-}
 
 }  // namespace
 

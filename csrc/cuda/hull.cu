@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "common/heap.h"
 #include "common/dispatch.h"
 #include "cuda/common.cuh"
 #include "cuda/hull.h"
@@ -30,23 +31,6 @@ constexpr int kWarpsPerBlock = 4;
 constexpr double kDegenerate = 1e-13;
 constexpr double kThin = 1e-4;
 constexpr double kPos = 1e-15;
-
-template <typename V>
-__device__ void heap_replace_root(V* v, int64_t* ix, int64_t m, V val, int64_t id) {
-  int64_t i = 0;
-  for (;;) {
-    int64_t l = 2 * i + 1, r = l + 1, s = i;
-    V sv = val;
-    if (l < m && v[l] < sv) { s = l; sv = v[l]; }
-    if (r < m && v[r] < sv) { s = r; sv = v[r]; }
-    if (s == i) break;
-    v[i] = v[s];
-    ix[i] = ix[s];
-    i = s;
-  }
-  v[i] = val;
-  ix[i] = id;
-}
 
 template <typename V>
 __device__ __forceinline__ V neg_inf() { return -std::numeric_limits<V>::infinity(); }

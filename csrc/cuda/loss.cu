@@ -5,6 +5,7 @@
 // that wrote them (no GPU there); the CPU twin is the specification they mirror.
 #include <cfloat>
 
+#include "common/tile_checks.h"
 #include "cpu/loss_math.h"
 #include "cuda/common.cuh"
 #include "cuda/loss.h"
@@ -173,15 +174,6 @@ __global__ void argmax_kernel(const A* __restrict__ tile, int64_t R, int64_t C, 
       arg[i] = col0 + bi;
     }
   }
-}
-
-void check_tile(const TensorView& tile, const TensorView& y, const char* fn) {
-  check_dim(tile, 2, "tile");
-  if (tile.dtype != DType::F32 && tile.dtype != DType::F64)
-    fail(std::string(fn) + ": tile must be float32 or float64");
-  if (tile.size(1) > 1 && tile.stride(1) != 1) fail(std::string(fn) + ": tile rows must be contiguous");
-  check_shape(y, {tile.size(0)}, "y");
-  check_dtype(y, DType::I64, "y");
 }
 
 unsigned blocks_for(int64_t n) {

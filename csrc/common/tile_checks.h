@@ -1,0 +1,19 @@
+// Host-side checks of a similarity tile and its labels, shared by the CPU and CUDA
+// loss epilogues (each re-checks what the Python layer already validated).
+#pragma once
+#include <string>
+
+#include "common/tensor_view.h"
+
+namespace gnc {
+
+inline void check_tile(const TensorView& tile, const TensorView& y, const char* fn) {
+  check_dim(tile, 2, "tile");
+  if (tile.dtype != DType::F32 && tile.dtype != DType::F64)
+    fail(std::string(fn) + ": tile must be float32 or float64");
+  if (tile.size(1) > 1 && tile.stride(1) != 1) fail(std::string(fn) + ": tile rows must be contiguous");
+  check_shape(y, {tile.size(0)}, "y");
+  check_dtype(y, DType::I64, "y");
+}
+
+}  // namespace gnc
