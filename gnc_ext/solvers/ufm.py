@@ -117,13 +117,17 @@ def train_ufm(
     Without it, small tau (<= 0.05 at d=3, K=7) stalls far from a minimiser: the CE
     gradients shrink like ``exp(-margin/tau)`` faster than Adam's second moment adapts.
     The result is still a (local) minimiser of the CE at the requested ``tau``.
+    For ``loss="hardmax"`` with ``anneal=True`` the first half of the steps is the same
+    CE continuation (tau from 1 to 0.05) as a warm start, and the second half takes
+    subgradient steps on the HardMax loss: from a random start the pure subgradient
+    method on the max-reduced loss collapses W (all margins -> 0; measured at d=2, K=5).
 
     Args:
         d: feature dimension (>= 1).  K: classes (>= 2).  n: features per class (>= 1).
         tau: temperature > 0 for ``loss="ce"`` (default 0.05); must be None for HardMax.
         loss: ``"ce"`` or ``"hardmax"``.
         steps: optimisation steps (>= 1).  lr: peak learning rate (> 0).
-        anneal: temperature continuation for CE (see above).
+        anneal: temperature continuation / CE warm start (see above).
         seed: integer seed of the initialisation (None: nondeterministic).
         device: torch device (default CPU).  dtype: float32 or float64 (default).
         progress: tqdm bar over the steps.
@@ -178,16 +182,17 @@ def train_ufm(
 
     if not isinstance(anneal, bool):
         raise TypeError(f"anneal: expected a bool, got {type(anneal).__name__}")
-    half = steps // 2 if (anneal and loss == "ce" and tau < 1.0) else 0
+    tau_end = tau if loss == "ce" else 0.05
+    half = steps // 2 if (anneal and tau_end < 1.0) else 0
 
     def tau_at(s: int) -> float:
         if s >= half:
-            return tau
-        return math.exp(math.log(tau) * s / half)  # 1 -> tau geometrically
+            return tau_end
+        return math.exp(math.log(tau_end) * s / half)  # 1 -> tau geometrically
 
-    def objective(t=None):
-        if loss == "ce":
-            return spherical_cross_entropy(H, W, y, tau=tau if t is None else t)
+    def objective(t=None, s=None):
+        if loss == "ce" or (s is not None and s < half):
+            return spherical_cross_entropy(H, W, y, tau=tau_end if t is None else t)
         return hardmax_loss(H, W, y, reduction="max")
 
     bar = None
@@ -204,7 +209,7 @@ def train_ufm(
             if half and s == half:  # final temperature reached: fresh Adam moments
                 opt.state.clear()
             opt.zero_grad(set_to_none=True)
-            L = objective(tau_at(s))
+            L = objective(tau_at(s), s)
             L.backward()
             opt.step()
             sched.step()
