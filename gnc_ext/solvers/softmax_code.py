@@ -225,7 +225,7 @@ def _polish(W: np.ndarray, *, max_iter: int, tol: float, target: Optional[float]
     for it in range(max_iter):
         if target is not None and val >= target - tol:
             break
-        if deadline is not None and time.perf_counter() > deadline:
+        if deadline is not None and it > 0 and time.perf_counter() > deadline:
             break
         its = it + 1
         S = H @ W.T
@@ -340,7 +340,9 @@ def softmax_code(
             exceeds ``rho + rattler_tol``.
         use_constructions: also try the Thm 3.3 closed-form codes where they apply
             (set False to test the optimiser alone).
-        time_limit: optional wall-clock budget (seconds), checked after each batch.
+        time_limit: optional wall-clock budget (seconds), checked after each batch of
+            restarts and in the polish (a polish cut by it returns its best iterate so
+            far; every polish gets at least one LP step).
 
     Early stop: where :func:`gnc_ext.theory.rho_closed_form` gives the optimum and the
     best certified ``rho_lower`` reaches it within ``max(tol, 1e-11)``.
@@ -395,7 +397,8 @@ def softmax_code(
     def offer(Wc: np.ndarray, src: str, polish: bool) -> None:
         its = 0
         if polish and polish_iter > 0 and d >= 2:
-            Wc, r, its = _polish(Wc, max_iter=polish_iter, tol=tol, target=rho_opt)
+            deadline = None if time_limit is None else t0 + time_limit
+            Wc, r, its = _polish(Wc, max_iter=polish_iter, tol=tol, target=rho_opt, deadline=deadline)
         else:
             r = _ovr(Wc)
         if src == "restart":
