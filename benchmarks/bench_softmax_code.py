@@ -28,7 +28,7 @@ CASES = [(3, K) for K in range(4, 31)] + [(4, K) for K in range(6, 31)]
 
 
 def main():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     budget = float(sys.argv[1]) if len(sys.argv) > 1 else 600.0
     t_all = time.perf_counter()
     rows, skipped = [], []

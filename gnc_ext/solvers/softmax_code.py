@@ -305,7 +305,7 @@ def softmax_code(
     K,
     *,
     restarts: int = 32,
-    max_iter: int = 500,
+    max_iter: int = 2000,
     batch: int = 16,
     polish_top: int = 2,
     polish_iter: int = 500,
