@@ -33,6 +33,14 @@ Algorithm (restarts in batches, then a polish, as in :mod:`gnc_ext.solvers.tamme
    ``use_constructions=False``) and the search stops as soon as the certificate shows
    the closed-form value is reached.
 
+Limitations (measured on a 2-core CPU): the polish converges fast (a few dozen LP steps
+to ~1e-12) at rigid optima such as d=3, K <= 30, but only linearly where the optimum is
+not a vertex of the linearised problem (many free directions, e.g. K <= d+1 at d = 16,
+or d=10, K=100, where one LP step costs seconds and 240 s do not converge). Each LP has
+2K(d-1)+1 variables, so K in the thousands needs a different (sparse, first-order)
+polish. These problems are tiny: on a shared, loaded CPU use ``torch.set_num_threads(1)``
+(softmax_code(3, 30): 6.4 s with one thread vs 108 s with two oversubscribed threads).
+
 Certificate: every returned value comes from :func:`gnc_ext.one_vs_rest_distance`, so
 ``rho_lower <= rho(W) <= rho`` with ``gap = rho - rho_lower`` (about 1e-10 or less).
 This certifies the *value of the returned W*; that W is a global maximiser is only
