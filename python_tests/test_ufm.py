@@ -93,3 +93,18 @@ def test_hardmax_problem_bad_input():
         hardmax_problem(3, 4, 0)
     with pytest.raises(TypeError, match="d"):
         hardmax_problem("3", 4, 1)
+
+
+def test_train_ufm_cuda_matches_trend(cuda_device):
+    """CUDA path (fused ops on the GPU, float32): the same Fig. C.1 trend at d=3, K=7."""
+    big = train_ufm(3, 7, 2, tau=0.5, steps=1500, seed=0, progress=False, device=cuda_device, dtype=torch.float32)
+    small = train_ufm(3, 7, 2, tau=0.05, steps=1500, seed=0, progress=False, device=cuda_device,
+                      dtype=torch.float32)
+    assert small.W.device.type == "cpu" and small.W.dtype == torch.float64  # results are returned on the CPU
+    assert abs(small.max_cosine - COS_HM_3_7) < 0.5 * abs(big.max_cosine - COS_HM_3_7)
+
+
+def test_softmax_code_cuda_smoothed_phase(cuda_device):
+    from gnc_ext.solvers import softmax_code
+    r = softmax_code(3, 12, seed=0, restarts=8, batch=8, progress=False, device=cuda_device)
+    assert r.rho == pytest.approx(1.0 - 1.0 / math.sqrt(5.0), abs=1e-6)  # icosahedron (Tammes optimum, Thm 3.8 check)
