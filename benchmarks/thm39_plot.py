@@ -20,7 +20,7 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "solve
 
 
 def main():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     limit = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
     rows, pts = [], []
     for d in DIMS:
