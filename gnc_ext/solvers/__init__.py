@@ -10,3 +10,10 @@ from .tammes import TammesResult, tammes
 from .assign import AssignmentResult, assign_classes
 
 __all__ = ["tammes", "TammesResult", "assign_classes", "AssignmentResult"]
+# [solvers2] softmax codes, UFM, HardMax
+from .softmax_code import SoftmaxCodeResult, certify_code, softmax_code
+from .ufm import HardMaxResult, UFMResult, hardmax_problem, train_ufm
+
+__all__ += ["softmax_code", "SoftmaxCodeResult", "certify_code", "train_ufm", "UFMResult", "hardmax_problem",
+            "HardMaxResult"]
+# end [solvers2]

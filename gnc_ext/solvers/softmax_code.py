@@ -1,0 +1,477 @@
+"""Softmax Codes: K unit vectors in R^d maximising the one-vs-rest distance rho (Def. 2.1).
+
+``rho(W) = min_k dist(w_k, conv{w_j : j != k})``. By Lemma C.4 (duality),
+``dist_k = max_{|h| = 1} min_{j != k} <w_k - w_j, h>`` (for w_k outside the hull of the
+others), so maximising rho is the joint problem
+
+    max_{W, H unit rows}  t   s.t.  <w_k - w_j, h_k> >= t   for all k, j != k,
+
+i.e. the HardMax problem (Eq. 5) with one feature per class and the sign flipped. Its
+constraints are smooth (bilinear) even where ``dist_k`` is not differentiable (a change
+of the hull face), which is what makes an active-set method work here.
+
+Algorithm (restarts in batches, then a polish, as in :mod:`gnc_ext.solvers.tammes`):
+
+1. **Smoothed global phase** (torch, batched over restarts, any device): minimise the
+   soft-max ``f_s = s * logsumexp_{k, j != k}(-M_kj / s)`` with
+   ``M_kj = <w_k - w_j, h_k>`` over (W, H) on the spheres (``f_s -> -min M`` as
+   ``s -> 0``; this is the tempered HardMax / a CE-like UFM objective), annealing
+   ``s`` from about the expected rho down to 1/100 of it. Riemannian Adam steps
+   (tangent projection, row-normalising retraction). Starts: uniform random W with H=W.
+2. **Active-set polish** (float64, CPU, scipy HiGHS): sequential LP with a trust
+   region on the tangent spaces of both W and H. With tangent bases B_k (at w_k) and
+   C_k (at h_k), the near-active constraints are linearised,
+   ``M_kj + <B_k a_k - B_j a_j, h_k> + <w_k - w_j, C_k b_k> >= t``, and the LP
+   maximises t over ``|a|, |b| <= Delta`` (box). After each step H is *reset* to the
+   optimal features of the new W given by the certified one-vs-rest solver
+   (``one_vs_rest_distance(W).feature``, Thm 3.5), so the objective that is tracked and
+   accepted (ratio test on Delta) is the **certified** lower value ``rho_lower(W)``.
+   Stops when the LP predicts no increase above ``tol`` (first-order stationarity of
+   the max-min problem) or Delta underflows.
+3. **Constructions**: where Thm 3.3 gives the optimum (K <= d+1, d = 2, d+1 < K <= 2d)
+   the closed-form code (:mod:`gnc_ext.theory`) is also evaluated (unless
+   ``use_constructions=False``) and the search stops as soon as the certificate shows
+   the closed-form value is reached.
+
+Limitations (measured on a 2-core CPU): the polish converges fast (a few dozen LP steps
+to ~1e-12) at rigid optima such as d=3, K <= 30, but only linearly where the optimum is
+not a vertex of the linearised problem (many free directions, e.g. K <= d+1 at d = 16,
+or d=10, K=100, where one LP step costs seconds and 240 s do not converge). Each LP has
+2K(d-1)+1 variables, so K in the thousands needs a different (sparse, first-order)
+polish. These problems are tiny: on a shared, loaded CPU use ``torch.set_num_threads(1)``
+(softmax_code(3, 30): 6.4 s with one thread vs 108 s with two oversubscribed threads).
+
+Certificate: every returned value comes from :func:`gnc_ext.one_vs_rest_distance`, so
+``rho_lower <= rho(W) <= rho`` with ``gap = rho - rho_lower`` (about 1e-10 or less).
+This certifies the *value of the returned W*; that W is a global maximiser is only
+known where Thm 3.3 gives the optimum (``optimal``), otherwise it is the best of the
+restarts (a local optimum, stationary to ``tol``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from .. import _validate
+from .. import theory as _theory
+from . import _sphere
+
+__all__ = ["SoftmaxCodeResult", "softmax_code", "certify_code"]
+
+
+@dataclasses.dataclass
+class SoftmaxCodeResult:
+    """Result of :func:`softmax_code`.
+
+    Attributes:
+        W: (K, d) float64 CPU tensor with unit rows — the best code found.
+        rho: certified upper value of rho_one-vs-rest(W) (``min_k distance_k``).
+        rho_lower: certified lower bound (Lemma C.4); the exact rho(W) lies in
+            ``[rho_lower, rho]``.
+        gap: ``rho - rho_lower``.
+        distance: (K,) float64 per-class one-vs-rest distances of W.
+        lower: (K,) float64 per-class certified lower bounds.
+        feature: (K, d) float64 optimal features ``h_k`` of W (Thm 3.5): the HardMax
+            minimiser over H for this W.
+        rattlers: classes whose certified lower bound exceeds ``rho + rattler_tol``
+            (Def. 3.4: provably strictly farther than the minimum).
+        max_cosine: largest pairwise cosine of W (cosine of its minimal angle).
+        min_distance: its minimal pairwise chord ``sqrt(2 - 2 max_cosine)``.
+        rho_optimum: the Thm 3.3 optimum where known, else None.
+        optimal: whether ``rho_lower >= rho_optimum - tol`` (None when unknown).
+        source: where the returned code came from: ``"restart"`` or ``"construction"``.
+        restarts: random starts run (fewer than asked when stopped early).
+        restart_values: certified rho of each polished restart.
+        history: best certified rho_lower so far, after each polished candidate.
+        polish_iters: LP iterations of the returned code's polish.
+        time_s: wall time in seconds.
+    """
+
+    W: torch.Tensor
+    rho: float
+    rho_lower: float
+    gap: float
+    distance: torch.Tensor
+    lower: torch.Tensor
+    feature: torch.Tensor
+    rattlers: List[int]
+    max_cosine: float
+    min_distance: float
+    rho_optimum: Optional[float]
+    optimal: Optional[bool]
+    source: str
+    restarts: int
+    restart_values: List[float]
+    history: List[float]
+    polish_iters: int
+    time_s: float
+
+    @property
+    def time(self) -> float:
+        """Alias of ``time_s``."""
+        return self.time_s
+
+
+# --------------------------------------------------------------------- evaluation
+def _ovr(W: np.ndarray):
+    """Certified one-vs-rest evaluation of a float64 (K, d) array with unit rows."""
+    from ..geometry.one_vs_rest import one_vs_rest_distance
+
+    return one_vs_rest_distance(torch.from_numpy(np.ascontiguousarray(W)), tol=1e-12)
+
+
+def _features(W: np.ndarray, r) -> np.ndarray:
+    """Optimal features; a zero feature (w_k duplicated, dist 0) is replaced by w_k."""
+    Hf = r.feature.numpy().copy()
+    zero = np.linalg.norm(Hf, axis=1) < 0.5
+    Hf[zero] = W[zero]
+    return Hf
+
+
+def certify_code(W, *, rattler_tol: float = 1e-7):
+    """Certified rho, per-class distances, features and rattlers of a code W.
+
+    Args:
+        W: (K, d) real tensor/array with unit rows (normalised here in float64).
+        rattler_tol: margin above rho for a class to count as a rattler.
+    Returns:
+        dict with rho, rho_lower, gap, distance, lower, feature, rattlers, max_cosine,
+        min_distance (all computed by :func:`gnc_ext.one_vs_rest_distance` and float64
+        cosines).
+    """
+    Wn = torch.as_tensor(W).detach().to(torch.float64).cpu()
+    if Wn.dim() != 2 or Wn.shape[0] < 2:
+        raise ValueError(f"W: expected a (K, d) matrix with K >= 2, got shape {tuple(Wn.shape)}")
+    Wn = Wn / Wn.norm(dim=1, keepdim=True)
+    Wa = Wn.numpy()
+    r = _ovr(Wa)
+    C = Wa @ Wa.T
+    np.fill_diagonal(C, -2.0)
+    cmax = float(C.max())
+    ratt = [int(k) for k in torch.nonzero(r.lower > r.rho + rattler_tol).flatten()]
+    return {
+        "W": Wn, "rho": r.rho, "rho_lower": r.rho_lower, "gap": r.gap, "distance": r.distance.detach().clone(),
+        "lower": r.lower.clone(), "feature": torch.from_numpy(_features(Wa, r)), "rattlers": ratt,
+        "max_cosine": cmax, "min_distance": math.sqrt(max(2.0 - 2.0 * cmax, 0.0)),
+    }
+
+
+# ------------------------------------------------------------------ global phase
+def _expected_rho(d: int, K: int) -> float:
+    """Rough scale of max rho: chord^2/2 of the typical spacing of K points on S^{d-1}."""
+    if d == 1:
+        return 1.0
+    log_area = math.log(2.0) + 0.5 * d * math.log(math.pi) - math.lgamma(d / 2.0)
+    h = min(2.0, math.exp((log_area - math.log(K)) / (d - 1)))
+    return max(1e-4, min(1.0, 0.5 * h * h))
+
+
+def _smoothed(X: torch.Tensor, iters: int, scale: float, s_factors) -> torch.Tensor:
+    """Annealed soft-min of M_kj over (W, H) on a batch X (R, K, d); returns W."""
+    R, K, d = X.shape
+    W = X.clone()
+    H = X.clone()
+    eye = torch.eye(K, dtype=torch.bool, device=X.device)
+    per = max(1, iters // len(s_factors))
+    b1, b2, eps = 0.9, 0.999, 1e-12
+    for si, fac in enumerate(s_factors):
+        s = scale * fac
+        mW = torch.zeros_like(W)
+        vW = torch.zeros_like(W)
+        mH = torch.zeros_like(H)
+        vH = torch.zeros_like(H)
+        lr_hi = 0.3 * math.sqrt(scale) * (0.6 ** si)
+        lr_lo = 0.01 * lr_hi
+        for it in range(per):
+            Wg = W.detach().requires_grad_(True)
+            Hg = H.detach().requires_grad_(True)
+            S = Hg @ Wg.transpose(1, 2)                      # S_kj = <h_k, w_j>
+            M = S.diagonal(dim1=1, dim2=2).unsqueeze(2) - S  # M_kj = <w_k - w_j, h_k>
+            Z = (-M / s).masked_fill(eye, -math.inf)
+            f = s * torch.logsumexp(Z.reshape(R, -1), dim=1)
+            gW, gH = torch.autograd.grad(f.sum(), (Wg, Hg))
+            t = it + 1
+            frac = it / max(1, per - 1)
+            lr = lr_lo + 0.5 * (lr_hi - lr_lo) * (1 + math.cos(math.pi * frac))
+            new = []
+            for P, G, m, v in ((W, gW, mW, vW), (H, gH, mH, vH)):
+                G = _sphere.tangent(P, G)
+                m.mul_(b1).add_(G, alpha=1 - b1)
+                v.mul_(b2).addcmul_(G, G, value=1 - b2)
+                step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+                new.append(_sphere.retract(P, -lr * _sphere.tangent(P, step)))
+            W, H = new
+    return W
+
+
+# ------------------------------------------------------------------------ polish
+def _polish(W: np.ndarray, *, max_iter: int, tol: float, target: Optional[float],
+            trace: Optional[list] = None, deadline: Optional[float] = None):
+    """Trust-region SLP on (W, H) with certified acceptance. Returns (W, r, iterations).
+    ``trace`` (optional list) receives (seconds, certified rho_lower) per accepted step."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    K, d = W.shape
+    dm1 = d - 1
+    n = K * dm1
+    r = _ovr(W)
+    H = _features(W, r)
+    val = r.rho_lower
+    delta = 0.05 * max(math.sqrt(max(val, 1e-6)), 1e-3)
+    its = 0
+    # interior point first (3x faster than simplex on these degenerate LPs, measured at
+    # d=16, K=17); primal simplex as the fallback
+    opts = {"simplex_strategy": 4}
+    tstart = time.perf_counter()
+    for it in range(max_iter):
+        if target is not None and val >= target - tol:
+            break
+        if deadline is not None and it > 0 and time.perf_counter() > deadline:
+            break
+        its = it + 1
+        S = H @ W.T
+        M = np.diag(S)[:, None] - S
+        np.fill_diagonal(M, np.inf)
+        t0 = M.min()
+        reach = 8.0 * delta * math.sqrt(dm1) + 16.0 * delta * delta * dm1
+        I, J = np.nonzero(M <= t0 + reach)
+        P = I.size
+        B = _sphere.tangent_bases(W)
+        Cb = _sphere.tangent_bases(H)
+        ga_k = np.einsum("pdq,pd->pq", B[I], H[I])        # d M_kj / d a_k
+        ga_j = -np.einsum("pdq,pd->pq", B[J], H[I])       # d M_kj / d a_j
+        gb_k = np.einsum("pdq,pd->pq", Cb[I], W[I] - W[J])  # d M_kj / d b_k
+        ar = np.arange(dm1)[None, :]
+        rows = np.repeat(np.arange(P), 3 * dm1 + 1)
+        cols = np.concatenate([I[:, None] * dm1 + ar, J[:, None] * dm1 + ar, n + I[:, None] * dm1 + ar,
+                               np.full((P, 1), 2 * n)], axis=1).ravel()
+        vals = np.concatenate([-ga_k, -ga_j, -gb_k, np.ones((P, 1))], axis=1).ravel()
+        A = coo_matrix((vals, (rows, cols)), shape=(P, 2 * n + 1)).tocsr()
+        b = (M[I, J] - t0) / delta
+        c = np.zeros(2 * n + 1)
+        c[-1] = -1.0
+        bounds = [(-1.0, 1.0)] * (2 * n) + [(None, None)]
+        res = linprog(c, A_ub=A, b_ub=b, bounds=bounds, method="highs-ipm")
+        if res.status != 0 or res.x is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = linprog(c, A_ub=A, b_ub=b, bounds=bounds, method="highs-ds", options=opts)
+        if res.status != 0 or res.x is None:
+            delta *= 0.25
+            if delta < 1e-14:
+                break
+            continue
+        pred = t0 + delta * res.x[-1] - val
+        if delta * res.x[-1] <= tol:
+            break  # linearised max-min problem: no increase possible -> stationary
+        U = (delta * res.x[:n]).reshape(K, dm1)
+        W_new = W + np.einsum("kdq,kq->kd", B, U)
+        W_new /= np.linalg.norm(W_new, axis=1, keepdims=True)
+        r_new = _ovr(W_new)
+        actual = r_new.rho_lower - val
+        if actual > 0:
+            W, r, val = W_new, r_new, r_new.rho_lower
+            H = _features(W, r)
+            if trace is not None:
+                trace.append((time.perf_counter() - tstart, val))
+            ratio = actual / max(pred, 1e-300)
+            if ratio > 0.75 and np.abs(res.x[:n]).max() > 0.99:
+                delta = min(2.0 * delta, 0.5)
+            elif ratio < 0.25:
+                delta *= 0.25
+        else:
+            delta *= 0.25
+        if delta < 1e-14:
+            break
+    return W, r, its
+
+
+def _constructions(d: int, K: int, seed: Optional[int]) -> List[np.ndarray]:
+    out = []
+    if K <= d + 1:
+        out.append(_theory.simplex_etf(K, d, seed=seed).numpy())
+    elif d == 2:
+        out.append(_theory.polygon(K).numpy())
+    elif K <= 2 * d:
+        out.append(_theory.cross_polytope(K, d, seed=seed).numpy())
+    return out
+
+
+# ------------------------------------------------------------------------ public
+_S_FACTORS = (1.0, 0.3, 0.1, 0.03, 0.01)
+
+
+def softmax_code(
+    d,
+    K,
+    *,
+    restarts: int = 32,
+    max_iter: int = 2000,
+    batch: int = 16,
+    polish_top: int = 2,
+    polish_iter: int = 500,
+    device=None,
+    seed: Optional[int] = None,
+    progress: bool = True,
+    tol: float = 1e-12,
+    rattler_tol: float = 1e-7,
+    use_constructions: bool = True,
+    time_limit: Optional[float] = None,
+) -> SoftmaxCodeResult:
+    """Maximise rho_one-vs-rest over K unit vectors in R^d (a Softmax Code, Def. 2.1).
+
+    See the module docstring for the algorithm: batched smoothed max-min over (W, H)
+    with annealing from ``restarts`` random starts (``batch`` at a time, ``max_iter``
+    iterations each), then a trust-region LP polish of the ``polish_top`` best of each
+    batch on the active constraints ``<w_k - w_j, h_k> >= t``, every step accepted on
+    the certified value of :func:`gnc_ext.one_vs_rest_distance`.
+
+    Args:
+        d: dimension, integer >= 1.  K: number of codewords, integer >= 2.
+        restarts: random starts (>= 1).  max_iter: smoothed iterations per start (>= 1).
+        batch: starts optimised together in one (batch, K, d) tensor.
+        polish_top: best starts per batch that are polished (>= 1).
+        polish_iter: LP iterations per polish (>= 0).
+        device: torch device of the smoothed phase (default CPU); the polish is CPU.
+        seed: integer seed (None: nondeterministic).
+        progress: tqdm bar over the restarts.
+        tol: stationarity tolerance of the polish and of the early stop against the
+            Thm 3.3 optimum (in rho units).
+        rattler_tol: a class is reported as a rattler when its certified lower bound
+            exceeds ``rho + rattler_tol``.
+        use_constructions: also try the Thm 3.3 closed-form codes where they apply
+            (set False to test the optimiser alone).
+        time_limit: optional wall-clock budget (seconds), checked after each batch of
+            restarts and in the polish (a polish cut by it returns its best iterate so
+            far; every polish gets at least one LP step).
+
+    Early stop: where :func:`gnc_ext.theory.rho_closed_form` gives the optimum and the
+    best certified ``rho_lower`` reaches it within ``max(tol, 1e-11)``.
+
+    Returns:
+        :class:`SoftmaxCodeResult`.
+
+    Raises:
+        TypeError / ValueError naming the argument (non-integer or out-of-range sizes,
+        counts, tolerances; bad device); ImportError without scipy.
+
+    Complexity: smoothed phase O(restarts * max_iter * K^2 d) with (batch, K, K)
+    buffers; each polish iteration is one LP with 2K(d-1)+1 variables and one rows per
+    near-active pair (about K(d+1) at a rigid optimum) plus one certified
+    one-vs-rest evaluation. Meant for K up to about a thousand.
+    """
+    t0 = time.perf_counter()
+    d = _validate.integer(d, "d", minimum=1)
+    K = _validate.integer(K, "K", minimum=2)
+    restarts = _validate.integer(restarts, "restarts", minimum=1)
+    max_iter = _validate.integer(max_iter, "max_iter", minimum=1)
+    batch = _validate.integer(batch, "batch", minimum=1)
+    polish_top = _validate.integer(polish_top, "polish_top", minimum=1)
+    polish_iter = _validate.integer(polish_iter, "polish_iter", minimum=0)
+    tol = _validate.positive_float(tol, "tol", allow_zero=True)
+    rattler_tol = _validate.positive_float(rattler_tol, "rattler_tol", allow_zero=True)
+    if time_limit is not None:
+        time_limit = _validate.positive_float(time_limit, "time_limit")
+    if seed is not None:
+        seed = _validate.integer(seed, "seed")
+    for name, v in (("progress", progress), ("use_constructions", use_constructions)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+    try:
+        dev = torch.device("cpu") if device is None else torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: not a valid torch device: {device!r}") from e
+    try:
+        import scipy  # noqa: F401
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("gnc_ext.solvers.softmax_code needs scipy") from e
+
+    rho_opt = _theory.rho_closed_form(d, K)
+    stop_tol = max(tol, 1e-11)
+    state = {"W": None, "r": None, "val": -math.inf, "it": 0, "src": "restart"}
+    history: List[float] = []
+    restart_values: List[float] = []
+
+    def reached() -> bool:
+        return rho_opt is not None and state["val"] >= rho_opt - stop_tol
+
+    def offer(Wc: np.ndarray, src: str, polish: bool) -> None:
+        its = 0
+        if polish and polish_iter > 0 and d >= 2:
+            deadline = None if time_limit is None else t0 + time_limit
+            Wc, r, its = _polish(Wc, max_iter=polish_iter, tol=tol, target=rho_opt, deadline=deadline)
+        else:
+            r = _ovr(Wc)
+        if src == "restart":
+            restart_values.append(r.rho)
+        if r.rho_lower > state["val"]:
+            state.update(W=Wc, r=r, val=r.rho_lower, it=its, src=src)
+        history.append(state["val"])
+
+    if d == 1:  # S^0: alternate +-1 (K = 2 optimal with rho 2; K >= 3 gives rho 0)
+        W = np.zeros((K, 1))
+        W[0::2, 0] = 1.0
+        W[1::2, 0] = -1.0
+        offer(W, "construction", False)
+    elif use_constructions:
+        for Wc in _constructions(d, K, seed):
+            offer(Wc, "construction", True)
+
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    scale = _expected_rho(d, K)
+    bar = None
+    if progress and d >= 2 and not reached():
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=restarts, desc=f"softmax_code d={d} K={K}", leave=False)
+        except ImportError:  # pragma: no cover
+            bar = None
+    done = 0
+    try:
+        while d >= 2 and done < restarts and not reached():
+            nb = min(batch, restarts - done)
+            X = _sphere.random_points(nb, K, d, generator=gen, device=dev)
+            X = _smoothed(X, max_iter, scale, _S_FACTORS)
+            Xc = X.detach().cpu().to(torch.float64)
+            # rank the batch by the smoothed run's own objective (min_kj M at H = W is
+            # cheap but poor); use the exact certified rho instead: K small here
+            vals = []
+            for i in range(nb):
+                Wi = (Xc[i] / Xc[i].norm(dim=1, keepdim=True)).numpy()
+                vals.append(_ovr(Wi).rho_lower)
+            for i in np.argsort(vals)[::-1][:polish_top]:
+                Wi = (Xc[i] / Xc[i].norm(dim=1, keepdim=True)).numpy()
+                offer(Wi, "restart", True)
+                if reached():
+                    break
+            done += nb
+            if bar is not None:
+                bar.update(nb)
+                bar.set_postfix(rho=f"{state['val']:.10f}")
+            if time_limit is not None and time.perf_counter() - t0 > time_limit:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+
+    Wb = state["W"]
+    cert = certify_code(torch.from_numpy(Wb), rattler_tol=rattler_tol)
+    optimal = None if rho_opt is None else bool(cert["rho_lower"] >= rho_opt - max(stop_tol, 1e-9))
+    return SoftmaxCodeResult(
+        W=cert["W"], rho=cert["rho"], rho_lower=cert["rho_lower"], gap=cert["gap"],
+        distance=cert["distance"], lower=cert["lower"], feature=cert["feature"], rattlers=cert["rattlers"],
+        max_cosine=cert["max_cosine"], min_distance=cert["min_distance"], rho_optimum=rho_opt,
+        optimal=optimal, source=state["src"], restarts=done, restart_values=restart_values, history=history,
+        polish_iters=state["it"], time_s=time.perf_counter() - t0,
+    )

@@ -1,0 +1,138 @@
+"""softmax_code: Thm 3.3 closed forms, Thm 3.8 (coincides with Tammes), speed, bad input.
+
+Expected values never come from softmax_code itself: they are the Thm 3.3 closed forms
+(gnc_ext.theory), the proven Tammes optima (theory.one_vs_one_closed_form), the Tammes
+solver (a different objective and algorithm) evaluated by the certified one-vs-rest
+distance, or a hard-coded reference (see REF_3_30).
+"""
+import math
+import time
+
+import pytest
+import torch
+
+from gnc_ext import theory
+from gnc_ext.solvers import certify_code, softmax_code, tammes
+
+# rho is flat to second order along some motions of the codewords (e.g. a point of the
+# square moving along the circle), so a code with rho within eps of the optimum has its
+# angles right only to about sqrt(eps): cosines/chords are compared at ANGLE_TOL.
+ANGLE_TOL = 2e-5
+FAST = dict(restarts=8, batch=8, progress=False, use_constructions=False, tol=1e-10)
+
+
+def _check_closed(r, d, K):
+    opt = theory.rho_closed_form(d, K)
+    assert opt is not None
+    assert abs(r.rho - opt) <= 1e-6, (d, K, r.rho, opt)
+    assert r.rho_lower >= opt - 1e-6 and r.rho_lower <= r.rho + 1e-12
+    assert r.gap <= 1e-9
+    assert r.optimal is True
+    W = r.W
+    assert W.dtype == torch.float64 and W.shape == (K, d)
+    assert torch.allclose(W.norm(dim=1), torch.ones(K, dtype=torch.float64), atol=1e-12)
+
+
+@pytest.mark.parametrize("K", list(range(3, 13)))
+def test_d2_regular_polygon(K):
+    """Thm 3.3 (d = 2): rho = 1 - cos(2 pi/K); Thm 3.8: the code is the Tammes polygon."""
+    r = softmax_code(2, K, seed=K, **FAST)
+    _check_closed(r, 2, K)
+    chord = theory.one_vs_one_closed_form(2, K)  # proven Tammes optimum 2 sin(pi/K)
+    assert abs(r.min_distance - chord) <= ANGLE_TOL
+    assert r.rattlers == []  # Thm 3.6: no rattlers for d = 2
+
+
+@pytest.mark.parametrize("d,K", [(3, 4), (4, 5), (5, 6), (4, 4), (8, 9), (16, 17)])
+def test_simplex_cases_match_tammes(d, K):
+    """K <= d+1: simplex ETF, rho = K/(K-1), max cosine -1/(K-1); Tammes gives the same."""
+    r = softmax_code(d, K, seed=1, **FAST)
+    _check_closed(r, d, K)
+    # angles are determined to about sqrt(rho error) (see ANGLE_TOL)
+    atol = max(ANGLE_TOL, 10.0 * math.sqrt(max(0.0, r.rho_optimum - r.rho_lower)))
+    assert abs(r.max_cosine - (-1.0 / (K - 1))) <= atol
+    assert r.rattlers == []
+    t = tammes(d, K, seed=2, restarts=8, batch=8, hops=0, progress=False)
+    ct = certify_code(t.W)
+    assert abs(ct["rho"] - r.rho) <= 1e-6  # Thm 3.8: same rho
+    assert abs(t.max_cosine - r.max_cosine) <= atol  # and same minimal angle
+
+
+@pytest.mark.parametrize("d,K", [(3, 5), (3, 6), (4, 7), (4, 8), (6, 10)])
+def test_cross_polytope_cases(d, K):
+    """d+1 < K <= 2d: rho = 1 from the optimiser alone; Tammes' code (cosine 0) too."""
+    r = softmax_code(d, K, seed=3, **FAST)
+    _check_closed(r, d, K)
+    t = tammes(d, K, seed=4, restarts=8, batch=8, hops=0, progress=False)
+    assert abs(t.max_cosine) <= 1e-7  # proven Tammes optimum (Rankin): cosine 0
+    ct = certify_code(t.W)
+    assert abs(ct["rho"] - r.rho) <= 1e-6
+
+
+@pytest.mark.parametrize("d,K", [(10, 20), (12, 18), (16, 24), (16, 32), (16, 17)])
+def test_large_d_with_constructions(d, K):
+    """Larger d: the closed-form start is accepted only through the certificate."""
+    r = softmax_code(d, K, seed=5, restarts=1, batch=1, progress=False)
+    _check_closed(r, d, K)
+    assert r.source == "construction"
+
+
+def test_solver_beats_random_and_closed_form_not_exceeded():
+    """A non-trivial check that can fail: the optimiser improves rho by a lot over random
+    codes and never certifies a value above the Thm 3.3 optimum."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    base = certify_code(X / X.norm(dim=1, keepdim=True))["rho"]
+    r = softmax_code(4, 7, seed=0, **FAST)
+    assert r.rho > base + 0.2
+    assert r.rho_lower <= theory.rho_closed_form(4, 7) + 1e-9
+
+
+# Reference for d=3, K=30, independent of softmax_code: the certified rho
+# (gnc_ext.one_vs_rest_distance) of the best configuration of gnc_ext.solvers.tammes
+# (Tammes objective, energy continuation + LP polish, 64 restarts, seeds 1 and 2 agree),
+# whose minimal angle 38.5971 deg matches Sloane's table of spherical codes for N = 30.
+REF_3_30 = 0.2184481249
+
+
+def test_d3_K30_within_reference_in_60s():
+    t0 = time.perf_counter()
+    r = softmax_code(3, 30, seed=0, progress=False)
+    dt = time.perf_counter() - t0
+    assert dt <= 60.0, dt
+    assert r.rho >= REF_3_30 - 1e-6, (r.rho, REF_3_30)
+    assert r.rho <= REF_3_30 + 1e-6  # would mean the reference was not the best: flag it
+    assert r.gap <= 1e-9
+
+
+def test_result_fields_and_history():
+    r = softmax_code(3, 8, seed=0, restarts=4, batch=4, progress=False)
+    assert r.rho_optimum is None and r.optimal is None
+    assert len(r.history) >= 1 and r.history == sorted(r.history)
+    assert r.restarts == 4 and r.time_s > 0 and r.time == r.time_s
+    assert r.distance.shape == (8,) and r.lower.shape == (8,) and r.feature.shape == (8, 3)
+    # optimal features: <w_k - w_j, h_k> >= rho_lower for all j != k (Lemma C.4)
+    M = (r.feature * r.W).sum(1, keepdim=True) - r.feature @ r.W.T
+    M.fill_diagonal_(math.inf)
+    assert float(M.min()) >= r.rho_lower - 1e-12
+
+
+def test_d1():
+    assert softmax_code(1, 2, progress=False).rho == pytest.approx(2.0)
+    assert softmax_code(1, 3, progress=False).rho == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("kw,exc,word", [
+    (dict(d=0, K=3), ValueError, "d"),
+    (dict(d=3, K=1), ValueError, "K"),
+    (dict(d=3.0, K=4), TypeError, "d"),
+    (dict(d=3, K=4.5), TypeError, "K"),
+    (dict(d=True, K=4), TypeError, "d"),
+    (dict(d=3, K=4, restarts=0), ValueError, "restarts"),
+    (dict(d=3, K=4, tol=-1.0), ValueError, "tol"),
+    (dict(d=3, K=4, progress=1), TypeError, "progress"),
+    (dict(d=3, K=4, device="nonsense"), ValueError, "device"),
+])
+def test_bad_input(kw, exc, word):
+    with pytest.raises(exc, match=word):
+        softmax_code(**kw)
