@@ -448,20 +448,7 @@ def test_bad_input_cpu_state_untouched_on_late_error():
         assert torch.equal(before[k], after[k])
 
 
-def test_gnc2_missing_hull_raises_clearly():
-    if hasattr(gnc_ext, "one_vs_rest_distance"):
-        pytest.skip("hull family merged; covered by test_gnc2_matches_nnls")
-    acc = GNCAccumulator(4, 3)
-    acc.update(torch.randn(8, 3), torch.arange(8) % 4)
-    W = torch.randn(4, 3)
-    with pytest.raises(RuntimeError, match="one_vs_rest_distance"):
-        acc.compute(W, gnc2=True)
-    with pytest.warns(RuntimeWarning, match="gnc2 skipped"):
-        r = acc.compute(W)  # other metrics still work
-    assert r.gnc3 is not None and r.gnc2 is None
-
-
-# ----------------------------------------------------------------------------- GNC2 (after the hull merge)
+# ----------------------------------------------------------------------------- GNC2
 def _nnls_distance(W):
     """dist_k = min over the simplex of ‖w_k − Σ v_j w_j‖ via scipy nnls with a heavily
     weighted sum-to-one row (float64 brute force)."""
@@ -479,7 +466,6 @@ def _nnls_distance(W):
     return out
 
 
-@pytest.mark.skipif(not hasattr(gnc_ext, "one_vs_rest_distance"), reason="hull family not merged")
 def test_gnc2_matches_nnls():
     pytest.importorskip("scipy")
     K, d = 9, 4
@@ -498,8 +484,6 @@ def test_gnc2_matches_nnls():
     assert g2.rattlers.dtype == torch.int64 and g2.rattlers.dim() == 1
 
 
-@pytest.mark.skipif(not (hasattr(gnc_ext, "one_vs_rest_distance") and hasattr(gnc_ext, "theory")),
-                    reason="hull/theory families not merged")
 def test_gnc2_theory_fields():
     # K ≤ d+1: simplex ETF optimum K/(K−1) (Thm 3.3) is reported as the reference
     K, d = 4, 6

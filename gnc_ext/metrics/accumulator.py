@@ -166,18 +166,11 @@ def _symmetrize_upper(S: Tensor) -> Tensor:
     return out
 
 
-def _hull_available() -> bool:
-    import gnc_ext
-
-    return hasattr(gnc_ext, "one_vs_rest_distance")
-
-
 def gnc2(W: Tensor) -> GNC2Result:
     """GNC2 of a classifier: ρ_one-vs-rest of the row-normalised W with its certificate.
 
-    Uses ``gnc_ext.one_vs_rest_distance`` (the hull family) and, where available,
-    ``gnc_ext.theory.rho_closed_form(d, K)`` (Thm 3.3) and
-    ``gnc_ext.theory.rho_bounds(d, K)`` (Thm 3.9).
+    Uses ``gnc_ext.one_vs_rest_distance``, ``gnc_ext.theory.rho_closed_form(d, K)``
+    (Thm 3.3) and, for d ≥ 2, ``gnc_ext.theory.rho_bounds(d, K)`` (Thm 3.9).
 
     Args:
         W: (K, d) float tensor, K ≥ 2, finite, no zero rows; rows are L2-normalised here.
@@ -186,17 +179,11 @@ def gnc2(W: Tensor) -> GNC2Result:
         :class:`GNC2Result`.
 
     Raises:
-        RuntimeError: this build has no ``gnc_ext.one_vs_rest_distance``.
         TypeError/ValueError: bad W.
     """
     import gnc_ext
 
     _check_W(W, None, None)
-    if not _hull_available():
-        raise RuntimeError(
-            "gnc2 needs gnc_ext.one_vs_rest_distance (the hull family), which this build of "
-            "gnc_ext does not provide; compute(W, gnc2=False) gives the other metrics"
-        )
     K, d = W.shape
     Wn = torch.nn.functional.normalize(W.double() if W.dtype == torch.float64 else W.float(), dim=1)
     r = gnc_ext.one_vs_rest_distance(Wn)
@@ -206,25 +193,12 @@ def gnc2(W: Tensor) -> GNC2Result:
     rho_lower = float(r.rho_lower)
     gap = float(getattr(r, "gap", rho - rho_lower))
     rattlers = torch.as_tensor(r.rattlers).detach().to(torch.int64).cpu().reshape(-1)
-    optimum = None
+    v = gnc_ext.theory.rho_closed_form(d, K)
+    optimum = None if v is None else float(v)
     bounds = None
-    theory = getattr(gnc_ext, "theory", None)
-    if theory is not None:
-        try:
-            v = theory.rho_closed_form(d, K)
-            optimum = None if v is None else float(v)
-        except (ValueError, NotImplementedError):
-            optimum = None
-        try:
-            b = theory.rho_bounds(d, K)
-            if b is not None:
-                if hasattr(b, "lower") and hasattr(b, "upper"):
-                    bounds = (float(b.lower), float(b.upper))
-                else:
-                    lo, hi = b[0], b[1]
-                    bounds = (float(lo), float(hi))
-        except (ValueError, NotImplementedError):
-            bounds = None
+    if d >= 2:
+        b = gnc_ext.theory.rho_bounds(d, K)
+        bounds = (float(b.lower), float(b.upper))
     return GNC2Result(rho=rho, rho_lower=rho_lower, gap=gap, distance=distance, lower=lower,
                       rattlers=rattlers, rho_optimum=optimum, rho_bounds=bounds)
 
@@ -532,16 +506,15 @@ class GNCAccumulator:
             pinv_rtol: relative cutoff of Σ_B^†: eigenvalues ≤ pinv_rtol·λ_max are
                 dropped. Default ``max(d, K')·2.2e-16`` (numpy/torch ``pinv``'s default).
             worst: how many worst classes to list (by spread and by one-vs-rest distance).
-            gnc2: ``"auto"`` (compute when W is given and ``gnc_ext.one_vs_rest_distance``
-                exists, else leave None with a warning), True (raise RuntimeError when
-                unavailable), False (skip; it is the expensive part at large K).
+            gnc2: ``"auto"`` or True (compute GNC2 when W is given), False (skip it; it is
+                the expensive part at large K).
 
         Returns:
             :class:`GNCResult`. Empty classes are excluded from every average (with a
             warning) and listed in ``empty_classes``.
 
         Raises:
-            RuntimeError: nothing accumulated yet, or gnc2=True without the hull family.
+            RuntimeError: nothing accumulated yet.
             ValueError/TypeError naming ``W``, ``pinv_rtol``, ``worst`` or ``gnc2``.
 
         Cost: two K×d×d fp64 GEMMs (scatter correction, Σ_B) and one d×d eigendecomposition.
@@ -603,13 +576,10 @@ class GNCAccumulator:
             Wn = torch.nn.functional.normalize(W.to(self.device, torch.float64), dim=1)
             dots = (Wn * means).sum(1)
             res.gnc3 = float((1.0 - dots[nz]).sum()) / Kp
-            if gnc2 is True or (gnc2 == "auto" and _hull_available()):
+            if gnc2 is not False:
                 g2 = _gnc2_of(W)
                 res.gnc2 = g2
                 res.worst_by_distance = torch.argsort(g2.distance, stable=True)[: min(worst, K)]
-            elif gnc2 == "auto":
-                warnings.warn("compute: gnc2 skipped: gnc_ext.one_vs_rest_distance (hull family) is not "
-                              "available in this build", RuntimeWarning, stacklevel=3)
         return res
 
     # -- nearest class centre --------------------------------------------------------------
