@@ -84,3 +84,17 @@ def integer(v, name: str, *, minimum: Optional[int] = None) -> int:
     if minimum is not None and v < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {v}")
     return v
+
+
+def boolean(v, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+    return v
+
+
+def device(v, name: str = "device") -> torch.device:
+    """``None`` → CPU; otherwise anything ``torch.device`` accepts."""
+    try:
+        return torch.device("cpu") if v is None else torch.device(v)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name}: not a valid torch device: {v!r}") from e

@@ -381,13 +381,9 @@ def softmax_code(
         time_limit = _validate.positive_float(time_limit, "time_limit")
     if seed is not None:
         seed = _validate.integer(seed, "seed")
-    for name, v in (("progress", progress), ("use_constructions", use_constructions)):
-        if not isinstance(v, bool):
-            raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
-    try:
-        dev = torch.device("cpu") if device is None else torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: not a valid torch device: {device!r}") from e
+    _validate.boolean(progress, "progress")
+    _validate.boolean(use_constructions, "use_constructions")
+    dev = _validate.device(device)
     try:
         import scipy  # noqa: F401
     except ImportError as e:  # pragma: no cover

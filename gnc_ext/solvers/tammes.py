@@ -313,12 +313,8 @@ def tammes(
         time_limit = _validate.positive_float(time_limit, "time_limit")
     if seed is not None:
         seed = _validate.integer(seed, "seed")
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress: expected a bool, got {type(progress).__name__}")
-    try:
-        dev = torch.device("cpu") if device is None else torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: not a valid torch device: {device!r}") from e
+    _validate.boolean(progress, "progress")
+    dev = _validate.device(device)
     try:
         import scipy  # noqa: F401
     except ImportError as e:  # pragma: no cover

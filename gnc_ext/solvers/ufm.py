@@ -159,12 +159,8 @@ def train_ufm(
         seed = _validate.integer(seed, "seed")
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress: expected a bool, got {type(progress).__name__}")
-    try:
-        dev = torch.device("cpu") if device is None else torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: not a valid torch device: {device!r}") from e
+    _validate.boolean(progress, "progress")
+    dev = _validate.device(device)
 
     from ..losses import hardmax_loss, spherical_cross_entropy
     from ..metrics import GNCAccumulator
