@@ -384,10 +384,6 @@ def softmax_code(
     _validate.boolean(progress, "progress")
     _validate.boolean(use_constructions, "use_constructions")
     dev = _validate.device(device)
-    try:
-        import scipy  # noqa: F401
-    except ImportError as e:  # pragma: no cover
-        raise ImportError("gnc_ext.solvers.softmax_code needs scipy") from e
 
     rho_opt = _theory.rho_closed_form(d, K)
     stop_tol = max(tol, 1e-11)

@@ -315,10 +315,6 @@ def tammes(
         seed = _validate.integer(seed, "seed")
     _validate.boolean(progress, "progress")
     dev = _validate.device(device)
-    try:
-        import scipy  # noqa: F401
-    except ImportError as e:  # pragma: no cover
-        raise ImportError("gnc_ext.solvers.tammes needs scipy (pip install scipy)") from e
 
     proven = _theory.one_vs_one_closed_form(d, K)
     proven_cos = None if proven is None else 1.0 - proven * proven / 2.0
