@@ -16,4 +16,16 @@ inline void check_tile(const TensorView& tile, const TensorView& y, const char* 
   check_dtype(y, DType::I64, "y");
 }
 
+// Arguments of the softmax-gradient epilogue (sce_grad), CPU and CUDA alike.
+inline void check_sce_grad_args(const TensorView& tile, const TensorView& y, const TensorView& lse,
+                                const TensorView& scale, double tau, int64_t num_classes) {
+  check_tile(tile, y, "sce_grad");
+  check_shape(lse, {tile.size(0)}, "lse");
+  check_shape(scale, {tile.size(0)}, "scale");
+  check_dtype(lse, DType::F64, "lse");
+  check_dtype(scale, DType::F64, "scale");
+  if (!(tau > 0)) fail("tau: must be > 0");
+  if (num_classes < 1) fail("num_classes: must be >= 1");
+}
+
 }  // namespace gnc

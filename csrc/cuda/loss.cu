@@ -210,13 +210,7 @@ void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const T
 void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
               const TensorView& lse, const TensorView& scale, double tau, int margin_type, double margin,
               double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
-  check_tile(tile, y, "sce_grad");
-  check_shape(lse, {tile.size(0)}, "lse");
-  check_shape(scale, {tile.size(0)}, "scale");
-  check_dtype(lse, DType::F64, "lse");
-  check_dtype(scale, DType::F64, "scale");
-  if (!(tau > 0)) fail("tau: must be > 0");
-  if (num_classes < 1) fail("num_classes: must be >= 1");
+  check_sce_grad_args(tile, y, lse, scale, tau, num_classes);
   const int64_t R = tile.size(0), C = tile.size(1);
   if (R == 0 || C == 0) return;
   DeviceGuard g(tile.device);
