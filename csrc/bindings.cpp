@@ -220,14 +220,14 @@ void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const T
 }
 
 void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
-              const TensorView& lse, const TensorView& scale, double tau, int margin_type, double margin,
-              double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
-  check_loss_devices(tile, {{&y, "y"}, {&lse, "lse"}, {&scale, "scale"}});
+              const TensorView& lse, const TensorView& q, const TensorView& scale, double tau, int margin_type,
+              double margin, double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
+  check_loss_devices(tile, {{&y, "y"}, {&lse, "lse"}, {&q, "q"}, {&scale, "scale"}});
   if (margin_type < 0 || margin_type > 2) gnc::fail("margin_type: expected 0, 1 or 2");
   GNC_DISPATCH_DEVICE(tile,
-                      gnc::cpu::sce_grad(tile, y, col0, num_classes, lse, scale, tau, margin_type, margin,
+                      gnc::cpu::sce_grad(tile, y, col0, num_classes, lse, q, scale, tau, margin_type, margin,
                                          label_smoothing, ignore_index),
-                      gnc::cuda::sce_grad(tile, y, col0, num_classes, lse, scale, tau, margin_type, margin,
+                      gnc::cuda::sce_grad(tile, y, col0, num_classes, lse, q, scale, tau, margin_type, margin,
                                           label_smoothing, ignore_index, stream));
 }
 
@@ -246,16 +246,17 @@ void sce_fused_forward(const TensorView& Hn, const TensorView& Wn, const TensorV
                       gnc::cuda::sce_fused_forward(Hn, Wn, y, state, tau, margin_type, margin, ignore_index, stream));
 }
 void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
-                        const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
-                        const TensorView& ws_w, int64_t num_classes, double tau, int margin_type, double margin,
-                        double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
-  check_loss_devices(Hn, {{&Wn, "Wn"}, {&y, "y"}, {&lse, "lse"}, {&scale, "scale"}, {&dH, "dH"}, {&dW, "dW"},
+                        const TensorView& q, const TensorView& scale, const TensorView& dH, const TensorView& dW,
+                        const TensorView& ws_h, const TensorView& ws_w, int64_t num_classes, double tau,
+                        int margin_type, double margin, double label_smoothing, int64_t ignore_index,
+                        std::uintptr_t stream) {
+  check_loss_devices(Hn, {{&Wn, "Wn"}, {&y, "y"}, {&lse, "lse"}, {&q, "q"}, {&scale, "scale"}, {&dH, "dH"}, {&dW, "dW"},
                           {&ws_h, "ws_h"}, {&ws_w, "ws_w"}},
                      "Hn");
   if (margin_type < 0 || margin_type > 2) gnc::fail("margin_type: expected 0, 1 or 2");
   GNC_DISPATCH_DEVICE(Hn,
                       throw std::invalid_argument("sce_fused_backward: CUDA only (the CPU path is the chunked engine)"),
-                      gnc::cuda::sce_fused_backward(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau,
+                      gnc::cuda::sce_fused_backward(Hn, Wn, y, lse, q, scale, dH, dW, ws_h, ws_w, num_classes, tau,
                                                     margin_type, margin, label_smoothing, ignore_index, stream));
 }
 // ---- end [loss] -------------------------------------------------------------
@@ -408,7 +409,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("tau"), py::arg("margin_type"), py::arg("margin"), py::arg("ignore_index"),
         py::arg("stream") = 0, nogil);
   m.def("sce_grad", &sce_grad, py::arg("tile"), py::arg("y"), py::arg("col0"), py::arg("num_classes"),
-        py::arg("lse"), py::arg("scale"), py::arg("tau"), py::arg("margin_type"), py::arg("margin"),
+        py::arg("lse"), py::arg("q"), py::arg("scale"), py::arg("tau"), py::arg("margin_type"), py::arg("margin"),
         py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("stream") = 0, nogil);
   m.def("masked_argmax_fold", &masked_argmax_fold, py::arg("tile"), py::arg("y"), py::arg("col0"),
         py::arg("best"), py::arg("arg"), py::arg("tgt"), py::arg("stream") = 0, nogil);
@@ -416,7 +417,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("tau"), py::arg("margin_type"), py::arg("margin"), py::arg("ignore_index"), py::arg("stream") = 0,
         nogil);
   m.def("sce_fused_backward", &sce_fused_backward, py::arg("Hn"), py::arg("Wn"), py::arg("y"), py::arg("lse"),
-        py::arg("scale"), py::arg("dH"), py::arg("dW"), py::arg("ws_h"), py::arg("ws_w"), py::arg("num_classes"),
+        py::arg("q"), py::arg("scale"), py::arg("dH"), py::arg("dW"), py::arg("ws_h"), py::arg("ws_w"), py::arg("num_classes"),
         py::arg("tau"),
         py::arg("margin_type"), py::arg("margin"), py::arg("label_smoothing"), py::arg("ignore_index"),
         py::arg("stream") = 0, nogil);

@@ -251,6 +251,82 @@ def test_large_logits_stable():
                                atol=1e-4, rtol=1e-5)
 
 
+def _tiny_loss_problem(dtype, device="cpu"):
+    """Unit rows where every feature equals its class weight and all other cosines are
+    <= 0.6: at tau = 0.01 the loss is ~exp(-40) and p_y rounds to 1 in float64."""
+    g = torch.Generator().manual_seed(21)
+    d, K = 8, 37
+    W = F.normalize(torch.randn(K, d, generator=g, dtype=torch.float64), dim=1)
+    # spread the weights: keep only vectors with all pairwise cosines <= 0.6
+    keep = [0]
+    for k in range(1, K):
+        if all(float(W[k] @ W[j]) <= 0.6 for j in keep):
+            keep.append(k)
+    W = W[keep]
+    y = torch.arange(W.shape[0])
+    H = W[y].clone()
+    return H.to(device, dtype), W.to(device, dtype), y.to(device)
+
+
+def _tiny_loss_reference(H, W, y, tau, margin):
+    """Closed form without cancellation (float64): with r_i = sum_{k != y} exp((c_ik - c_iy
+    + m) / tau) the row loss is log1p(r_i); p_ik = exp((c_ik - c_iy + m)/tau) / (1 + r_i)
+    and dL/dh_i = sum_{k != y} p_ik (w_k - w_y) / tau, dL/dw_k = p_ik h_i / tau,
+    dL/dw_y = -sum_k p_ik h_i / tau (CosFace margin m, unit inputs, normalize=False)."""
+    H, W = H.double(), W.double()
+    C = H @ W.T
+    ct = C.gather(1, y[:, None])
+    E = torch.exp((C - ct + margin) / tau)
+    E.scatter_(1, y[:, None], 0.0)
+    r = E.sum(1)
+    P = E / (1 + r)[:, None]
+    loss = torch.log1p(r)
+    dH = (P @ W - P.sum(1, keepdim=True) * W[y]) / tau
+    G = P.clone()
+    G.scatter_(1, y[:, None], -P.sum(1, keepdim=True))
+    dW = G.T @ H / tau
+    return loss, dH, dW
+
+
+@pytest.mark.parametrize("strategy", ["recompute", "grad_in_forward"])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
+@pytest.mark.parametrize("margin", [0.0, 0.15])
+def test_tiny_losses_keep_relative_accuracy(strategy, dtype, rtol, margin, monkeypatch):
+    # lse - z_y cancels completely here (1e-18 against 100): the op must keep the loss
+    # and the target's gradient p_y - 1 = -q from the non-target sum instead
+    _strategy(monkeypatch, strategy)
+    H, W, y = _tiny_loss_problem(dtype)
+    tau = 0.01
+    ref_loss, ref_dH, ref_dW = _tiny_loss_reference(H, W, y, tau, margin)
+    assert float(ref_loss.max()) < 1e-10 and float(ref_loss.min()) > 1e-40  # really tiny, not zero
+    H1, W1 = H.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    got = gnc_ext.spherical_cross_entropy(H1, W1, y, tau=tau, margin=margin, reduction="none", normalize=False)
+    torch.testing.assert_close(got.double(), ref_loss, rtol=rtol, atol=0)
+    got.sum().backward()
+    torch.testing.assert_close(H1.grad.double(), ref_dH, rtol=rtol, atol=rtol * float(ref_dH.abs().max()))
+    torch.testing.assert_close(W1.grad.double(), ref_dW, rtol=rtol, atol=rtol * float(ref_dW.abs().max()))
+    # mean reduction (the gradient-in-forward strategy's own path on CPU)
+    H2 = H.clone().requires_grad_(True)
+    m = gnc_ext.spherical_cross_entropy(H2, W, y, tau=tau, margin=margin, normalize=False)
+    torch.testing.assert_close(m.double(), ref_loss.mean(), rtol=rtol, atol=0)
+    m.backward()
+    torch.testing.assert_close(H2.grad.double(), ref_dH / len(y), rtol=rtol,
+                               atol=rtol * float(ref_dH.abs().max()) / len(y))
+
+
+@pytest.mark.parametrize("backward", ["chunked", "fused"])
+def test_cuda_tiny_losses_keep_relative_accuracy(cuda_device, backward, monkeypatch):
+    monkeypatch.setattr(L, "CUDA_BACKWARD", backward)
+    H, W, y = _tiny_loss_problem(torch.float32, cuda_device)
+    ref_loss, ref_dH, ref_dW = _tiny_loss_reference(H.cpu(), W.cpu(), y.cpu(), 0.01, 0.15)
+    H1, W1 = H.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    got = gnc_ext.spherical_cross_entropy(H1, W1, y, tau=0.01, margin=0.15, reduction="none", normalize=False)
+    got.sum().backward()
+    torch.testing.assert_close(got.double().cpu(), ref_loss, rtol=2e-4, atol=0)
+    for a, b in ((H1.grad, ref_dH), (W1.grad, ref_dW)):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=2e-4, atol=2e-4 * float(b.abs().max()))
+
+
 def test_frozen_weights_skip_dW(monkeypatch):
     g = torch.Generator().manual_seed(8)
     H = torch.randn(5, 4, generator=g, requires_grad=True)
@@ -609,6 +685,7 @@ def test_fused_backward_native_rejects_cpu():
     H = torch.randn(3, 4)
     with pytest.raises(ValueError, match="CUDA only"):
         L.native.sce_fused_backward(L.view(H), L.view(torch.randn(5, 4)), L.view(torch.zeros(3, dtype=torch.int64)),
+                                    L.view(torch.zeros(3, dtype=torch.float64)),
                                     L.view(torch.zeros(3, dtype=torch.float64)),
                                     L.view(torch.ones(3, dtype=torch.float64)), L.view(torch.empty(3, 4)),
                                     L.view(torch.empty(5, 4)), L.view(torch.empty(1, 64, 64)),

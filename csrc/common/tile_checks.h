@@ -18,9 +18,11 @@ inline void check_tile(const TensorView& tile, const TensorView& y, const char* 
 
 // Arguments of the softmax-gradient epilogue (sce_grad), CPU and CUDA alike.
 inline void check_sce_grad_args(const TensorView& tile, const TensorView& y, const TensorView& lse,
-                                const TensorView& scale, double tau, int64_t num_classes) {
+                                const TensorView& q, const TensorView& scale, double tau, int64_t num_classes) {
   check_tile(tile, y, "sce_grad");
   check_shape(lse, {tile.size(0)}, "lse");
+  check_shape(q, {tile.size(0)}, "q");
+  check_dtype(q, DType::F64, "q");
   check_shape(scale, {tile.size(0)}, "scale");
   check_dtype(lse, DType::F64, "lse");
   check_dtype(scale, DType::F64, "scale");

@@ -73,14 +73,14 @@ void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const T
 }
 
 void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
-              const TensorView& lse, const TensorView& scale, double tau, int margin_type,
+              const TensorView& lse, const TensorView& q, const TensorView& scale, double tau, int margin_type,
               double margin, double label_smoothing, int64_t ignore_index) {
-  check_sce_grad_args(tile, y, lse, scale, tau, num_classes);
+  check_sce_grad_args(tile, y, lse, q, scale, tau, num_classes);
   const auto mg = loss_math::make_margin(margin_type, margin);
   if (tile.dtype == DType::F32)
-    GNC_LOSS_CALL(grad_impl<float>, tile, y, col0, num_classes, lse, scale, tau, mg, label_smoothing, ignore_index);
+    GNC_LOSS_CALL(grad_impl<float>, tile, y, col0, num_classes, lse, q, scale, tau, mg, label_smoothing, ignore_index);
   else
-    GNC_LOSS_CALL(grad_impl<double>, tile, y, col0, num_classes, lse, scale, tau, mg, label_smoothing, ignore_index);
+    GNC_LOSS_CALL(grad_impl<double>, tile, y, col0, num_classes, lse, q, scale, tau, mg, label_smoothing, ignore_index);
 }
 
 void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col0,

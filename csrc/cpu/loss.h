@@ -22,19 +22,25 @@ namespace gnc {
 namespace cpu {
 
 // Folds one tile into the per-row state (R x 4, float64, row-major):
-//   [0] running max of z, [1] running sum exp(z - max), [2] target cosine s_iy (if the
-//   target column lies in this tile), [3] running sum of z over all classes (for label
+//   [0] running max of z over all classes (the target's z included), [1] running sum of
+//   exp(z - max) over the NON-target classes only, [2] target cosine s_iy (if the target
+//   column lies in this tile), [3] running sum of z over all classes (for label
 //   smoothing). Rows with y == ignore_index are skipped. col0: first class of the tile.
+//   The target's term exp(z_iy - max) is left out on purpose: the Python finish adds it
+//   in float64, so the loss log(1 + sum_{k!=y} exp(z_k - z_y)) and the non-target mass
+//   q = 1 - p_y stay accurate when p_y rounds to 1 (small tau; a loss of 1e-30 is kept).
 void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
               double tau, int margin_type, double margin, int64_t ignore_index);
 
 // Turns a tile of cosines into g_ik = scale_i * dloss_i/ds_ik in place:
-//   g_ik = scale_i / tau * (p_ik - eps/K - (1 - eps) [k == y_i]) * (k == y_i ? phi'(s_iy) : 1)
-// with p_ik = exp(z_ik - lse_i). lse (R, float64), scale (R, float64). Rows with
+//   g_ik = scale_i / tau * (p_ik - eps/K)                  for k != y_i,
+//   g_iy = scale_i / tau * (eps - eps/K - q_i) * phi'(s_iy)  (p_iy - 1 = -q_i),
+// with p_ik = exp(z_ik - lse_i) and q_i = 1 - p_iy the non-target mass (computed without
+// cancellation from the fold state). lse, q, scale: (R,) float64. Rows with
 // y == ignore_index or scale == 0 become exactly 0.
 void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
-              const TensorView& lse, const TensorView& scale, double tau, int margin_type,
-              double margin, double label_smoothing, int64_t ignore_index);
+              const TensorView& lse, const TensorView& q, const TensorView& scale, double tau,
+              int margin_type, double margin, double label_smoothing, int64_t ignore_index);
 
 // Masked max/argmax fold: for every row, over the tile's columns k with col0 + k != y_i:
 // best_i = max s_ik, arg_i = its class (the lowest index among ties, given tiles are

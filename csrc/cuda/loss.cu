@@ -96,8 +96,7 @@ __global__ void sce_fold_kernel(const A* __restrict__ tile, int64_t R, int64_t C
   acc = block_sum(acc, sh);
   zsum = block_sum(zsum, sh);
   if (threadIdx.x == 0) {
-    if (has_t) {
-      acc += loss_math::exp_nonpos(zt - Ma);
+    if (has_t) {  // the target's exp term is left to the float64 finish (cpu/loss.h)
       zsum += zt;
       si[2] = static_cast<double>(row[t]);
     }
@@ -111,9 +110,9 @@ __global__ void sce_fold_kernel(const A* __restrict__ tile, int64_t R, int64_t C
 template <typename A>
 __global__ void sce_grad_kernel(A* __restrict__ tile, int64_t R, int64_t C, int64_t ld,
                                 const int64_t* __restrict__ y, int64_t ys, int64_t col0,
-                                const double* __restrict__ lse, int64_t ls, const double* __restrict__ scale,
-                                int64_t ss, double tau, MarginArgs mg, A uni, A one_minus_eps,
-                                int64_t ignore_index) {
+                                const double* __restrict__ lse, int64_t ls, const double* __restrict__ q,
+                                int64_t qs, const double* __restrict__ scale, int64_t ss, double tau,
+                                MarginArgs mg, A eps_minus_uni, A uni, int64_t ignore_index) {
   const int64_t n = R * C;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -129,9 +128,8 @@ __global__ void sce_grad_kernel(A* __restrict__ tile, int64_t R, int64_t C, int6
     const A u = static_cast<A>(sc / tau);
     const A inv_tau = A(1.0 / tau);
     const A c = *p;
-    if (col0 + k == yi) {
-      const A zt = loss_math::phi<A>(c, mg.type, A(mg.m), A(mg.cos_m), A(mg.sin_m), A(mg.th), A(mg.mm)) * inv_tau;
-      *p = u * (loss_math::exp_nonpos(zt - L) - uni - one_minus_eps) *
+    if (col0 + k == yi) {  // p_t - 1 = -q without cancellation
+      *p = u * (eps_minus_uni - static_cast<A>(q[i * qs])) *
            loss_math::dphi<A>(c, mg.type, A(mg.cos_m), A(mg.sin_m), A(mg.th));
     } else {
       *p = u * (loss_math::exp_nonpos(c * inv_tau - L) - uni);
@@ -208,9 +206,9 @@ void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const T
 }
 
 void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
-              const TensorView& lse, const TensorView& scale, double tau, int margin_type, double margin,
-              double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
-  check_sce_grad_args(tile, y, lse, scale, tau, num_classes);
+              const TensorView& lse, const TensorView& q, const TensorView& scale, double tau, int margin_type,
+              double margin, double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
+  check_sce_grad_args(tile, y, lse, q, scale, tau, num_classes);
   const int64_t R = tile.size(0), C = tile.size(1);
   if (R == 0 || C == 0) return;
   DeviceGuard g(tile.device);
@@ -220,13 +218,13 @@ void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t
   if (tile.dtype == DType::F32)
     sce_grad_kernel<float><<<nb, kThreads, 0, as_stream(stream)>>>(
         tile.data<float>(), R, C, tile.stride(0), y.data<int64_t>(), y.stride(0), col0, lse.data<double>(),
-        lse.stride(0), scale.data<double>(), scale.stride(0), tau, mg, static_cast<float>(uni),
-        static_cast<float>(1.0 - label_smoothing), ignore_index);
+        lse.stride(0), q.data<double>(), q.stride(0), scale.data<double>(), scale.stride(0), tau, mg,
+        static_cast<float>(label_smoothing - uni), static_cast<float>(uni), ignore_index);
   else
     sce_grad_kernel<double><<<nb, kThreads, 0, as_stream(stream)>>>(
         tile.data<double>(), R, C, tile.stride(0), y.data<int64_t>(), y.stride(0), col0, lse.data<double>(),
-        lse.stride(0), scale.data<double>(), scale.stride(0), tau, mg, uni, 1.0 - label_smoothing,
-        ignore_index);
+        lse.stride(0), q.data<double>(), q.stride(0), scale.data<double>(), scale.stride(0), tau, mg,
+        label_smoothing - uni, uni, ignore_index);
   check_launch("sce_grad");
 }
 

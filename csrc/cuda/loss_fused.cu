@@ -119,7 +119,8 @@ __device__ void tile_product(const T* __restrict__ H, const T* __restrict__ W, i
 }
 
 // grid: (row tiles, splits). Each block folds the class tiles [t0, t1) of its split.
-// Partial state per (split, row): [max z, sum exp(z - max), target cosine, sum z].
+// Partial state per (split, row): [max z, sum exp(z - max) over non-target classes,
+// target cosine, sum z].
 template <typename T>
 __global__ void __launch_bounds__(NT) sce_fused_fwd_kernel(
     const T* __restrict__ H, const T* __restrict__ W, const int64_t* __restrict__ y, int64_t ys, int64_t B,
@@ -159,9 +160,11 @@ __global__ void __launch_bounds__(NT) sce_fused_fwd_kernel(
           const int64_t col = cb + k;
           if (col >= K) break;
           float z = cr[k] * inv_tau;
-          if (col == yi) {
+          if (col == yi) {  // the target's exp term is left to the float64 finish (cpu/loss.h)
             z = loss_math::phi<float>(cr[k], mg.type, mg.m, mg.cos_m, mg.sin_m, mg.th, mg.mm) * inv_tau;
             tc = cr[k];
+            zs += z;
+            continue;
           }
           acc += loss_math::exp_nonpos(z - mn);
           zs += z;
@@ -306,7 +309,7 @@ constexpr int DC = 64;        // feature columns per accumulation chunk
 constexpr int LDX = DC + 8;   // padded smem row of the X chunk / bf16 G tile (elements)
 
 struct GradArgs {
-  float inv_tau, uni, one_minus_eps;
+  float inv_tau, uni, eps_minus_uni;
   double tau;
   MarginF mg;
   int64_t ignore_index;
@@ -317,29 +320,32 @@ struct GradArgs {
 struct RowMeta {
   int64_t y[BM];
   float L[BM];
+  float Q[BM];  // non-target mass q = 1 - p_y (sce_grad's formula for the target entry)
   float u[BM];
   int on[BM];
 };
 
 __device__ void load_meta(RowMeta& rm, const int64_t* __restrict__ y, int64_t ys, const double* __restrict__ lse,
-                          int64_t ls, const double* __restrict__ scale, int64_t ss, int64_t B, int64_t r0,
-                          const GradArgs& ga) {
+                          int64_t ls, const double* __restrict__ q, int64_t qs, const double* __restrict__ scale,
+                          int64_t ss, int64_t B, int64_t r0, const GradArgs& ga) {
   for (int r = threadIdx.x; r < BM; r += NT) {
     const int64_t row = r0 + r;
     int on = 0;
     int64_t yi = ga.ignore_index;
-    float L = 0.f, u = 0.f;
+    float L = 0.f, u = 0.f, Q = 0.f;
     if (row < B) {
       yi = y[row * ys];
       const double sc = scale[row * ss];
       if (yi != ga.ignore_index && sc != 0.0) {
         on = 1;
         L = static_cast<float>(lse[row * ls]);
+        Q = static_cast<float>(q[row * qs]);
         u = static_cast<float>(sc / ga.tau);
       }
     }
     rm.y[r] = yi;
     rm.L[r] = L;
+    rm.Q[r] = Q;
     rm.u[r] = u;
     rm.on[r] = on;
   }
@@ -350,10 +356,8 @@ __device__ __forceinline__ float grad_of(float cos, int r, int64_t col, int64_t 
                                          const GradArgs& ga) {
   if (!rm.on[r] || col >= K) return 0.f;
   const MarginF& mg = ga.mg;
-  if (col == rm.y[r]) {
-    const float zt = loss_math::phi<float>(cos, mg.type, mg.m, mg.cos_m, mg.sin_m, mg.th, mg.mm) * ga.inv_tau;
-    return rm.u[r] * (loss_math::exp_nonpos(zt - rm.L[r]) - ga.uni - ga.one_minus_eps) *
-           loss_math::dphi<float>(cos, mg.type, mg.cos_m, mg.sin_m, mg.th);
+  if (col == rm.y[r]) {  // p_t - 1 = -q without cancellation
+    return rm.u[r] * (ga.eps_minus_uni - rm.Q[r]) * loss_math::dphi<float>(cos, mg.type, mg.cos_m, mg.sin_m, mg.th);
   }
   return rm.u[r] * (loss_math::exp_nonpos(cos * ga.inv_tau - rm.L[r]) - ga.uni);
 }
@@ -501,7 +505,8 @@ __device__ void accumulate(float* out, int64_t ldo, const T* __restrict__ X, int
 template <typename T>
 __global__ void __launch_bounds__(NT) sce_fused_bwd_dh_kernel(
     const T* __restrict__ H, const T* __restrict__ W, const int64_t* __restrict__ y, int64_t ys,
-    const double* __restrict__ lse, int64_t ls, const double* __restrict__ scale, int64_t ss, int64_t B, int64_t K,
+    const double* __restrict__ lse, int64_t ls, const double* __restrict__ q, int64_t qs,
+    const double* __restrict__ scale, int64_t ss, int64_t B, int64_t K,
     int64_t d, int64_t ldh, int64_t ldw, GradArgs ga, int64_t tiles_per_split, int64_t Bpad, int64_t dpad,
     float* __restrict__ ws_h) {
   __shared__ __align__(128) unsigned char ab[BwdSmem<T>::kABX];
@@ -513,7 +518,7 @@ __global__ void __launch_bounds__(NT) sce_fused_bwd_dh_kernel(
   const int64_t n_tiles = (K + BN - 1) / BN;
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * tiles_per_split;
   const int64_t t1 = t0 + tiles_per_split < n_tiles ? t0 + tiles_per_split : n_tiles;
-  load_meta(rm, y, ys, lse, ls, scale, ss, B, r0, ga);
+  load_meta(rm, y, ys, lse, ls, q, qs, scale, ss, B, r0, ga);
   __syncthreads();
   int any = 0;
   for (int r = 0; r < BM; ++r) any |= rm.on[r];
@@ -530,7 +535,8 @@ __global__ void __launch_bounds__(NT) sce_fused_bwd_dh_kernel(
 template <typename T>
 __global__ void __launch_bounds__(NT) sce_fused_bwd_dw_kernel(
     const T* __restrict__ H, const T* __restrict__ W, const int64_t* __restrict__ y, int64_t ys,
-    const double* __restrict__ lse, int64_t ls, const double* __restrict__ scale, int64_t ss, int64_t B, int64_t K,
+    const double* __restrict__ lse, int64_t ls, const double* __restrict__ q, int64_t qs,
+    const double* __restrict__ scale, int64_t ss, int64_t B, int64_t K,
     int64_t d, int64_t ldh, int64_t ldw, GradArgs ga, int64_t dpad, float* __restrict__ ws_w) {
   __shared__ __align__(128) unsigned char ab[BwdSmem<T>::kABX];
   __shared__ __align__(128) float ct[BM * LDC];
@@ -540,7 +546,7 @@ __global__ void __launch_bounds__(NT) sce_fused_bwd_dw_kernel(
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * BN;
   float* out = ws_w + c0 * dpad;
   for (int64_t r0 = 0; r0 < B; r0 += BM) {
-    load_meta(rm, y, ys, lse, ls, scale, ss, B, r0, ga);
+    load_meta(rm, y, ys, lse, ls, q, qs, scale, ss, B, r0, ga);
     __syncthreads();
     int any = 0;
     for (int r = 0; r < BM; ++r) any |= rm.on[r];
@@ -574,7 +580,7 @@ unsigned grid_for(int64_t n) {
 
 template <typename T>
 void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
-                const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
+                const TensorView& q, const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
                 const TensorView& ws_w, int64_t num_classes, double tau, int margin_type, double margin,
                 double label_smoothing, int64_t ignore_index, cudaStream_t st) {
   const int64_t B = Hn.size(0), d = Hn.size(1), K = Wn.size(0);
@@ -583,7 +589,7 @@ void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y,
   GradArgs ga;
   ga.inv_tau = static_cast<float>(1.0 / tau);
   ga.uni = static_cast<float>(label_smoothing / static_cast<double>(num_classes));
-  ga.one_minus_eps = static_cast<float>(1.0 - label_smoothing);
+  ga.eps_minus_uni = static_cast<float>(label_smoothing - label_smoothing / static_cast<double>(num_classes));
   ga.tau = tau;
   ga.mg = MarginF{g.type, float(g.m), float(g.cos_m), float(g.sin_m), float(g.th), float(g.mm)};
   ga.ignore_index = ignore_index;
@@ -592,6 +598,7 @@ void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y,
   if (row_tiles > 2147483647LL || n_tiles > 2147483647LL) fail("sce_fused_backward: too many rows or classes");
   const int64_t* yp = y.data<int64_t>();
   const double* lp = lse.data<double>();
+  const double* qp = q.data<double>();
   const double* sp = scale.data<double>();
   if (need_h) {
     // splits: chosen by the caller (ws_h's first dimension); the class tiles are dealt
@@ -604,7 +611,7 @@ void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y,
     check_cuda(cudaMemsetAsync(ws, 0, sizeof(float) * splits * plane, st), "cudaMemsetAsync(dH workspace)");
     dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(splits));
     sce_fused_bwd_dh_kernel<T><<<grid, NT, 0, st>>>(Hn.data<T>(), Wn.data<T>(), yp, y.stride(0), lp, lse.stride(0),
-                                                    sp, scale.stride(0), B, K, d, Hn.stride(0), Wn.stride(0), ga,
+                                                    qp, q.stride(0), sp, scale.stride(0), B, K, d, Hn.stride(0), Wn.stride(0), ga,
                                                     per, Bpad, dpad, ws);
     check_launch("sce_fused_backward(dH)");
     sce_fused_bwd_finalize_kernel<T><<<grid_for(B * d), 256, 0, st>>>(ws, splits, plane, B, d, dpad, dH.data<T>(),
@@ -616,7 +623,8 @@ void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y,
     float* ws = ws_w.data<float>();
     check_cuda(cudaMemsetAsync(ws, 0, sizeof(float) * plane, st), "cudaMemsetAsync(dW workspace)");
     sce_fused_bwd_dw_kernel<T><<<static_cast<unsigned>(n_tiles), NT, 0, st>>>(
-        Hn.data<T>(), Wn.data<T>(), yp, y.stride(0), lp, lse.stride(0), sp, scale.stride(0), B, K, d, Hn.stride(0),
+        Hn.data<T>(), Wn.data<T>(), yp, y.stride(0), lp, lse.stride(0), qp, q.stride(0), sp, scale.stride(0), B, K, d,
+        Hn.stride(0),
         Wn.stride(0), ga, dpad, ws);
     check_launch("sce_fused_backward(dW)");
     sce_fused_bwd_finalize_kernel<T><<<grid_for(K * d), 256, 0, st>>>(ws, 1, plane, K, d, dpad, dW.data<T>(),
@@ -628,7 +636,7 @@ void launch_bwd(const TensorView& Hn, const TensorView& Wn, const TensorView& y,
 }  // namespace
 
 void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
-                        const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
+                        const TensorView& q, const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
                         const TensorView& ws_w, int64_t num_classes,
                         double tau, int margin_type, double margin, double label_smoothing, int64_t ignore_index,
                         std::uintptr_t stream) {
@@ -641,6 +649,8 @@ void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const Tensor
   check_dtype(y, DType::I64, "y");
   check_shape(lse, {B}, "lse");
   check_dtype(lse, DType::F64, "lse");
+  check_shape(q, {B}, "q");
+  check_dtype(q, DType::F64, "q");
   check_shape(scale, {B}, "scale");
   check_dtype(scale, DType::F64, "scale");
   if (d > 1 && (Hn.stride(1) != 1 || Wn.stride(1) != 1)) fail("Hn/Wn: rows must be contiguous");
@@ -675,15 +685,15 @@ void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const Tensor
   const cudaStream_t st = as_stream(stream);
   switch (Hn.dtype) {
     case DType::F32:
-      launch_bwd<float>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin,
+      launch_bwd<float>(Hn, Wn, y, lse, q, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin,
                         label_smoothing, ignore_index, st);
       break;
     case DType::BF16:
-      launch_bwd<bf16_t>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin,
+      launch_bwd<bf16_t>(Hn, Wn, y, lse, q, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin,
                          label_smoothing, ignore_index, st);
       break;
     case DType::F16:
-      launch_bwd<f16_t>(Hn, Wn, y, lse, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin,
+      launch_bwd<f16_t>(Hn, Wn, y, lse, q, scale, dH, dW, ws_h, ws_w, num_classes, tau, margin_type, margin,
                         label_smoothing, ignore_index, st);
       break;
     default: fail("Hn: the fused CUDA backward supports float32/bfloat16/float16");

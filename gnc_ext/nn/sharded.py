@@ -7,7 +7,8 @@ sizes differ by at most one when K is not divisible by the world size). In a ste
 1. every rank L2-normalises its own features, and the features and labels of the
    whole group are gathered (all ranks see the global batch);
 2. each rank folds its shard into per-row state with the native similarity-reduce
-   epilogue (running max, sum of exp, target cosine, sum of logits — the same kernels
+   epilogue (running max, sum of exp over the non-target classes, target cosine, sum of
+   logits — the same kernels
    as :func:`gnc_ext.spherical_cross_entropy`, so margins apply at the target class
    on the rank that owns it);
 3. the state is combined with all-reduce (max, then sums), which gives every rank the
@@ -88,10 +89,11 @@ class _ShardedCE(torch.autograd.Function):
         gstate = torch.stack([torch.where(torch.isfinite(M), M, torch.zeros_like(M)), S, rest[:, 0], rest[:, 1]], 1)
         valid = y_all != ignore_index
         gstate[:, 1] = torch.where(valid, gstate[:, 1], torch.ones_like(S))  # ignored rows: log(1) = 0
-        loss_rows, lse = _finish(gstate, y_all, num_classes, tau, ignore_index, label_smoothing, margin, margin_type)
+        loss_rows, stats = _finish(gstate, y_all, num_classes, tau, ignore_index, label_smoothing, margin,
+                                   margin_type)
         start = sum(counts[:rank])
         n_valid = int(valid.sum())
-        ctx.save_for_backward(Hn_all, Wn.detach(), y_loc, lse)
+        ctx.save_for_backward(Hn_all, Wn.detach(), y_loc, stats)
         ctx.cfg = (counts, rank, group, tau, ignore_index, label_smoothing, margin, margin_type, num_classes,
                    reduction, chunk, n_valid, start, distributed)
         out_dtype = Hn_local.dtype if Hn_local.dtype == torch.float64 else torch.float32
@@ -103,7 +105,7 @@ class _ShardedCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        Hn_all, Wn, y_loc, lse = ctx.saved_tensors
+        Hn_all, Wn, y_loc, stats = ctx.saved_tensors
         (counts, rank, group, tau, ignore_index, ls, margin, mt, K, reduction, chunk, n_valid, start,
          distributed) = ctx.cfg
         need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
@@ -119,7 +121,7 @@ class _ShardedCE(torch.autograd.Function):
             if reduction == 0:
                 gs = gs / max(n_valid, 1)
             scale = gs.expand(B).contiguous()
-        dH_all, dW = _grad_tiles(Hn_all, Wn, y_loc, lse, scale, tau, ignore_index, ls, margin, mt, chunk,
+        dH_all, dW = _grad_tiles(Hn_all, Wn, y_loc, stats, scale, tau, ignore_index, ls, margin, mt, chunk,
                                  need_h, need_w, num_classes=K)
         dH = None
         if need_h:

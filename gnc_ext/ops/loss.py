@@ -10,7 +10,8 @@ Ops (namespace ``torch.ops.gnc_ext``):
 ``spherical_ce_rows(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk)``
     Per-row losses of unit-norm inputs, **recompute** strategy. Forward streams tiles of
     ``chunk`` classes and keeps O(B) state (running max, running sum of exp, target
-    cosine, sum of logits); it returns ``(loss_rows, lse)``. Backward
+    cosine, sum of logits); it returns ``(loss_rows, stats)`` with ``stats`` (B × 2) the
+    row log-sum-exp and the non-target mass ``1 − p_y`` (see :func:`_finish`). Backward
     (``spherical_ce_rows_backward``) recomputes every tile, turns it into
     ``g = dL/dS`` in place and accumulates ``dĤ += g·Ŵ_tile``, ``dŴ_tile = gᵀ·Ĥ``
     (fp32; fp64 for fp64 inputs). Extra memory: one (B × chunk) tile plus the
@@ -166,9 +167,17 @@ def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int
 
 def _finish(state: Tensor, y: Tensor, K: int, tau: float, ignore_index: int, label_smoothing: float,
             margin: float, margin_type: int) -> Tuple[Tensor, Tensor]:
-    """(loss_rows, lse) in float64 from the folded state; ignored rows give 0."""
-    lse = state[:, 0] + torch.log(state[:, 1])
-    ct = state[:, 2]
+    """(loss_rows, stats) in float64 from the folded state; ignored rows give 0.
+
+    ``stats`` (B × 2): column 0 the row log-sum-exp ``lse``, column 1 the non-target mass
+    ``q = 1 − p_y``, both what the backward epilogue (``sce_grad``) needs.
+    The state's sum (column 1) leaves out the target's term ``e_t = exp(z_t − max)``
+    (cpu/loss.h), which is added here in float64. The cross-entropy part is then
+    ``log(1 + Σ_{k≠y} exp(z_k − z_t)) = log1p(T / e_t)`` and ``q = T / (T + e_t)``: both keep
+    full relative accuracy when ``p_y`` rounds to 1 (a loss of 1e-30 at small τ is not lost
+    to the cancellation of ``lse − z_t``; the target's gradient is not rounded to 0).
+    """
+    M, T, ct = state[:, 0], state[:, 1], state[:, 2]
     if margin_type == 1 and margin > 0:
         phi = ct - margin
     elif margin_type == 2 and margin > 0:
@@ -178,18 +187,30 @@ def _finish(state: Tensor, y: Tensor, K: int, tau: float, ignore_index: int, lab
     else:
         phi = ct
     zt = phi / tau
-    loss = lse - (1.0 - label_smoothing) * zt - (label_smoothing / K) * state[:, 3]
     valid = y != ignore_index
-    return torch.where(valid, loss, torch.zeros_like(loss)), torch.where(valid, lse, torch.zeros_like(lse))
+    # ignored rows hold M = -inf, T = 0: give them harmless values, zeroed below
+    M = torch.where(valid, M, torch.zeros_like(M))
+    zt = torch.where(valid, zt, torch.zeros_like(zt))
+    et = torch.exp(zt - M)  # the fold's max includes z_t, so zt - M <= 0 up to rounding
+    S = T + et
+    lse = M + torch.log(S)
+    ratio = T / et  # sum_{k != y} exp(z_k - z_t); inf if e_t underflows
+    ce = torch.where(torch.isfinite(ratio), torch.log1p(ratio), lse - zt)
+    loss = ce if label_smoothing == 0 else (1.0 - label_smoothing) * ce + label_smoothing * (lse - state[:, 3] / K)
+    q = T / S
+    zero = torch.zeros_like(loss)
+    stats = torch.stack([torch.where(valid, lse, zero), torch.where(valid, q, zero)], 1)
+    return torch.where(valid, loss, zero), stats
 
 
-def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, tau: float, ignore_index: int,
+def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor, tau: float, ignore_index: int,
                 label_smoothing: float, margin: float, margin_type: int, chunk: int, need_h: bool,
                 need_w: bool, num_classes: int = 0) -> Tuple[Tensor, Tensor]:
     # num_classes: the K of the label-smoothing term eps/K when Wn is one shard of a
     # larger classifier (the sharded loss); 0 means Wn holds all classes.
     B, K = Hn.shape[0], (num_classes or Wn.shape[0])
     acc = _acc(Hn.dtype)
+    lse, q = stats[:, 0], stats[:, 1]
     Ha = Hn.to(acc)
     dH = torch.zeros((B, Hn.shape[1]), dtype=acc, device=Hn.device) if need_h else Hn.new_empty(0)
     dW = torch.empty(Wn.shape, dtype=Wn.dtype, device=Wn.device) if need_w else Wn.new_empty(0)
@@ -197,7 +218,7 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, t
     for s in range(0, Wn.shape[0], chunk):
         tile = _cos_tile(Ha, Hn, Wn[s : s + chunk], acc)
         Wc = Wn[s : s + chunk].to(acc)
-        native.sce_grad(view(tile), view(y), s, K, view(lse), view(scale), tau, margin_type, margin,
+        native.sce_grad(view(tile), view(y), s, K, view(lse), view(q), view(scale), tau, margin_type, margin,
                         label_smoothing, ignore_index, st)
         if need_h:
             dH.addmm_(tile, Wc)
@@ -209,7 +230,7 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, t
     return (dH.to(Hn.dtype) if need_h else dH), dW
 
 
-def _fused_backward_cuda(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: Tensor, tau: float,
+def _fused_backward_cuda(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor, tau: float,
                          ignore_index: int, label_smoothing: float, margin: float, margin_type: int, need_h: bool,
                          need_w: bool, num_classes: int = 0) -> Tuple[Tensor, Tensor]:
     """CUDA backward of the recompute strategy through the fused kernels
@@ -230,7 +251,8 @@ def _fused_backward_cuda(Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, scale: 
     f32 = dict(dtype=torch.float32, device=dev)
     ws_h = torch.empty((_fused_bwd_splits(B, K, d, dev), Bp, dp), **f32) if need_h else Hn.new_empty(0, **f32)
     ws_w = torch.empty((Kp, dp), **f32) if need_w else Wn.new_empty(0, **f32)
-    native.sce_fused_backward(view(Hc), view(Wc), view(y), view(lse.to(torch.float64).contiguous()), view(scale),
+    lse, q = stats[:, 0].contiguous(), stats[:, 1].contiguous()
+    native.sce_fused_backward(view(Hc), view(Wc), view(y), view(lse), view(q), view(scale),
                               view(dH), view(dW), view(ws_h), view(ws_w), num_classes or K, tau, margin_type,
                               margin, label_smoothing, ignore_index, stream_of(Hn))
     return dH, dW
@@ -270,31 +292,31 @@ def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, 
                                  stream_of(Hn))
     else:
         state = _fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type, chunk or col_chunk(Hn.shape[0], K))
-    loss, lse = _finish(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
-    return loss.to(_acc(Hn.dtype)), lse
+    loss, stats = _finish(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
+    return loss.to(_acc(Hn.dtype)), stats
 
 
 @_sce_rows.register_fake
 def _(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk):
     B = Hn.shape[0]
-    return Hn.new_empty((B,), dtype=_acc(Hn.dtype)), Hn.new_empty((B,), dtype=torch.float64)
+    return Hn.new_empty((B,), dtype=_acc(Hn.dtype)), Hn.new_empty((B, 2), dtype=torch.float64)
 
 
 @torch.library.custom_op("gnc_ext::spherical_ce_rows_backward", mutates_args=(), device_types=("cpu", "cuda"))
-def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, lse: Tensor, tau: float,
+def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, tau: float,
                   ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
                   need_h: bool, need_w: bool) -> Tuple[Tensor, Tensor]:
     scale = grad_rows.to(torch.float64).contiguous()
     if (Hn.device.type == "cuda" and _cuda_mode("CUDA_BACKWARD", CUDA_BACKWARD) == "fused"
             and Hn.dtype != torch.float64):
-        return _fused_backward_cuda(Hn, Wn, y, lse, scale, tau, ignore_index, label_smoothing, margin, margin_type,
+        return _fused_backward_cuda(Hn, Wn, y, stats, scale, tau, ignore_index, label_smoothing, margin, margin_type,
                                     need_h, need_w)
-    return _grad_tiles(Hn, Wn, y, lse, scale, tau, ignore_index, label_smoothing, margin, margin_type,
+    return _grad_tiles(Hn, Wn, y, stats, scale, tau, ignore_index, label_smoothing, margin, margin_type,
                        chunk or col_chunk(Hn.shape[0], Wn.shape[0]), need_h, need_w)
 
 
 @_sce_rows_bwd.register_fake
-def _(grad_rows, Hn, Wn, y, lse, tau, ignore_index, label_smoothing, margin, margin_type, chunk, need_h, need_w):
+def _(grad_rows, Hn, Wn, y, stats, tau, ignore_index, label_smoothing, margin, margin_type, chunk, need_h, need_w):
     dH = torch.empty_like(Hn, memory_format=torch.contiguous_format) if need_h else Hn.new_empty(0)
     dW = torch.empty_like(Wn, memory_format=torch.contiguous_format) if need_w else Wn.new_empty(0)
     return dH, dW
@@ -302,18 +324,18 @@ def _(grad_rows, Hn, Wn, y, lse, tau, ignore_index, label_smoothing, margin, mar
 
 def _sce_rows_setup(ctx, inputs, output):
     Hn, Wn, y, tau, ignore_index, ls, margin, mt, chunk = inputs
-    _, lse = output
-    ctx.save_for_backward(Hn, Wn, y, lse)
+    _, stats = output
+    ctx.save_for_backward(Hn, Wn, y, stats)
     ctx.args = (tau, ignore_index, ls, margin, mt, chunk)
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(stats)
 
 
-def _sce_rows_backward(ctx, grad_rows, grad_lse):
-    Hn, Wn, y, lse = ctx.saved_tensors
+def _sce_rows_backward(ctx, grad_rows, grad_stats):
+    Hn, Wn, y, stats = ctx.saved_tensors
     need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
     if grad_rows is None or not (need_h or need_w):
         return None, None, None, None, None, None, None, None, None
-    dH, dW = _sce_rows_bwd(grad_rows, Hn, Wn, y, lse, *ctx.args, need_h, need_w)
+    dH, dW = _sce_rows_bwd(grad_rows, Hn, Wn, y, stats, *ctx.args, need_h, need_w)
     return (dH if need_h else None), (dW if need_w else None), None, None, None, None, None, None, None
 
 
@@ -375,7 +397,8 @@ def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, l
         for s in range(0, K, cc):
             tile, _ = cos_tile(Hr, s, min(K, s + cc))
             native.sce_fold(view(tile), view(yr), s, view(state), tau, margin_type, margin, ignore_index, st)
-        lr, lse = _finish(state, yr, K, tau, ignore_index, label_smoothing, margin, margin_type)
+        lr, stats = _finish(state, yr, K, tau, ignore_index, label_smoothing, margin, margin_type)
+        lse, q = stats[:, 0], stats[:, 1]
         loss_rows[r0:r1] = lr
         if not (need_h or need_w):
             continue
@@ -385,7 +408,7 @@ def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, l
             if not full:
                 tile, _ = cos_tile(Hr, s, e)
             Wc = W[s:e] if full else W[s:e].to(acc)
-            native.sce_grad(view(tile), view(yr), s, K, view(lse), view(sc), tau, margin_type, margin,
+            native.sce_grad(view(tile), view(yr), s, K, view(lse), view(q), view(sc), tau, margin_type, margin,
                             label_smoothing, ignore_index, st)
             if need_w:  # dŴ[s:e] += gᵀ·Ĥ_r (the first full-width block writes, later ones add in place)
                 if dWn is None and full:
