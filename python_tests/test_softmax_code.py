@@ -117,6 +117,32 @@ def test_result_fields_and_history():
     assert float(M.min()) >= r.rho_lower - 1e-12
 
 
+def test_continuation_path_reaches_closed_form_and_never_loses_value():
+    """The L-BFGS continuation (default only for large LPs) forced on small problems:
+    it reaches the Thm 3.3 optimum without constructions, and its output is never worse
+    (certified) than its input."""
+    r = softmax_code(4, 7, seed=3, continuation=True, **FAST)  # cross-polytope case, rho = 1
+    _check_closed(r, 4, 7)
+    assert r.polish_status in ("target", "stationary", "stalled", "trust_region", "max_iter")
+    import importlib
+    scm = importlib.import_module("gnc_ext.solvers.softmax_code")
+    g = torch.Generator().manual_seed(0)
+    W0 = torch.nn.functional.normalize(torch.randn(20, 4, generator=g, dtype=torch.float64), dim=1).numpy()
+    before = certify_code(torch.from_numpy(W0))["rho_lower"]
+    trace = []
+    W1, r1 = scm._continuation(W0, 0.05, trace=trace)
+    after = certify_code(torch.from_numpy(W1))
+    assert abs(after["rho_lower"] - r1.rho_lower) <= 1e-12  # the returned result is W1's
+    assert r1.rho_lower >= before and r1.rho_lower > before + 0.05  # a random code is far from optimal
+    assert [s for s, _ in trace] == sorted([s for s, _ in trace], reverse=True) and len(trace) >= 2
+
+
+def test_polish_status_reported():
+    r = softmax_code(3, 8, seed=0, restarts=4, batch=4, progress=False)
+    assert r.polish_status in ("stationary", "trust_region", "max_iter")
+    assert softmax_code(4, 7, progress=False).polish_status in ("target", "none")
+
+
 def test_d1():
     assert softmax_code(1, 2, progress=False).rho == pytest.approx(2.0)
     assert softmax_code(1, 3, progress=False).rho == pytest.approx(0.0)
@@ -131,6 +157,7 @@ def test_d1():
     (dict(d=3, K=4, restarts=0), ValueError, "restarts"),
     (dict(d=3, K=4, tol=-1.0), ValueError, "tol"),
     (dict(d=3, K=4, progress=1), TypeError, "progress"),
+    (dict(d=3, K=4, continuation="yes"), TypeError, "continuation"),
     (dict(d=3, K=4, device="nonsense"), ValueError, "device"),
 ])
 def test_bad_input(kw, exc, word):
