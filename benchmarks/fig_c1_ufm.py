@@ -40,7 +40,7 @@ def main():
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.semilogx(TAUS, best, "o-", label="UFM + CE (best of 3 seeds)")
     ax.axhline(hm.max_cosine, color="k", ls="--", label=f"HardMax solution ({hm.max_cosine:.4f})")
-    ax.set_ylim(min(best + [hm.max_cosine]) - 0.02, max(best) + 0.02)
+    ax.set_ylim(min(best + [hm.max_cosine]) - 0.02, max(best) + 0.05)  # room for the legend
     ax.set_xlabel("temperature tau")
     ax.set_ylabel("cosine of the minimal angle of W")
     ax.set_title("d=3, K=7 (paper Fig. C.1)")

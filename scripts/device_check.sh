@@ -66,6 +66,7 @@ bench_normalize|python3 benchmarks/bench_normalize.py --device cuda --out $OUT
 bench_loss|python3 benchmarks/bench_loss.py --device cuda --out $OUT
 bench_metrics|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
 bench_hull|python3 benchmarks/bench_hull.py --device cuda --cap 10 --out $OUT
+softmax_large|python3 benchmarks/bench_softmax_large.py --device cuda --d 512 --K 10000 --restarts 2 --max-iter 300 --time-limit 60 --out $OUT
 EOF2
 fi
 

@@ -47,8 +47,9 @@ to ~1e-12) at rigid optima such as d=3, K <= 30, but only linearly where the opt
 not a vertex of the linearised problem (many free directions, e.g. K <= d+1 at d = 16,
 or d=10, K=100, where one LP step costs 4-8 s and still gains ~3e-10 per step after
 the continuation: there the result is "stalled", not a certified stationary point).
-Each LP has 2K(d-1)+1 variables, so K in the thousands needs a different (sparse,
-first-order) polish (``polish_iter=0``: continuation only). These problems are tiny: on a shared, loaded CPU use ``torch.set_num_threads(1)``
+Each LP has 2K(d-1)+1 variables: above 20,000 (e.g. d=512, K=10,000) the LP polish
+is skipped and the result comes from the smoothed phase and the continuation alone
+(both run on ``device``; certification runs on the CPU). These problems are tiny: on a shared, loaded CPU use ``torch.set_num_threads(1)``
 (softmax_code(3, 30): 6.4 s with one thread vs 108 s with two oversubscribed threads).
 
 Certificate: every returned value comes from :func:`gnc_ext.one_vs_rest_distance`, so
@@ -229,6 +230,10 @@ def _smoothed(X: torch.Tensor, iters: int, scale: float, s_factors) -> torch.Ten
 
 
 # ------------------------------------------------------------ continuation phase
+class _DeadlineReached(Exception):
+    """Raised inside the L-BFGS closure when the time limit has passed."""
+
+
 # Smoothing levels of the continuation: s = s0, s0/10, ... while s >= _S_END (absolute,
 # in rho units); each level is one L-BFGS run of at most _LBFGS_ITERS iterations.
 _S_END = 1e-9
@@ -236,7 +241,7 @@ _LBFGS_ITERS = 2000
 
 
 def _continuation(W: np.ndarray, s0: float, *, deadline: Optional[float] = None,
-                  trace: Optional[list] = None):
+                  trace: Optional[list] = None, device=None):
     """Smoothing continuation in float64 with L-BFGS. Returns (W, r): the best iterate by
     the **certified** rho_lower (``r`` its one-vs-rest result), never worse than the input.
 
@@ -248,14 +253,15 @@ def _continuation(W: np.ndarray, s0: float, *, deadline: Optional[float] = None,
     fast progress where the LP polish, faced with many more free directions than active
     constraints (d=10, K=100), only converges linearly. Stops early when a level (after
     the second) gains less than 1e-11 in certified rho, or at ``deadline``.
-    ``trace`` (optional list) receives (s, certified rho_lower) per level.
+    ``trace`` (optional list) receives (s, certified rho_lower) per level. ``device``:
+    where the L-BFGS runs (float64; the certification is on the CPU).
     """
     K, d = W.shape
     r = _ovr(W)
     best = (W, r)
-    X = torch.from_numpy(W.copy()).requires_grad_(True)
-    Y = torch.from_numpy(_features(W, r)).requires_grad_(True)
-    off = ~torch.eye(K, dtype=torch.bool)
+    X = torch.from_numpy(W.copy()).to(device).requires_grad_(True)
+    Y = torch.from_numpy(_features(W, r)).to(device).requires_grad_(True)
+    off = ~torch.eye(K, dtype=torch.bool, device=X.device)
     s = s0
     level = 0
     while s >= _S_END:
@@ -265,6 +271,8 @@ def _continuation(W: np.ndarray, s0: float, *, deadline: Optional[float] = None,
                                 tolerance_change=1e-15, history_size=50, line_search_fn="strong_wolfe")
 
         def closure(s=s):
+            if deadline is not None and time.perf_counter() > deadline:
+                raise _DeadlineReached
             opt.zero_grad()
             Wt = X / X.norm(dim=1, keepdim=True)
             Ht = Y / Y.norm(dim=1, keepdim=True)
@@ -274,11 +282,15 @@ def _continuation(W: np.ndarray, s0: float, *, deadline: Optional[float] = None,
             f.backward()
             return f
 
-        opt.step(closure)
+        out_of_time = False
+        try:
+            opt.step(closure)
+        except _DeadlineReached:  # X, Y hold the last iterate tried: still a valid point
+            out_of_time = True
         with torch.no_grad():
             X /= X.norm(dim=1, keepdim=True)
             Y /= Y.norm(dim=1, keepdim=True)
-        Wn = X.detach().numpy().copy()
+        Wn = X.detach().cpu().numpy().copy()
         rn = _ovr(Wn)
         if trace is not None:
             trace.append((s, rn.rho_lower))
@@ -286,7 +298,7 @@ def _continuation(W: np.ndarray, s0: float, *, deadline: Optional[float] = None,
         if gain > 0:
             best = (Wn, rn)
         level += 1
-        if level >= 2 and gain < 1e-11:
+        if out_of_time or (level >= 2 and gain < 1e-11):
             break
         s *= 0.1
     return best
@@ -413,6 +425,8 @@ _S_FACTORS = (1.0, 0.3, 0.1, 0.03, 0.01)
 _STALL_ITERS, _STALL_FACTOR, _STALL_MIN = 5, 100.0, 1e-8
 # largest LP (variables 2K(d-1)+1) that is solved for every polished start
 _LP_EACH_VARS = 600
+# above this many LP variables the LP polish is skipped (e.g. d=512, K=10,000)
+_LP_MAX_VARS = 20_000
 
 
 def softmax_code(
@@ -446,8 +460,10 @@ def softmax_code(
         restarts: random starts (>= 1).  max_iter: smoothed iterations per start (>= 1).
         batch: starts optimised together in one (batch, K, d) tensor.
         polish_top: best starts per batch that are polished (>= 1).
-        polish_iter: LP iterations per polish (>= 0).
-        device: torch device of the smoothed phase (default CPU); the polish is CPU.
+        polish_iter: LP iterations per polish (>= 0; the LP is skipped when it would
+            have more than 20,000 variables, 2K(d-1)+1).
+        device: torch device of the smoothed phase and the continuation (default CPU);
+            the LP polish and the certification run on the CPU.
         seed: integer seed (None: nondeterministic).
         progress: tqdm bar over the restarts.
         tol: stationarity tolerance of the polish and of the early stop against the
@@ -512,7 +528,10 @@ def softmax_code(
 
     # the LP polish of every candidate is cheap for small LPs; above _LP_EACH_VARS
     # variables only the final best restart is LP-polished (after the continuation)
-    lp_each = 2 * K * (d - 1) + 1 <= _LP_EACH_VARS or not continuation
+    lp_vars = 2 * K * (d - 1) + 1
+    lp_each = lp_vars <= _LP_EACH_VARS or not continuation
+    if lp_vars > _LP_MAX_VARS:
+        polish_iter = 0  # an LP of this size is out of reach for HiGHS: documented
     deadline = None if time_limit is None else t0 + time_limit
 
     def lp(Wc: np.ndarray, r, delta0):
@@ -523,7 +542,7 @@ def softmax_code(
     def offer(Wc: np.ndarray, src: str, polish: bool) -> None:
         its, status, r, delta0 = 0, "none", None, None
         if polish and continuation and src == "restart" and d >= 2:
-            Wc, r = _continuation(Wc, _S_FACTORS[-1] * scale, deadline=deadline)
+            Wc, r = _continuation(Wc, _S_FACTORS[-1] * scale, deadline=deadline, device=dev)
             delta0 = 1e-3 * math.sqrt(max(r.rho_lower, 1e-6))  # already close: small first steps
         if polish and polish_iter > 0 and d >= 2 and (lp_each or src != "restart"):
             Wc, r, its, status = lp(Wc, r, delta0)
