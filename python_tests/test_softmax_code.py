@@ -163,3 +163,34 @@ def test_d1():
 def test_bad_input(kw, exc, word):
     with pytest.raises(exc, match=word):
         softmax_code(**kw)
+
+
+def test_init_codes_are_polished_and_validated():
+    # a perturbed cross-polytope subset (d=4, K=7, rho = 1): polished back to the optimum
+    # from the given start alone (no constructions, one short restart)
+    W = theory.cross_polytope(7, 4, seed=0).to(torch.float64)
+    g = torch.Generator().manual_seed(1)
+    W0 = W + 0.01 * torch.randn(W.shape, generator=g, dtype=torch.float64)
+    r = softmax_code(4, 7, init=W0, restarts=1, batch=1, max_iter=1, progress=False, use_constructions=False)
+    assert r.source == "init" and r.optimal is True and abs(r.rho - 1.0) <= 1e-9
+    t = tammes(4, 7, init=[W0.numpy()], restarts=1, batch=1, max_iter=1, hops=0, progress=False)
+    assert abs(t.max_cosine - 0.0) <= 1e-9  # the cross-polytope's cosine
+    with pytest.raises(ValueError, match="init"):
+        softmax_code(4, 7, init=torch.zeros(7, 4, dtype=torch.float64), progress=False)
+    with pytest.raises(ValueError, match=r"init\[1\]"):
+        tammes(4, 7, init=[W0, W0[:3]], progress=False)
+    with pytest.raises(TypeError, match="init"):
+        softmax_code(4, 7, init="code", progress=False)
+    with pytest.raises(ValueError, match="init"):
+        softmax_code(4, 7, init=W0 * float("nan"), progress=False)
+
+
+def test_restarts_zero_only_with_init():
+    W0 = theory.cross_polytope(7, 4, seed=0).to(torch.float64)
+    r = softmax_code(4, 7, init=W0, restarts=0, progress=False, use_constructions=False)
+    assert r.restarts == 0 and r.source == "init" and abs(r.rho - 1.0) <= 1e-9
+    t = tammes(4, 7, init=W0, restarts=0, hops=0, progress=False)
+    assert t.restarts == 0 and abs(t.max_cosine) <= 1e-9
+    for fn in (softmax_code, tammes):
+        with pytest.raises(ValueError, match="restarts"):
+            fn(4, 7, restarts=0, progress=False)

@@ -108,3 +108,31 @@ class small_problem_threads:
         if self.prev is not None:
             torch.set_num_threads(self.prev)
         return False
+
+
+def initial_codes(init, K: int, d: int, name: str = "init") -> list:
+    """Validate user-given starting codes: None, one (K, d) tensor/array, or a sequence of
+    them. Returns a list of float64 numpy arrays with unit rows; raises TypeError /
+    ValueError naming ``name`` (wrong type or shape, non-finite values, a zero row)."""
+    if init is None:
+        return []
+    items = list(init) if isinstance(init, (list, tuple)) else [init]
+    out = []
+    for i, x in enumerate(items):
+        label = name if len(items) == 1 and not isinstance(init, (list, tuple)) else f"{name}[{i}]"
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{label}: expected a (K, d) torch.Tensor or numpy array, got {type(x).__name__}")
+        if not (x.is_floating_point()):
+            raise TypeError(f"{label}: expected a floating-point tensor, got {str(x.dtype).replace('torch.', '')}")
+        if tuple(x.shape) != (K, d):
+            raise ValueError(f"{label}: expected shape ({K}, {d}), got {tuple(x.shape)}")
+        X = x.detach().to("cpu", torch.float64)
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError(f"{label}: contains NaN or Inf values")
+        n = X.norm(dim=1, keepdim=True)
+        if bool((n == 0).any()):
+            raise ValueError(f"{label}: has a zero row (codewords must be nonzero; they are normalised)")
+        out.append((X / n).numpy().copy())
+    return out

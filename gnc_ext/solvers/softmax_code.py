@@ -96,7 +96,8 @@ class SoftmaxCodeResult:
         min_distance: its minimal pairwise chord ``sqrt(2 - 2 max_cosine)``.
         rho_optimum: the Thm 3.3 optimum where known, else None.
         optimal: whether ``rho_lower >= rho_optimum - tol`` (None when unknown).
-        source: where the returned code came from: ``"restart"`` or ``"construction"``.
+        source: where the returned code came from: ``"restart"``, ``"construction"``
+            or ``"init"`` (one of the given starting codes, polished).
         restarts: random starts run (fewer than asked when stopped early).
         restart_values: certified rho of each polished restart.
         history: best certified rho_lower so far, after each polished candidate.
@@ -446,6 +447,7 @@ def softmax_code(
     use_constructions: bool = True,
     time_limit: Optional[float] = None,
     continuation: Optional[bool] = None,
+    init=None,
 ) -> SoftmaxCodeResult:
     """Maximise rho_one-vs-rest over K unit vectors in R^d (a Softmax Code, Def. 2.1).
 
@@ -457,7 +459,8 @@ def softmax_code(
 
     Args:
         d: dimension, integer >= 1.  K: number of codewords, integer >= 2.
-        restarts: random starts (>= 1).  max_iter: smoothed iterations per start (>= 1).
+        restarts: random starts (>= 1; 0 with ``init`` polishes only the given codes).
+        max_iter: smoothed iterations per start (>= 1).
         batch: starts optimised together in one (batch, K, d) tensor.
         polish_top: best starts per batch that are polished (>= 1).
         polish_iter: LP iterations per polish (>= 0; the LP is skipped when it would
@@ -479,6 +482,10 @@ def softmax_code(
             on each polished start before the LP polish. None (default): only where
             the polish LP is large (2K(d-1)+1 > 600 variables, e.g. d=10, K=100); there
             only the final best start is LP-polished. Small LPs converge fast without it.
+        init: optional starting code(s) to polish as well: a (K, d) tensor/array or a
+            list of them (rows are normalised here), e.g. a Tammes code or a code from
+            an earlier run. Each goes through the continuation (when on) and the LP
+            polish before the random restarts; ``source`` is ``"init"`` when one wins.
 
     Early stop: where :func:`gnc_ext.theory.rho_closed_form` gives the optimum and the
     best certified ``rho_lower`` reaches it within ``max(tol, 1e-11)``.
@@ -498,7 +505,7 @@ def softmax_code(
     t0 = time.perf_counter()
     d = _validate.integer(d, "d", minimum=1)
     K = _validate.integer(K, "K", minimum=2)
-    restarts = _validate.integer(restarts, "restarts", minimum=1)
+    restarts = _validate.integer(restarts, "restarts", minimum=0)
     max_iter = _validate.integer(max_iter, "max_iter", minimum=1)
     batch = _validate.integer(batch, "batch", minimum=1)
     polish_top = _validate.integer(polish_top, "polish_top", minimum=1)
@@ -515,6 +522,9 @@ def softmax_code(
         continuation = 2 * K * (d - 1) + 1 > _LP_EACH_VARS
     _validate.boolean(continuation, "continuation")
     dev = _validate.device(device)
+    inits = _sphere.initial_codes(init, K, d)
+    if restarts == 0 and not inits:
+        raise ValueError("restarts: expected >= 1 (0 is allowed only with init= codes to polish)")
     scale = _expected_rho(d, K)
 
     rho_opt = _theory.rho_closed_form(d, K)
@@ -541,7 +551,7 @@ def softmax_code(
 
     def offer(Wc: np.ndarray, src: str, polish: bool) -> None:
         its, status, r, delta0 = 0, "none", None, None
-        if polish and continuation and src == "restart" and d >= 2:
+        if polish and continuation and src in ("restart", "init") and d >= 2:
             Wc, r = _continuation(Wc, _S_FACTORS[-1] * scale, deadline=deadline, device=dev)
             delta0 = 1e-3 * math.sqrt(max(r.rho_lower, 1e-6))  # already close: small first steps
         if polish and polish_iter > 0 and d >= 2 and (lp_each or src != "restart"):
@@ -562,6 +572,9 @@ def softmax_code(
     elif use_constructions:
         for Wc in _constructions(d, K, seed):
             offer(Wc, "construction", True)
+    for Wc in inits:
+        if not reached():
+            offer(Wc, "init", d >= 2)
 
     gen = torch.Generator()
     if seed is None:

@@ -247,6 +247,7 @@ def tammes(
     tol: float = 1e-12,
     contact_tol: float = 1e-8,
     time_limit: Optional[float] = None,
+    init=None,
 ) -> TammesResult:
     """Maximise the minimal pairwise distance of K unit vectors in R^d (Tammes problem).
 
@@ -262,7 +263,7 @@ def tammes(
     Args:
         d: dimension, integer >= 1.
         K: number of points, integer >= 2.
-        restarts: number of random starts (>= 1).
+        restarts: number of random starts (>= 1; 0 with ``init`` polishes only the given codes).
         max_iter: iterations of the smoothed phase per start (>= 1).
         batch: starts (and perturbations per hop) optimised together in one tensor.
         polish_top: best starts per batch that get the LP polish (>= 1).
@@ -276,6 +277,10 @@ def tammes(
         contact_tol: cosine tolerance defining contacts and rattlers in the result.
         time_limit: optional wall-clock budget in seconds; the search stops after the
             batch/hop during which it is exceeded (the result is still polished).
+        init: optional starting configuration(s): a (K, d) tensor/array or a list of
+            them (rows normalised here), each LP-polished before the random starts
+            (e.g. a Softmax Code, to test Thm 3.8 / the Sec. 3.2 conjecture). Ignored
+            for d = 1.
 
     Early stop: when :func:`gnc_ext.theory.one_vs_one_closed_form` knows the proven
     optimum and the best configuration reaches it within ``max(tol, 1e-10)`` in cosine,
@@ -301,7 +306,7 @@ def tammes(
     t0 = time.perf_counter()
     d = _validate.integer(d, "d", minimum=1)
     K = _validate.integer(K, "K", minimum=2)
-    restarts = _validate.integer(restarts, "restarts", minimum=1)
+    restarts = _validate.integer(restarts, "restarts", minimum=0)
     max_iter = _validate.integer(max_iter, "max_iter", minimum=1)
     batch = _validate.integer(batch, "batch", minimum=1)
     polish_top = _validate.integer(polish_top, "polish_top", minimum=1)
@@ -315,6 +320,9 @@ def tammes(
         seed = _validate.integer(seed, "seed")
     _validate.boolean(progress, "progress")
     dev = _validate.device(device)
+    inits = _sphere.initial_codes(init, K, d)
+    if restarts == 0 and not inits:
+        raise ValueError("restarts: expected >= 1 (0 is allowed only with init= codes to polish)")
 
     proven = _theory.one_vs_one_closed_form(d, K)
     proven_cos = None if proven is None else 1.0 - proven * proven / 2.0
@@ -376,6 +384,8 @@ def tammes(
     threads = _sphere.small_problem_threads(dev, batch * K * K)
     try:
         threads.__enter__()
+        if inits:  # user-given starting codes: every one is polished
+            consider(torch.from_numpy(np.stack(inits)), len(inits))
         while done < restarts and not reached():
             nb = min(batch, restarts - done)
             X = _sphere.random_points(nb, K, d, generator=gen, device=dev)
