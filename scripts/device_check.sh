@@ -53,20 +53,20 @@ rc=$?
 note "cuda loss tests (fused kernels as default): rc=$rc, $(tail -1 "$OUT/tests_cuda_loss_fused.log")"
 
 if [ "${BENCH:-1}" = "1" ]; then
-  # name | command line (each capped so the whole script fits in 8 minutes)
-  while IFS='|' read -r name cmd; do
+  # name | seconds cap | command line (each capped so the whole script fits in 8 minutes)
+  while IFS='|' read -r name secs cmd; do
     [ -z "$name" ] && continue
-    if timeout "$(cap 75)" bash -c "$cmd" > "$OUT/$name.log" 2>&1; then
+    if timeout "$(cap "$secs")" bash -c "$cmd" > "$OUT/$name.log" 2>&1; then
       note "$name: ok"
     else
       note "$name: FAILED or timed out (rc=$?), see $name.log"
     fi
   done <<EOF2
-bench_normalize|python3 benchmarks/bench_normalize.py --device cuda --out $OUT
-bench_loss|python3 benchmarks/bench_loss.py --device cuda --out $OUT
-bench_metrics|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
-bench_hull|python3 benchmarks/bench_hull.py --device cuda --cap 10 --out $OUT
-softmax_large|python3 benchmarks/bench_softmax_large.py --device cuda --d 512 --K 10000 --restarts 2 --max-iter 300 --time-limit 60 --out $OUT
+bench_normalize|75|python3 benchmarks/bench_normalize.py --device cuda --out $OUT
+bench_loss|75|python3 benchmarks/bench_loss.py --device cuda --out $OUT
+bench_metrics|75|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
+bench_hull|75|python3 benchmarks/bench_hull.py --device cuda --cap 10 --out $OUT
+softmax_large|100|python3 benchmarks/bench_softmax_large.py --device cuda --d 512 --K 10000 --restarts 2 --max-iter 300 --time-limit 45 --out $OUT
 EOF2
 fi
 
