@@ -9,8 +9,8 @@ Ops (namespace ``torch.ops.gnc_ext``):
 
 ``spherical_ce_rows(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk)``
     Per-row losses of unit-norm inputs, **recompute** strategy. Forward streams tiles of
-    ``chunk`` classes and keeps O(B) state (running max, running sum of exp over the non-target classes, target
-    cosine, sum of logits); it returns ``(loss_rows, stats)`` with ``stats`` (B × 2) the
+    ``chunk`` classes and keeps O(B) state (running max, running sum of exp over the
+    non-target classes, target cosine, sum of logits); it returns ``(loss_rows, stats)`` with ``stats`` (B × 2) the
     row log-sum-exp and the non-target mass ``1 − p_y`` (see :func:`_finish`). Backward
     (``spherical_ce_rows_backward``) recomputes every tile, turns it into
     ``g = dL/dS`` in place and accumulates ``dĤ += g·Ŵ_tile``, ``dŴ_tile = gᵀ·Ĥ``
