@@ -6,7 +6,7 @@ line on stderr and a non-zero exit code (1 for bad input, 2 for bad usage).
     gnc demo [--out DIR]                       GNC on the bundled digits (d=2), with plots
     gnc distance W.npy [--normalize]           one-vs-rest distances, certificate, rattlers
     gnc metrics --features F --labels Y [--weights W]
-    gnc solve softmax-code|tammes --dim d --classes K [--save code.npy]
+    gnc solve softmax-code|tammes --dim d --classes K [--init code.npy] [--save code.npy]
     gnc design --classes K --margin RHO [--plot design.png]
 """
 from __future__ import annotations
@@ -192,6 +192,16 @@ def _cmd_solve(args) -> int:
         kw["restarts"] = args.restarts
     if args.max_iter is not None:
         kw["max_iter"] = args.max_iter
+    if args.time_limit is not None:
+        kw["time_limit"] = args.time_limit
+    if args.init:
+        W0 = load_array(args.init, "init", ndim=2, dtype="float")
+        if tuple(W0.shape) != (args.classes, args.dim):
+            raise CLIError(f"init: expected a ({args.classes}, {args.dim}) code (--classes x --dim), "
+                           f"got {tuple(W0.shape)}")
+        kw["init"] = W0
+        if args.restarts is None:
+            kw["restarts"] = 0  # polish the given code only, unless --restarts asks for a search too
     try:
         if args.problem == "softmax-code":
             r = gnc_ext.solvers.softmax_code(args.dim, args.classes, device=args.device, **kw)
@@ -308,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", "-K", type=_positive_int, required=True)
     s.add_argument("--restarts", type=_positive_int, default=None)
     s.add_argument("--max-iter", type=_positive_int, default=None)
+    s.add_argument("--init", default=None, metavar="FILE",
+                   help="a (K, d) code (.npy/.pt) to polish (alone, unless --restarts is given)")
+    s.add_argument("--time-limit", type=_float, default=None, metavar="SECONDS")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
     s.add_argument("--save", default=None, metavar="FILE", help="save the code (.npy or .pt)")

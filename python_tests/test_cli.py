@@ -113,6 +113,22 @@ def test_solve_tammes_saves_a_code(tmp_path):
     assert abs(rep["one-vs-rest rho"] - 4.0 / 3.0) < 1e-7      # Thm 3.3, K <= d + 1
 
 
+def test_solve_polishes_an_init_code(tmp_path):
+    # a perturbed cross-polytope subset in d=4, K=7 (Thm 3.3: rho = 1) is polished back
+    rng = np.random.default_rng(3)
+    W = np.zeros((7, 4))
+    for k in range(7):
+        W[k, k // 2] = 1.0 if k % 2 == 0 else -1.0
+    np.save(tmp_path / "w0.npy", W + 0.01 * rng.standard_normal(W.shape))
+    out = run(["solve", "softmax-code", "-d", "4", "-K", "7", "--init", "w0.npy", "--json"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert abs(rep["one-vs-rest rho"] - 1.0) < 1e-7 and rep["closed-form rho (Thm 3.3)"] == 1.0
+    _one_line_error(run(["solve", "tammes", "-d", "3", "-K", "7", "--init", "w0.npy"], tmp_path), "init", "(7, 3)")
+    _one_line_error(run(["solve", "tammes", "-d", "4", "-K", "7", "--init", "w0.npy", "--time-limit", "-1"],
+                        tmp_path), "time_limit")
+
+
 def test_metrics_json(tmp_path):
     rng = np.random.default_rng(0)
     K, d = 12, 6
