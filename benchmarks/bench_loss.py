@@ -6,7 +6,9 @@ Cut Cross-Entropy and Liger's fused linear CE where importable. One training ste
     python benchmarks/bench_loss.py [--device cpu|cuda] [--only TEXT] [--out DIR]
 
 On GPU, "gnc_ext" is the default (chunked) CUDA path and "gnc_ext fused" the opt-in
-fused kernels (gnc_ext.ops.loss.CUDA_FORWARD = CUDA_BACKWARD = "fused").
+fused kernels (gnc_ext.ops.loss.CUDA_FORWARD = CUDA_BACKWARD = "fused"); for float32
+also "gnc_ext 3xtf32" (error-compensated TF32 GEMMs, fp32 accuracy) and "gnc_ext tf32"
+(the fast TF32 mode), gnc_ext.ops.loss.CUDA_FP32_MODE.
 
 The eager recipe: F.normalize(H), F.normalize(W), matmul, / tau, F.cross_entropy.
 Peers without fused normalisation (linear_cross_entropy, CCE, Liger) get the
@@ -83,6 +85,21 @@ def _step_fused(loss_fn):
     return run
 
 
+def _step_fp32_mode(loss_fn, mode):
+    """gnc_ext with gnc_ext.ops.loss.CUDA_FP32_MODE = mode ("tf32" or the error-
+    compensated "3xtf32") held for the whole step."""
+    from gnc_ext.ops import loss as L
+
+    def run(inp):
+        old = L.CUDA_FP32_MODE
+        L.CUDA_FP32_MODE = mode
+        try:
+            return _step(loss_fn)(inp)
+        finally:
+            L.CUDA_FP32_MODE = old
+    return run
+
+
 _compiled = {}
 
 
@@ -127,9 +144,12 @@ def _sce_impls(device_peers):
     return impls
 
 
-def _sce_impls_gpu(device_peers):
+def _sce_impls_gpu(device_peers, fp32=False):
     impls = _sce_impls(device_peers)
     impls["gnc_ext fused"] = _step_fused(gnc_sce_fused)  # opt-in fused CUDA forward + backward
+    if fp32:  # the fp32 GEMM modes of the chunked path (opt-in)
+        impls["gnc_ext 3xtf32"] = _step_fp32_mode(gnc_sce, "3xtf32")
+        impls["gnc_ext tf32"] = _step_fp32_mode(gnc_sce, "tf32")
     return impls
 
 
@@ -143,7 +163,8 @@ if torch.cuda.is_available():  # GPU cases (the harness skips them on --device c
     for B, d, K, dt in [(512, 512, 1_000_000, torch.bfloat16), (512, 512, 1_000_000, torch.float32),
                         (8192, 2048, 131_072, torch.bfloat16), (512, 512, 100_000, torch.bfloat16),
                         (8192, 2048, 100_000, torch.bfloat16)]:
-        CASES.append(Case(f"CE B={B}, d={d}, K={K}, {str(dt)[6:]}", _setup(B, d, K, dt), _sce_impls_gpu(peers),
+        CASES.append(Case(f"CE B={B}, d={d}, K={K}, {str(dt)[6:]}", _setup(B, d, K, dt),
+                          _sce_impls_gpu(peers, fp32=dt == torch.float32),
                           baseline="torch eager", devices=("cuda",), notes=note))
     for dt in (torch.float32, torch.bfloat16):
         CASES.append(Case(f"HardMax B=512, d=512, K=1000000, {str(dt)[6:]}", _setup(512, 512, 1_000_000, dt),

@@ -105,8 +105,11 @@ def spherical_cross_entropy(
     kernel (logits tile kept in shared memory, WMMA tensor cores for bf16/fp16, fp32
     FMA for fp32) is opt-in via ``gnc_ext.ops.loss.CUDA_FORWARD = "fused"``, and a fused
     backward (cosine tiles recomputed and turned into dL/dS in shared memory, two
-    deterministic kernels for dĤ and dŴ) via ``gnc_ext.ops.loss.CUDA_BACKWARD = "fused"``. All CUDA
-    kernels were compiled but NOT run by their author (no GPU in that session).
+    deterministic kernels for dĤ and dŴ) via ``gnc_ext.ops.loss.CUDA_BACKWARD = "fused"``. For
+    float32 on CUDA, ``gnc_ext.ops.loss.CUDA_FP32_MODE`` = "tf32" (fast, ~1e-3) or
+    "3xtf32" (error-compensated TF32, fp32 accuracy) switches the chunked path's GEMMs to
+    tensor cores (default "ieee"). All CUDA code was compiled but NOT run by its authors
+    (no GPU in those sessions).
 
     Raises:
         TypeError/ValueError naming the argument: wrong types/dtypes, shapes or devices,

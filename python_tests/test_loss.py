@@ -705,3 +705,86 @@ def test_cuda_bad_backward_flag_raises(cuda_device, monkeypatch):
     monkeypatch.setattr(L, "CUDA_BACKWARD", "fast")
     with pytest.raises(ValueError, match="CUDA_BACKWARD"):
         loss.backward()
+
+
+# ------------------------------------------------- fp32 GEMM modes (CUDA, emulated) --
+def _tf32_round(x):
+    """float32 -> nearest TF32 value (10 explicit mantissa bits), as tensor cores see it."""
+    r = x.contiguous().view(torch.int32)
+    return ((r + 0x1000) & -8192).view(torch.float32)
+
+
+def _emulated_tf32_mm(a, b):
+    return _tf32_round(a) @ _tf32_round(b)
+
+
+@pytest.fixture
+def emulate_tf32(monkeypatch):
+    """Run the CUDA fp32 GEMM modes on the CPU with TF32 input rounding emulated."""
+    monkeypatch.setattr(L, "_mm_tf32", _emulated_tf32_mm)
+    monkeypatch.setattr(L, "_gemm_mode", lambda t: L._fp32_mode(L.CUDA_FP32_MODE) if t.dtype == torch.float32
+                        else "ieee")
+
+
+def test_split_tf32_is_exact():
+    x = torch.randn(1000) * torch.logspace(-20, 20, 1000)
+    hi, lo = L.split_tf32(x)
+    assert torch.equal(hi + lo, x)
+    assert torch.equal(_tf32_round(hi), hi)  # hi is exactly representable in TF32
+    assert float((lo.abs() / x.abs()).max()) < 2.0 ** -10
+
+
+def test_3xtf32_products_reach_fp32_accuracy(emulate_tf32):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 512, generator=g), torch.randn(512, 300, generator=g)
+    ref = a.double() @ b.double()
+    scale = float(ref.abs().max())
+    err = {m: float((L.mm_fp32(a, b, m).double() - ref).abs().max()) / scale for m in ("ieee", "tf32", "3xtf32")}
+    assert err["tf32"] > 1e-4  # the emulation really rounds: plain TF32 is far from fp32
+    assert err["3xtf32"] < 1e-5 and err["3xtf32"] < 20 * max(err["ieee"], 1e-7), err
+
+
+@pytest.mark.parametrize("mode,ok", [("3xtf32", True), ("tf32", False)])
+def test_loss_in_fp32_gemm_modes(emulate_tf32, monkeypatch, mode, ok):
+    monkeypatch.setattr(L, "CUDA_FP32_MODE", mode)
+    _strategy(monkeypatch, "recompute")  # the CUDA default strategy, which uses the modes
+    g = torch.Generator().manual_seed(4)
+    H, W = torch.randn(33, 64, generator=g), torch.randn(1500, 64, generator=g)
+    y = torch.randint(0, 1500, (33,), generator=g)
+    H1, W1 = H.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    got = gnc_ext.spherical_cross_entropy(H1, W1, y, tau=0.05, margin=0.2)
+    got.backward()
+    H2, W2 = H.double().requires_grad_(True), W.double().requires_grad_(True)
+    ref = ref_sce(H2, W2, y, tau=0.05, margin=0.2)
+    ref.backward()
+    errs = [abs(float(got.detach()) - float(ref.detach())) / abs(float(ref.detach()))]
+    for a, b in ((H1.grad, H2.grad), (W1.grad, W2.grad)):
+        errs.append(float((a.double() - b).abs().max()) / float(b.abs().max()))
+    if ok:
+        assert max(errs) < 2e-5, errs  # the fp32 tolerance of test_matches_reference_fp32
+    else:
+        assert max(errs) > 2e-5 and max(errs) < 5e-2, errs  # fast mode: TF32-level error
+
+
+def test_fp32_mode_flag_is_validated(monkeypatch):
+    monkeypatch.setattr(L, "CUDA_FP32_MODE", "fp16")
+    with pytest.raises(ValueError, match="CUDA_FP32_MODE"):
+        L._fp32_mode(L.CUDA_FP32_MODE)
+
+
+@pytest.mark.parametrize("mode", ["tf32", "3xtf32"])
+def test_cuda_fp32_modes(cuda_device, monkeypatch, mode):
+    monkeypatch.setattr(L, "CUDA_FP32_MODE", mode)
+    g = torch.Generator().manual_seed(6)
+    H, W = torch.randn(200, 128, generator=g), torch.randn(30011, 128, generator=g)
+    y = torch.randint(0, 30011, (200,), generator=g)
+    h, w = H.to(cuda_device).requires_grad_(True), W.to(cuda_device).requires_grad_(True)
+    got = gnc_ext.spherical_cross_entropy(h, w, y.to(cuda_device), tau=0.05)
+    got.backward()
+    H2, W2 = H.double().requires_grad_(True), W.double().requires_grad_(True)
+    ref = ref_sce(H2, W2, y, tau=0.05)
+    ref.backward()
+    tol = 2e-5 if mode == "3xtf32" else 5e-2
+    assert abs(float(got.detach()) - float(ref.detach())) <= tol * abs(float(ref.detach()))
+    for a, b in ((h.grad, H2.grad), (w.grad, W2.grad)):
+        assert float((a.double().cpu() - b).abs().max()) <= tol * float(b.abs().max())

@@ -57,10 +57,13 @@ operands for bf16/fp16 inputs (g rounded to bf16: fp32 range, ~2^-9 relative rou
 and plain fp32 FMA for fp32. Both defaults stay "chunked" until a GPU run verifies the
 fused kernels. All CUDA kernels were compiled but NOT run in the session that wrote them
 (no GPU).
-fp32 precision on CUDA: the chunked path's GEMMs are torch's, so they follow
-``torch.backends.cuda.matmul.allow_tf32`` (False by default: full fp32; set it True for
-the faster TF32 mode, ~1e-3 relative error in the cosines); the fused forward kernel
-uses plain fp32 FMA (full fp32 accuracy, no TF32, no error compensation).
+fp32 precision on CUDA: :data:`CUDA_FP32_MODE` picks the chunked (recompute) path's
+fp32 GEMMs: "ieee" (default; torch's GEMMs, which follow
+``torch.backends.cuda.matmul.allow_tf32``, False by default: full fp32), "tf32" (the
+fast mode, ~1e-3 relative error in the cosines) or "3xtf32" (error-compensated TF32:
+three tensor-core GEMMs on hi/lo splits, fp32-level accuracy; verified on CPU with
+emulated TF32 rounding, NOT yet timed on a GPU). The fused forward kernel uses plain
+fp32 FMA (full fp32 accuracy, no TF32, no error compensation).
 """
 from __future__ import annotations
 
@@ -95,6 +98,74 @@ CUDA_FORWARD = os.environ.get("GNC_LOSS_CUDA_FORWARD", "chunked")
 # (python_tests/test_loss.py::test_cuda_fused_backward_*).
 # Initial value from the environment variable GNC_LOSS_CUDA_BACKWARD (default "chunked").
 CUDA_BACKWARD = os.environ.get("GNC_LOSS_CUDA_BACKWARD", "chunked")
+
+
+# Precision of the float32 GEMMs of the chunked CUDA path (cosine tiles and both
+# gradient products), for float32 inputs on CUDA only:
+#   "ieee"   (default) plain fp32 GEMMs as torch runs them (which follow
+#            torch.backends.cuda.matmul.allow_tf32, False by default: full fp32);
+#   "tf32"   one TF32 tensor-core GEMM per product (inputs rounded to 10 mantissa bits:
+#            ~1e-3 relative error in the cosines; the fast mode);
+#   "3xtf32" error-compensated TF32: x = hi + lo with hi = x truncated to TF32 (exact in
+#            TF32) and lo = x - hi, then a.b ~ hi_a.hi_b + hi_a.lo_b + lo_a.hi_b (the
+#            dropped lo.lo term and the TF32 rounding of lo are ~2^-21 relative): fp32-level
+#            accuracy from three tensor-core GEMMs, expected ~2x faster than SIMT fp32 on
+#            Hopper. NOT measured on a GPU yet (no GPU in the session that wrote it), hence
+#            not the default; its accuracy is tested on CPU by emulating TF32 rounding.
+# Initial value from the environment variable GNC_LOSS_CUDA_FP32 (default "ieee").
+CUDA_FP32_MODE = os.environ.get("GNC_LOSS_CUDA_FP32", "ieee")
+
+
+def _fp32_mode(value: object) -> str:
+    if value not in ("ieee", "tf32", "3xtf32"):
+        raise ValueError(f"gnc_ext.ops.loss.CUDA_FP32_MODE: expected 'ieee', 'tf32' or '3xtf32', got {value!r}")
+    return value
+
+
+def split_tf32(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(hi, lo)`` with ``hi`` = float32 ``x`` truncated to TF32 (the low 13 mantissa
+    bits cleared, so exactly representable in TF32) and ``lo = x - hi`` (exact in fp32)."""
+    hi = (x.contiguous().view(torch.int32) & -8192).view(torch.float32)  # -8192 = 0xFFFFE000
+    return hi, x - hi
+
+
+class _tf32_on:
+    """Context manager: TF32 tensor-core GEMMs on for fp32 CUDA matmuls, restored after."""
+
+    def __enter__(self):
+        self.prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        return self
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32 = self.prev
+        return False
+
+
+def _mm_tf32(a: Tensor, b: Tensor) -> Tensor:
+    """One TF32 GEMM (the place tests patch to emulate TF32 rounding on the CPU)."""
+    return a @ b
+
+
+def mm_fp32(a: Tensor, b: Tensor, mode: str) -> Tensor:
+    """``a @ b`` for float32 operands in the given CUDA_FP32_MODE (see above); other
+    dtypes and "ieee" are a plain matmul."""
+    if mode == "ieee" or a.dtype != torch.float32 or b.dtype != torch.float32:
+        return a @ b
+    with _tf32_on():
+        if mode == "tf32":
+            return _mm_tf32(a, b)
+        ah, al = split_tf32(a)
+        bh, bl = split_tf32(b)
+        out = _mm_tf32(al, bh)  # small terms first
+        out += _mm_tf32(ah, bl)
+        out += _mm_tf32(ah, bh)
+        return out
+
+
+def _gemm_mode(t: Tensor) -> str:
+    """The fp32 GEMM mode for tensors on t's device ("ieee" off CUDA)."""
+    return _fp32_mode(CUDA_FP32_MODE) if t.is_cuda and t.dtype == torch.float32 else "ieee"
 
 
 def _cuda_mode(name: str, value: object) -> str:
@@ -147,7 +218,7 @@ def _cos_tile(Ha: Tensor, H16: Tensor, Wc: Tensor, acc: torch.dtype) -> Tensor:
             return t
         except (RuntimeError, TypeError, NotImplementedError):
             _MM_OUT_DTYPE_OK = False
-    return Ha @ Wc.to(acc).T
+    return mm_fp32(Ha, Wc.to(acc).T, _gemm_mode(Ha))
 
 
 def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, margin: float,
@@ -215,11 +286,18 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor,
     dH = torch.zeros((B, Hn.shape[1]), dtype=acc, device=Hn.device) if need_h else Hn.new_empty(0)
     dW = torch.empty(Wn.shape, dtype=Wn.dtype, device=Wn.device) if need_w else Wn.new_empty(0)
     st = stream_of(Hn)
+    mode = _gemm_mode(Ha)
     for s in range(0, Wn.shape[0], chunk):
         tile = _cos_tile(Ha, Hn, Wn[s : s + chunk], acc)
         Wc = Wn[s : s + chunk].to(acc)
         native.sce_grad(view(tile), view(y), s, K, view(lse), view(q), view(scale), tau, margin_type, margin,
                         label_smoothing, ignore_index, st)
+        if mode != "ieee":  # error-compensated / TF32 products (CUDA fp32 only)
+            if need_h:
+                dH += mm_fp32(tile, Wc, mode)
+            if need_w:
+                dW[s : s + chunk].copy_(mm_fp32(tile.T, Ha, mode))
+            continue
         if need_h:
             dH.addmm_(tile, Wc)
         if need_w:
