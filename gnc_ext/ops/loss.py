@@ -130,7 +130,9 @@ def split_tf32(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 class _tf32_on:
-    """Context manager: TF32 tensor-core GEMMs on for fp32 CUDA matmuls, restored after."""
+    """Context manager: TF32 tensor-core GEMMs on for fp32 CUDA matmuls, restored after.
+    The flag is process-global: other threads issuing fp32 CUDA matmuls during the op see
+    it too (only relevant with CUDA_FP32_MODE "tf32"/"3xtf32")."""
 
     def __enter__(self):
         self.prev = torch.backends.cuda.matmul.allow_tf32
