@@ -137,6 +137,14 @@ def test_continuation_path_reaches_closed_form_and_never_loses_value():
     assert [s for s, _ in trace] == sorted([s for s, _ in trace], reverse=True) and len(trace) >= 2
 
 
+def test_progress_bar_with_continuation_phases(capsys):
+    # the continuation and LP phases report to the bar (exercised with progress=True)
+    r = softmax_code(4, 7, seed=5, continuation=True, restarts=2, batch=2, progress=True, use_constructions=False,
+                     tol=1e-10)
+    assert r.optimal is True
+    capsys.readouterr()
+
+
 def test_polish_status_reported():
     r = softmax_code(3, 8, seed=0, restarts=4, batch=4, progress=False)
     assert r.polish_status in ("stationary", "trust_region", "max_iter")

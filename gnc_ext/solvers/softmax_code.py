@@ -242,7 +242,7 @@ _LBFGS_ITERS = 2000
 
 
 def _continuation(W: np.ndarray, s0: float, *, deadline: Optional[float] = None,
-                  trace: Optional[list] = None, device=None):
+                  trace: Optional[list] = None, device=None, report=None):
     """Smoothing continuation in float64 with L-BFGS. Returns (W, r): the best iterate by
     the **certified** rho_lower (``r`` its one-vs-rest result), never worse than the input.
 
@@ -255,7 +255,8 @@ def _continuation(W: np.ndarray, s0: float, *, deadline: Optional[float] = None,
     constraints (d=10, K=100), only converges linearly. Stops early when a level (after
     the second) gains less than 1e-11 in certified rho, or at ``deadline``.
     ``trace`` (optional list) receives (s, certified rho_lower) per level. ``device``:
-    where the L-BFGS runs (float64; the certification is on the CPU).
+    where the L-BFGS runs (float64; the certification is on the CPU). ``report``
+    (optional callable(phase: str, value: float)) is called after each level.
     """
     K, d = W.shape
     r = _ovr(W)
@@ -295,6 +296,8 @@ def _continuation(W: np.ndarray, s0: float, *, deadline: Optional[float] = None,
         rn = _ovr(Wn)
         if trace is not None:
             trace.append((s, rn.rho_lower))
+        if report is not None:
+            report(f"continuation s={s:.0e}", rn.rho_lower)
         gain = rn.rho_lower - best[1].rho_lower
         if gain > 0:
             best = (Wn, rn)
@@ -308,7 +311,7 @@ def _continuation(W: np.ndarray, s0: float, *, deadline: Optional[float] = None,
 # ------------------------------------------------------------------------ polish
 def _polish(W: np.ndarray, *, max_iter: int, tol: float, target: Optional[float],
             trace: Optional[list] = None, deadline: Optional[float] = None,
-            delta0: Optional[float] = None, r=None, stall: Optional[tuple] = None):
+            delta0: Optional[float] = None, r=None, stall: Optional[tuple] = None, report=None):
     """Trust-region SLP on (W, H) with certified acceptance. Returns (W, r, iterations,
     status) with status one of "target" (reached ``target``), "stationary" (the LP
     predicts no increase above ``tol``), "trust_region" (Delta underflowed), "stalled"
@@ -316,7 +319,8 @@ def _polish(W: np.ndarray, *, max_iter: int, tol: float, target: Optional[float]
     iterations), "time_limit" or "max_iter".
     ``trace`` (optional list) receives (seconds, certified rho_lower) per accepted step.
     ``delta0``: initial trust radius (default from the value); ``r``: W's one-vs-rest
-    result if already computed."""
+    result if already computed; ``report``: optional callable(phase, value) called after
+    each accepted step."""
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
@@ -394,6 +398,8 @@ def _polish(W: np.ndarray, *, max_iter: int, tol: float, target: Optional[float]
             H = _features(W, r)
             if trace is not None:
                 trace.append((time.perf_counter() - tstart, val))
+            if report is not None:
+                report(f"LP step {its}", val)
             ratio = actual / max(pred, 1e-300)
             if ratio > 0.75 and np.abs(res.x[:n]).max() > 0.99:
                 delta = min(2.0 * delta, 0.5)
@@ -543,16 +549,21 @@ def softmax_code(
     if lp_vars > _LP_MAX_VARS:
         polish_iter = 0  # an LP of this size is out of reach for HiGHS: documented
     deadline = None if time_limit is None else t0 + time_limit
+    bar = None
+
+    def report(phase: str, value: float) -> None:  # progress of the long phases on the bar
+        if bar is not None:
+            bar.set_postfix_str(f"{phase}, rho={max(value, state['val']):.10f}")
 
     def lp(Wc: np.ndarray, r, delta0):
         stall = None if lp_each else (_STALL_ITERS, max(_STALL_FACTOR * tol, _STALL_MIN))
         return _polish(Wc, max_iter=polish_iter, tol=tol, target=rho_opt, deadline=deadline, delta0=delta0, r=r,
-                       stall=stall)
+                       stall=stall, report=report)
 
     def offer(Wc: np.ndarray, src: str, polish: bool) -> None:
         its, status, r, delta0 = 0, "none", None, None
         if polish and continuation and src in ("restart", "init") and d >= 2:
-            Wc, r = _continuation(Wc, _S_FACTORS[-1] * scale, deadline=deadline, device=dev)
+            Wc, r = _continuation(Wc, _S_FACTORS[-1] * scale, deadline=deadline, device=dev, report=report)
             delta0 = 1e-3 * math.sqrt(max(r.rho_lower, 1e-6))  # already close: small first steps
         if polish and polish_iter > 0 and d >= 2 and (lp_each or src != "restart"):
             Wc, r, its, status = lp(Wc, r, delta0)
@@ -581,7 +592,6 @@ def softmax_code(
         gen.seed()
     else:
         gen.manual_seed(seed)
-    bar = None
     if progress and d >= 2 and not reached():
         try:
             from tqdm.auto import tqdm
