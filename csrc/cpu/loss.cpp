@@ -60,11 +60,7 @@ bool use_avx512() {
 
 void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
               double tau, int margin_type, double margin, int64_t ignore_index) {
-  check_tile(tile, y, "sce_fold");
-  check_shape(state, {tile.size(0), 4}, "state");
-  check_dtype(state, DType::F64, "state");
-  if (!state.is_contiguous()) fail("state: must be contiguous");
-  if (!(tau > 0)) fail("tau: must be > 0");
+  check_sce_fold_args(tile, y, state, tau);
   const auto mg = loss_math::make_margin(margin_type, margin);
   if (tile.dtype == DType::F32)
     GNC_LOSS_CALL(fold_impl<float>, tile, y, col0, state, tau, mg, ignore_index);
@@ -85,15 +81,7 @@ void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t
 
 void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col0,
                         const TensorView& best, const TensorView& arg, const TensorView& tgt) {
-  check_tile(tile, y, "masked_argmax_fold");
-  check_shape(best, {tile.size(0)}, "best");
-  check_shape(arg, {tile.size(0)}, "arg");
-  check_shape(tgt, {tile.size(0)}, "tgt");
-  check_dtype(best, DType::F64, "best");
-  check_dtype(tgt, DType::F64, "tgt");
-  check_dtype(arg, DType::I64, "arg");
-  if (best.size(0) > 0 && (best.stride(0) != 1 || arg.stride(0) != 1 || tgt.stride(0) != 1))
-    fail("best/arg/tgt: must be contiguous");
+  check_masked_argmax_args(tile, y, best, arg, tgt);
   if (tile.dtype == DType::F32)
     GNC_LOSS_CALL(argmax_impl<float>, tile, y, col0, best, arg, tgt);
   else

@@ -184,11 +184,7 @@ unsigned blocks_for(int64_t n) {
 
 void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
               double tau, int margin_type, double margin, int64_t ignore_index, std::uintptr_t stream) {
-  check_tile(tile, y, "sce_fold");
-  check_shape(state, {tile.size(0), 4}, "state");
-  check_dtype(state, DType::F64, "state");
-  if (!state.is_contiguous()) fail("state: must be contiguous");
-  if (!(tau > 0)) fail("tau: must be > 0");
+  check_sce_fold_args(tile, y, state, tau);
   const int64_t R = tile.size(0), C = tile.size(1);
   if (R == 0 || C == 0) return;
   if (R > 2147483647LL) fail("tile: too many rows");
@@ -230,16 +226,9 @@ void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t
 
 void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& best,
                         const TensorView& arg, const TensorView& tgt, std::uintptr_t stream) {
-  check_tile(tile, y, "masked_argmax_fold");
-  check_shape(best, {tile.size(0)}, "best");
-  check_shape(arg, {tile.size(0)}, "arg");
-  check_shape(tgt, {tile.size(0)}, "tgt");
-  check_dtype(best, DType::F64, "best");
-  check_dtype(tgt, DType::F64, "tgt");
-  check_dtype(arg, DType::I64, "arg");
+  check_masked_argmax_args(tile, y, best, arg, tgt);
   const int64_t R = tile.size(0), C = tile.size(1);
   if (R == 0 || C == 0) return;
-  if (best.stride(0) != 1 || arg.stride(0) != 1 || tgt.stride(0) != 1) fail("best/arg/tgt: must be contiguous");
   DeviceGuard g(tile.device);
   if (tile.dtype == DType::F32)
     argmax_kernel<float><<<static_cast<unsigned>(R), kThreads, 0, as_stream(stream)>>>(

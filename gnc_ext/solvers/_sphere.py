@@ -110,13 +110,14 @@ class small_problem_threads:
         return False
 
 
-def initial_codes(init, K: int, d: int, name: str = "init") -> list:
+def initial_codes(init, K: int, d: int, restarts: int, name: str = "init") -> list:
     """Validate user-given starting codes: None, one (K, d) tensor/array, or a sequence of
     them. Returns a list of float64 numpy arrays with unit rows; raises TypeError /
-    ValueError naming ``name`` (wrong type or shape, non-finite values, a zero row)."""
-    if init is None:
-        return []
-    items = list(init) if isinstance(init, (list, tuple)) else [init]
+    ValueError naming ``name`` (wrong type or shape, non-finite values, a zero row), and
+    ValueError naming ``restarts`` when it is 0 without any code to polish."""
+    items = [] if init is None else (list(init) if isinstance(init, (list, tuple)) else [init])
+    if restarts == 0 and not items:
+        raise ValueError("restarts: expected >= 1 (0 is allowed only with init= codes to polish)")
     out = []
     for i, x in enumerate(items):
         label = name if len(items) == 1 and not isinstance(init, (list, tuple)) else f"{name}[{i}]"

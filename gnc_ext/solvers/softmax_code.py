@@ -528,9 +528,7 @@ def softmax_code(
         continuation = 2 * K * (d - 1) + 1 > _LP_EACH_VARS
     _validate.boolean(continuation, "continuation")
     dev = _validate.device(device)
-    inits = _sphere.initial_codes(init, K, d)
-    if restarts == 0 and not inits:
-        raise ValueError("restarts: expected >= 1 (0 is allowed only with init= codes to polish)")
+    inits = _sphere.initial_codes(init, K, d, restarts)
     scale = _expected_rho(d, K)
 
     rho_opt = _theory.rho_closed_form(d, K)

@@ -320,9 +320,7 @@ def tammes(
         seed = _validate.integer(seed, "seed")
     _validate.boolean(progress, "progress")
     dev = _validate.device(device)
-    inits = _sphere.initial_codes(init, K, d)
-    if restarts == 0 and not inits:
-        raise ValueError("restarts: expected >= 1 (0 is allowed only with init= codes to polish)")
+    inits = _sphere.initial_codes(init, K, d, restarts)
 
     proven = _theory.one_vs_one_closed_form(d, K)
     proven_cos = None if proven is None else 1.0 - proven * proven / 2.0
