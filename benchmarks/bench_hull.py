@@ -122,11 +122,20 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--cap", type=float, default=20.0, help="wall-clock cap for each baseline (s)")
     p.add_argument("--quick", action="store_true", help="small cases only")
+    p.add_argument("--cases", default=None,
+                   help="comma-separated KxD list replacing the default cases, e.g. 10000x512,100000x512")
+    p.add_argument("--no-scaling", action="store_true", help="skip the time-vs-K-and-d table")
     args = p.parse_args(argv)
     dev = args.device
     cases = [(2000, 64), (10000, 128), (10000, 512)] if not args.quick else [(1000, 32)]
     if dev.startswith("cuda"):
-        cases += [(10000, 512), (100000, 512)]
+        cases += [(100000, 512)]
+    if args.cases:
+        try:
+            cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.cases.split(",") if c.strip()]
+            assert all(len(c) == 2 and c[0] >= 2 and c[1] >= 1 for c in cases)
+        except (ValueError, AssertionError):
+            p.error(f"--cases: expected a list like 10000x512,100000x512, got {args.cases!r}")
     lines = ["| K | d | method | time (s) | iterations | ρ upper | ρ lower (certified) | max gap | ρ_lower − ρ* | speed-up |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for K, d in cases:
@@ -154,6 +163,8 @@ def main(argv=None):
     grid = [(1000, 64), (2000, 64), (4000, 64), (8000, 64), (4000, 16), (4000, 32), (4000, 128), (4000, 256)]
     if args.quick:
         grid = grid[:2]
+    if args.no_scaling:
+        grid = []
     for K, d in grid:
         W = unit_W(K, d, 0, dev)
         t = time_fn(lambda: gnc_ext.one_vs_rest_distance(W, return_projection=False), dev, warmup=0, repeats=1)

@@ -166,6 +166,12 @@ def run_cases(cases: List[Case], device: str, script: str, *, only: Optional[str
                 results[impl_name] = t
             except Exception as exc:  # a peer that fails is reported, not fatal
                 results[impl_name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            # progress line per implementation, so that a run stopped by a time limit
+            # still leaves the numbers measured so far in its log
+            r = results[impl_name]
+            print(f"[{case.name}] {impl_name}: " + (r["error"] if "error" in r else
+                  f"{r['ms']:.3f} ms" + (f", {r['extra_mib']:.1f} MiB extra" if r.get("extra_mib") is not None else "")),
+                  flush=True)
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
         base = results.get(case.baseline, {})
