@@ -42,3 +42,27 @@ def pytest_report_header(config):
     return "gnc_ext build: " + ", ".join(
         f"{k}={_INFO[k]}" for k in ("version", "openmp", "omp_threads", "cuda_compiled", "cuda_archs", "gpu_usable")
     )
+
+
+def _tf32_truncate(x):
+    """float32 -> TF32 by truncation (the low 13 mantissa bits cleared): the worst case
+    the certified screening's error bound allows for (round-to-nearest errs half as much)."""
+    return (x.float().contiguous().view(torch.int32) & -8192).view(torch.float32)
+
+
+def emulated_tf32_tile(A, Bc, bias_c):
+    """CPU stand-in for gnc_ext._engine.tf32_tile: TF32-truncated inputs, exact products
+    and sum (float64), one rounding to float32 (plus the bias)."""
+    out = _tf32_truncate(A).double() @ _tf32_truncate(Bc).double().T
+    if bias_c is not None:
+        out = out + bias_c.double()
+    return out.float()
+
+
+@pytest.fixture
+def emulate_tf32_tile(monkeypatch):
+    """Run the TF32-screened argmax paths on the CPU with TF32 input rounding emulated."""
+    import gnc_ext._engine
+
+    monkeypatch.setattr(gnc_ext._engine, "tf32_tile", emulated_tf32_tile)
+    return emulated_tf32_tile

@@ -47,6 +47,7 @@ def ref_hardmax_rows(H, W, y):
 def small_tiles(monkeypatch):
     """Force several ragged tiles/row blocks at test sizes."""
     monkeypatch.setattr(L, "TILE_BYTES", 4096)
+    monkeypatch.setattr(L, "CUDA_TILE_BYTES", 4096)
     monkeypatch.setattr(L, "FUSED_TILE_BYTES", 4096)
     monkeypatch.setattr(L, "MIN_ROW_CHUNK", 3)
 
@@ -216,6 +217,38 @@ def test_bf16_against_fp32_reference(strategy, monkeypatch, small_tiles):
     for a, b in ((Hb.grad, Hr.grad), (Wb.grad, Wr.grad)):
         s = float(b.abs().max())
         torch.testing.assert_close(a.float() / s, b / s, atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lowp_grad_gemm_path(dtype, monkeypatch, small_tiles):
+    """The 16-bit tensor-core backward (on by default for CUDA 16-bit inputs; forced here
+    on the CPU): G rounded to the input dtype, both products in 16-bit with fp32
+    accumulation. Gradients within 16-bit tolerance of an fp64 reference, and not
+    bitwise equal to the fp32-product path (so the forced path really ran)."""
+    from gnc_ext.ops import loss as L
+
+    _strategy(monkeypatch, "recompute")
+    g = torch.Generator().manual_seed(61)
+    H, W = torch.randn(24, 40, generator=g), torch.randn(901, 40, generator=g)
+    y = torch.randint(0, 901, (24,), generator=g)
+    y[3] = -100
+    grads = {}
+    for mode in ("on", "off"):
+        monkeypatch.setattr(L, "LOWP_GRAD_GEMM", mode)
+        Hb, Wb = H.to(dtype).requires_grad_(True), W.to(dtype).requires_grad_(True)
+        gnc_ext.spherical_cross_entropy(Hb, Wb, y, tau=0.1, margin=0.2, label_smoothing=0.1).backward()
+        grads[mode] = (Hb.grad, Wb.grad)
+    Hr = H.to(dtype).double().requires_grad_(True)
+    Wr = W.to(dtype).double().requires_grad_(True)
+    ref_sce(Hr, Wr, y, tau=0.1, margin=0.2, label_smoothing=0.1).backward()
+    for got, ref in zip(grads["on"], (Hr.grad, Wr.grad)):
+        assert got.dtype == dtype
+        err = float((got.double() - ref).norm() / ref.norm())
+        assert err < 1e-2, err
+    assert not all(torch.equal(a, b) for a, b in zip(grads["on"], grads["off"]))
+    monkeypatch.setattr(L, "LOWP_GRAD_GEMM", "bogus")
+    with pytest.raises(ValueError, match="LOWP_GRAD_GEMM"):
+        gnc_ext.spherical_cross_entropy(H.to(dtype).requires_grad_(True), W.to(dtype), y).backward()
 
 
 def test_fp16_runs_and_is_close():
@@ -405,6 +438,43 @@ def test_hardmax_gradients_mean_vs_bruteforce():
     assert torch.autograd.gradcheck(lambda h, w: gnc_ext.hardmax_loss(h, w, y, reduction="sum"), (H, W))
 
 
+def test_hardmax_screened_is_exact(monkeypatch, small_tiles, emulate_tf32_tile):
+    """The TF32-screened HardMax forward (the CUDA default for fp32; forced here with TF32
+    truncation emulated): values within fp32 rounding of float64 brute force, the same
+    argmax, and the same gradients as the plain fp32 path, on data with near ties that
+    the TF32 scores alone get wrong."""
+    g = torch.Generator().manual_seed(62)
+    B, K, d = 64, 3000, 24
+    W = torch.randn(K, d, generator=g)
+    H = torch.randn(B, d, generator=g)
+    y = torch.randint(0, K, (B,), generator=g)
+    v = ref_hardmax_rows(H.double(), W.double(), y)
+    Hn, Wn = F.normalize(H.double(), dim=1), F.normalize(W.double(), dim=1)
+    S = Hn @ Wn.T
+    S[torch.arange(B), y] = -math.inf
+    want_arg = S.argmax(1)
+    out = {}
+    for mode in ("on", "off"):
+        monkeypatch.setattr(L, "HARDMAX_SCREEN", mode)
+        h, w = H.clone().requires_grad_(True), W.clone().requires_grad_(True)
+        rows = gnc_ext.hardmax_loss(h, w, y, reduction="none")
+        rows.sum().backward()
+        out[mode] = (rows.detach(), h.grad, w.grad)
+        torch.testing.assert_close(rows.double(), v, atol=2e-6, rtol=0)
+    monkeypatch.setattr(L, "HARDMAX_SCREEN", "on")
+    _, arg_s = torch.ops.gnc_ext.hardmax_rows(F.normalize(H, dim=1), F.normalize(W, dim=1), y, 0)
+    assert torch.equal(arg_s, want_arg)
+    for a, b in zip(out["on"][1:], out["off"][1:]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    # the TF32 scores alone would pick another class on some rows
+    T = emulate_tf32_tile(F.normalize(H, dim=1), F.normalize(W, dim=1), None)
+    T[torch.arange(B), y] = -math.inf
+    assert int((T.argmax(1) != want_arg).sum()) >= 1
+    monkeypatch.setattr(L, "HARDMAX_SCREEN", "bogus")
+    with pytest.raises(ValueError, match="HARDMAX_SCREEN"):
+        gnc_ext.hardmax_loss(H, W, y)
+
+
 def test_hardmax_K2():
     H = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     W = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
@@ -531,7 +601,9 @@ def test_cuda_matches_cpu(cuda_device, mt, m, ls, red):
     y[::7] = -100
     outs = []
     for dev in ("cpu", cuda_device):
-        h, w = H.to(dev).requires_grad_(True), W.to(dev).requires_grad_(True)
+        # fresh leaves per device (H.to('cpu') is H itself: it must not become a leaf
+        # that requires grad, or H.to('cuda') would be a non-leaf without .grad)
+        h, w = H.to(dev).detach().requires_grad_(True), W.to(dev).detach().requires_grad_(True)
         o = gnc_ext.spherical_cross_entropy(h, w, y.to(dev), tau=0.05, margin=m, margin_type=mt,
                                             label_smoothing=ls, reduction=red)
         o.sum().backward()

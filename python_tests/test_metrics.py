@@ -2,6 +2,7 @@
 formulas written here (independent of the accumulator's shifted-data algorithm)."""
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -340,6 +341,95 @@ def test_ncc_matches_brute_force(device, normalize, monkeypatch):
     acc_val = acc.ncc_accuracy(Q.to(device), yq.to(device))
     assert acc_val == pytest.approx(float((got == yq.numpy()).mean()), abs=1e-12)
     assert 0.05 < acc_val < 1.0  # a non-trivial problem
+
+
+def test_ncc_screened_is_exact(monkeypatch, emulate_tf32_tile):
+    """TF32-screened NCC (the CUDA default for fp32; forced here on the CPU with TF32
+    truncation emulated): equal to the float64 brute force wherever the decision is not a
+    float32-level near tie, although plain argmax of the TF32 scores is wrong on some of
+    those rows (so the exact re-scoring is what makes it right)."""
+    import gnc_ext.metrics.accumulator as accmod
+
+    monkeypatch.setattr(gnc_ext._engine, "TILE_BUDGET_BYTES", 4 * 64 * 100)  # several tiles
+    monkeypatch.setattr(accmod, "NCC_SCREEN", "on")
+    K, d, N = 400, 48, 4000
+    H, y = random_data(K, d, N, seed=41)
+    acc = feed(GNCAccumulator(K, d), H, y, [1000])
+    Q, _ = random_data(K, d, 3000, seed=42, mu_seed=41)
+    want, margin = _brute_force_ncc(H, y, K, Q)
+    got = acc.ncc_predict(Q, row_block=700).numpy()
+    safe = margin > 1e-5
+    assert safe.mean() > 0.99
+    np.testing.assert_array_equal(got[safe], want[safe])
+    # the TF32 scores alone pick a wrong class on some safe rows
+    M, bias = acc._ncc_tables(torch.float32)
+    A = torch.nn.functional.normalize(Q, dim=1)
+    naive = emulate_tf32_tile(A, M, bias).argmax(1).numpy()
+    assert (naive[safe] != want[safe]).sum() >= 1
+    monkeypatch.setattr(accmod, "NCC_SCREEN", "bogus")
+    with pytest.raises(ValueError, match="NCC_SCREEN"):
+        acc.ncc_predict(Q[:3])
+
+
+def test_tf32_bound_and_certified_argmax_edge_cases(device, emulate_tf32_tile):
+    """_engine.certified_argmax: masks, ties, all-masked rows, empty classes (-inf bias),
+    against float64 brute force; the per-row bound covers the emulated TF32 error."""
+    from gnc_ext._engine import certified_argmax, tf32_row_bounds
+
+    g = torch.Generator().manual_seed(43)
+    R, K, d = 37, 301, 33
+    A = torch.randn(R, d, generator=g)
+    B = torch.randn(K, d, generator=g)
+    B[100] = B[7]  # exact duplicate: ties go to the lower index
+    bias = torch.randn(K, generator=g)
+    bias[100] = bias[7]
+    bias[50:60] = -math.inf  # excluded classes
+    y = torch.randint(0, K, (R,), generator=g)
+    y[0] = -100  # masks nothing
+    y[1] = 7
+    S = A.double() @ B.double().T + bias.double()
+    eps = tf32_row_bounds(A, B, bias)
+    err = (emulate_tf32_tile(A, B, bias).double() - S).abs()
+    fin = torch.isfinite(S)
+    assert bool((err[fin] <= eps[:, None].expand_as(S)[fin]).all())
+    Sm = S.clone()
+    rows = torch.arange(R)
+    ok = (y >= 0) & (y < K)
+    Sm[rows[ok], y[ok]] = -math.inf
+    want_val, want_idx = Sm.max(1)  # torch.max returns the first maximal index
+    val, idx, checked = certified_argmax(A.to(device), B.to(device), bias.to(device), y.to(device), chunk=64)
+    assert torch.equal(idx.cpu(), want_idx)
+    torch.testing.assert_close(val.cpu(), want_val, rtol=1e-12, atol=1e-12)
+    assert int(checked.min()) >= 1
+    # a single class, masked for every row: -inf / -1
+    val, idx, _ = certified_argmax(A[:3].to(device), B[:1].to(device), None, torch.zeros(3, dtype=torch.int64,
+                                                                                       device=device))
+    assert torch.isinf(val).all() and (idx == -1).all()
+
+
+def test_cuda_tf32_screening_on_hardware(cuda_device):
+    """The real TF32 tensor-core tiles stay inside the screening's error bound (every
+    entry, d = 512 and d = 2048, with a bias), and certified_argmax on them equals the
+    float64 brute force exactly."""
+    from gnc_ext._engine import certified_argmax, tf32_on, tf32_row_bounds, tf32_tile
+
+    g = torch.Generator().manual_seed(44)
+    for R, K, d in ((2048, 6000, 512), (512, 3000, 2048)):
+        A = torch.nn.functional.normalize(torch.randn(R, d, generator=g), dim=1)
+        B = 0.9 * torch.nn.functional.normalize(torch.randn(K, d, generator=g), dim=1)
+        bias = -0.5 * (B.double() ** 2).sum(1).float()
+        S = A.double() @ B.double().T + bias.double()
+        Ac, Bc, bc = A.to(cuda_device), B.to(cuda_device), bias.to(cuda_device)
+        with tf32_on():
+            T = tf32_tile(Ac, Bc, bc).double().cpu()
+        eps = tf32_row_bounds(A, B, bias)
+        ratio = float(((T - S).abs() / eps[:, None]).max())
+        assert ratio <= 1.0, ratio
+        assert float((T - S).abs().max()) > 1e-5  # TF32-sized errors: the GEMM really ran in TF32
+        val, idx, checked = certified_argmax(Ac, Bc, bc, None)
+        want_val, want_idx = S.max(1)
+        assert torch.equal(idx.cpu(), want_idx)
+        torch.testing.assert_close(val.cpu(), want_val, rtol=1e-12, atol=1e-12)
 
 
 def test_ncc_fp32_cpu_matches_brute_force():

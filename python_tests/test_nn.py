@@ -27,6 +27,7 @@ def test_spherical_ce_module_forward_matches_function():
 
 def test_predict_equals_bruteforce_argmax(monkeypatch):
     monkeypatch.setattr(L, "TILE_BYTES", 4096)  # several ragged tiles
+    monkeypatch.setattr(L, "CUDA_TILE_BYTES", 4096)
     torch.manual_seed(1)
     crit = gnc_ext.nn.SphericalCELoss(1003, 8)
     H = torch.randn(50, 8) * 5

@@ -79,12 +79,14 @@ fi
 BENCH=${BENCH:-1}
 if [ "$BENCH" != "0" ]; then
   if [ "$BENCH" = "quick" ]; then
-    benches="bench_normalize|20|python3 benchmarks/bench_normalize.py --device cuda --out $OUT
+    benches="gpu_profile|40|python3 scripts/gpu_profile.py --out $OUT
+bench_normalize|20|python3 benchmarks/bench_normalize.py --device cuda --out $OUT
 bench_loss|70|python3 benchmarks/bench_loss.py --device cuda --only K=1000000 --out $OUT
 bench_metrics|45|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
 bench_hull|45|python3 benchmarks/bench_hull.py --device cuda --cap 5 --cases 10000x512,100000x512 --no-scaling --out $OUT"
   else
-    benches="bench_normalize|30|python3 benchmarks/bench_normalize.py --device cuda --out $OUT
+    benches="gpu_profile|40|python3 scripts/gpu_profile.py --out $OUT
+bench_normalize|30|python3 benchmarks/bench_normalize.py --device cuda --out $OUT
 bench_loss|150|python3 benchmarks/bench_loss.py --device cuda --out $OUT
 bench_metrics|60|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
 bench_hull|90|python3 benchmarks/bench_hull.py --device cuda --cap 5 --cases 2000x64,10000x512,100000x512 --out $OUT

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -37,8 +38,23 @@ import torch
 from torch import Tensor
 
 from .. import _validate
-from .._engine import chunk_size, similarity_chunks
+from .._engine import certified_argmax, chunk_size, similarity_chunks
 from .._native import native, stream_of, view
+
+# Nearest-class-centre scoring for float32 features: "auto" (default) screens the class
+# tiles with TF32 tensor-core GEMMs on CUDA and re-scores the candidates exactly in
+# float64 (_engine.certified_argmax: the exact argmax, several times faster than fp32
+# GEMMs on Hopper); "on" forces it (tests use it on the CPU with TF32 rounding
+# emulated); "off" uses fp32 GEMM tiles everywhere (CPU default).
+NCC_SCREEN = os.environ.get("GNC_NCC_SCREEN", "auto")
+
+
+def _ncc_screened(dtype: torch.dtype, device: torch.device) -> bool:
+    if NCC_SCREEN not in ("auto", "on", "off"):
+        raise ValueError(f"gnc_ext.metrics.accumulator.NCC_SCREEN: expected 'auto', 'on' or 'off', got {NCC_SCREEN!r}")
+    if dtype != torch.float32:
+        return False
+    return NCC_SCREEN == "on" or (NCC_SCREEN == "auto" and device.type == "cuda")
 
 __all__ = ["GNCAccumulator", "GNCResult", "GNC2Result", "gnc2"]
 
@@ -617,7 +633,11 @@ class GNCAccumulator:
         argmax_k (⟨ĥ, h̄_k⟩ − ‖h̄_k‖²/2) by the similarity-reduce engine: per block of
         rows, a GEMM per tile of classes (fp32; fp64 for fp64 features) and the native
         argmax epilogue, so no (B × K) matrix exists beyond one tile (64 MiB budget).
-        Ties go to the lowest class index.
+        Ties go to the lowest class index. float32 features on CUDA (``NCC_SCREEN``
+        "auto"): the tiles come from TF32 tensor-core GEMMs and only the classes within
+        the TF32 error bound of the running best are re-scored in float64, which gives
+        the exact argmax of the float64 scores at TF32 speed (see
+        ``gnc_ext._engine.certified_argmax``).
 
         Args:
             features: (B, dim) float tensor on the accumulator's device, finite.
@@ -628,17 +648,23 @@ class GNCAccumulator:
         """
         features, _ = self._check_batch(features, None, need_labels=False)
         row_block = _validate.integer(row_block, "row_block", minimum=1)
-        _validate.finite(features, "features")
         B = features.shape[0]
         cdt = torch.float64 if features.dtype == torch.float64 else torch.float32
         M, bias = self._ncc_tables(cdt)
         out = torch.empty(B, dtype=torch.int64, device=self.device)
         K = self.num_classes
+        screen = _ncc_screened(cdt, self.device)
         for r0 in range(0, B, row_block):
             A = features[r0:r0 + row_block].to(cdt)
+            _validate.finite(A, "features")  # per block: no (B × d) temporary
             if self.normalize:
                 A = torch.nn.functional.normalize(A, dim=1, eps=self.eps) if A.shape[0] else A
             R = A.shape[0]
+            if screen and R:
+                # TF32 tiles screened, candidates re-scored exactly in float64
+                _, idx, _ = certified_argmax(A.contiguous(), M, bias, None, chunk=chunk_size(R, K))
+                out[r0:r0 + R] = idx
+                continue
             best_val = torch.full((R,), -math.inf, dtype=cdt, device=self.device)
             best_idx = out[r0:r0 + R]
             best_idx.fill_(-1)

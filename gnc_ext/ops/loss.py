@@ -129,19 +129,8 @@ def split_tf32(x: Tensor) -> Tuple[Tensor, Tensor]:
     return hi, x - hi
 
 
-class _tf32_on:
-    """Context manager: TF32 tensor-core GEMMs on for fp32 CUDA matmuls, restored after.
-    The flag is process-global: other threads issuing fp32 CUDA matmuls during the op see
-    it too (only relevant with CUDA_FP32_MODE "tf32"/"3xtf32")."""
-
-    def __enter__(self):
-        self.prev = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        return self
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32 = self.prev
-        return False
+# TF32 on for fp32 CUDA matmuls inside the op (process-global flag; see _engine.tf32_on)
+_tf32_on = _engine.tf32_on
 
 
 def _mm_tf32(a: Tensor, b: Tensor) -> Tensor:
@@ -180,6 +169,7 @@ def _cuda_mode(name: str, value: object) -> str:
 # Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
 # and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
 TILE_BYTES = 32 * 2**20
+CUDA_TILE_BYTES = 128 * 2**20  # B=512: 65,536 classes per tile (16 tiles at K=1M)
 FUSED_TILE_BYTES = 256 * 2**20
 # Minimum rows per block of the gradient-in-forward strategy (keeps the rank-r update
 # of dŴ compute-bound: each block re-reads and re-writes dŴ once).
@@ -193,9 +183,11 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def col_chunk(rows: int, K: int) -> int:
-    """Classes per tile of the recompute strategy (fp32 tile ≤ TILE_BYTES)."""
-    return _engine.chunk_size(rows, K, budget_bytes=TILE_BYTES, multiple=256)
+def col_chunk(rows: int, K: int, cuda: bool = False) -> int:
+    """Classes per tile of the recompute strategy (fp32 tile ≤ TILE_BYTES, or
+    CUDA_TILE_BYTES on CUDA, where larger GEMMs and fewer launches pay)."""
+    budget = CUDA_TILE_BYTES if cuda else TILE_BYTES
+    return _engine.chunk_size(rows, K, budget_bytes=budget, multiple=256)
 
 
 def row_chunk(rows: int, K: int) -> int:
@@ -221,6 +213,39 @@ def _cos_tile(Ha: Tensor, H16: Tensor, Wc: Tensor, acc: torch.dtype) -> Tensor:
         except (RuntimeError, TypeError, NotImplementedError):
             _MM_OUT_DTYPE_OK = False
     return mm_fp32(Ha, Wc.to(acc).T, _gemm_mode(Ha))
+
+
+# 16-bit inputs on CUDA: the backward's two products (dH += G·Ŵ_c, dŴ_c = Gᵀ·Ĥ) run on
+# the tensor cores with the gradient tile G rounded to the input dtype (fp32
+# accumulation inside the GEMM; dH accumulated over class blocks in fp32 where torch
+# has mm(..., out_dtype=float32)), as a bf16 training step does; the cosines and the
+# softmax statistics stay fp32/fp64. "auto": on for CUDA 16-bit inputs; "on" forces it
+# (tests use it on the CPU); "off" multiplies in fp32 (the upcast path, ~8x slower on an
+# H200 at B=512, d=512, K=1M).
+LOWP_GRAD_GEMM = os.environ.get("GNC_LOSS_LOWP_GRAD_GEMM", "auto")
+
+
+def _lowp_grad_gemm(Hn: Tensor, Wn: Tensor) -> bool:
+    if LOWP_GRAD_GEMM not in ("auto", "on", "off"):
+        raise ValueError(f"gnc_ext.ops.loss.LOWP_GRAD_GEMM: expected 'auto', 'on' or 'off', got {LOWP_GRAD_GEMM!r}")
+    lowp = Wn.dtype in (torch.float16, torch.bfloat16) and Hn.dtype == Wn.dtype
+    if LOWP_GRAD_GEMM == "on":
+        return lowp
+    return LOWP_GRAD_GEMM == "auto" and lowp and Wn.is_cuda
+
+
+def _mm_acc(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
+    """``a @ b`` for 16-bit operands with an ``acc`` (fp32) result: torch.mm(out_dtype=)
+    where this torch has it on the device, else the 16-bit product upcast."""
+    global _MM_OUT_DTYPE_OK
+    if a.is_cuda and _MM_OUT_DTYPE_OK is not False:
+        try:
+            t = torch.mm(a, b, out_dtype=acc)
+            _MM_OUT_DTYPE_OK = True
+            return t
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_OUT_DTYPE_OK = False
+    return (a @ b).to(acc)
 
 
 def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, margin: float,
@@ -289,11 +314,19 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor,
     dW = torch.empty(Wn.shape, dtype=Wn.dtype, device=Wn.device) if need_w else Wn.new_empty(0)
     st = stream_of(Hn)
     mode = _gemm_mode(Ha)
+    lowp = _lowp_grad_gemm(Hn, Wn)
     for s in range(0, Wn.shape[0], chunk):
         tile = _cos_tile(Ha, Hn, Wn[s : s + chunk], acc)
-        Wc = Wn[s : s + chunk].to(acc)
         native.sce_grad(view(tile), view(y), s, K, view(lse), view(q), view(scale), tau, margin_type, margin,
                         label_smoothing, ignore_index, st)
+        if lowp:  # 16-bit CUDA inputs: both products on the tensor cores (fp32 accumulation)
+            g16 = tile.to(Wn.dtype)
+            if need_h:
+                dH += _mm_acc(g16, Wn[s : s + chunk], acc)
+            if need_w:
+                torch.mm(g16.T, Hn, out=dW[s : s + chunk])
+            continue
+        Wc = Wn[s : s + chunk].to(acc)
         if mode != "ieee":  # error-compensated / TF32 products (CUDA fp32 only)
             if need_h:
                 dH += mm_fp32(tile, Wc, mode)
@@ -371,7 +404,7 @@ def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, 
         native.sce_fused_forward(view(Hc), view(Wc), view(y), view(state), tau, margin_type, margin, ignore_index,
                                  stream_of(Hn))
     else:
-        state = _fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type, chunk or col_chunk(Hn.shape[0], K))
+        state = _fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type, chunk or col_chunk(Hn.shape[0], K, Hn.is_cuda))
     loss, stats = _finish(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
     return loss.to(_acc(Hn.dtype)), stats
 
@@ -392,7 +425,7 @@ def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, stats: T
         return _fused_backward_cuda(Hn, Wn, y, stats, scale, tau, ignore_index, label_smoothing, margin, margin_type,
                                     need_h, need_w)
     return _grad_tiles(Hn, Wn, y, stats, scale, tau, ignore_index, label_smoothing, margin, margin_type,
-                       chunk or col_chunk(Hn.shape[0], Wn.shape[0]), need_h, need_w)
+                       chunk or col_chunk(Hn.shape[0], Wn.shape[0], Hn.is_cuda), need_h, need_w)
 
 
 @_sce_rows_bwd.register_fake
@@ -573,13 +606,36 @@ def _hardmax_rows(Hn: Tensor, Wn: Tensor, y: Tensor, chunk: int) -> Tuple[Tensor
     best = torch.full((B,), -math.inf, dtype=torch.float64, device=Hn.device)
     arg = torch.full((B,), -1, dtype=torch.int64, device=Hn.device)
     tgt = torch.zeros(B, dtype=torch.float64, device=Hn.device)
+    c = chunk or col_chunk(B, K, Hn.is_cuda)
+    if _hardmax_screened(Hn, Wn):
+        # TF32 tiles screened, candidates re-scored exactly (float64): the same max and
+        # argmax as the fp32 path up to float64 rounding (see _engine.certified_argmax)
+        A, Wc = Hn.contiguous(), Wn.contiguous()
+        best, arg, _ = _engine.certified_argmax(A, Wc, None, y, chunk=c)
+        tgt = (A.double() * Wc[y].double()).sum(1)
+        return (best - tgt).to(acc), arg
     Ha = Hn.to(acc)
     st = stream_of(Hn)
-    c = chunk or col_chunk(B, K)
     for s in range(0, K, c):
         tile = _cos_tile(Ha, Hn, Wn[s : s + c], acc)
         native.masked_argmax_fold(view(tile), view(y), s, view(best), view(arg), view(tgt), st)
     return (best - tgt).to(acc), arg
+
+
+# HardMax forward for float32 inputs: "auto" (default) screens the class tiles with TF32
+# tensor-core GEMMs on CUDA and re-scores the candidates exactly (exact result, several
+# times faster than fp32 GEMMs on Hopper); "on" forces the screened path (tests use it
+# on the CPU with TF32 rounding emulated); "off" uses plain fp32 tiles everywhere.
+HARDMAX_SCREEN = os.environ.get("GNC_HARDMAX_SCREEN", "auto")
+
+
+def _hardmax_screened(Hn: Tensor, Wn: Tensor) -> bool:
+    if HARDMAX_SCREEN not in ("auto", "on", "off"):
+        raise ValueError(f"gnc_ext.ops.loss.HARDMAX_SCREEN: expected 'auto', 'on' or 'off', got {HARDMAX_SCREEN!r}")
+    fp32 = Hn.dtype == torch.float32 and Wn.dtype == torch.float32
+    if HARDMAX_SCREEN == "on":
+        return fp32
+    return HARDMAX_SCREEN == "auto" and fp32 and Hn.is_cuda
 
 
 @_hardmax_rows.register_fake
@@ -624,11 +680,13 @@ def _argmax_cosine(H: Tensor, Wn: Tensor, chunk: int) -> Tensor:
     arg = torch.full((B,), -1, dtype=torch.int64, device=H.device)
     tgt = torch.zeros(B, dtype=torch.float64, device=H.device)
     none = torch.full((B,), -1, dtype=torch.int64, device=H.device)  # no class excluded
+    c = chunk or col_chunk(B, K, H.is_cuda)
+    if _hardmax_screened(H, Wn):  # fp32 on CUDA: TF32 screening, exact re-scoring
+        return _engine.certified_argmax(H.contiguous(), Wn.contiguous(), None, None, chunk=c)[1]
     Ha = H.to(acc)
     st = stream_of(H)
-    c = chunk or col_chunk(B, K)
     for s in range(0, K, c):
-        tile = Ha @ Wn[s : s + c].to(acc).T
+        tile = _cos_tile(Ha, H, Wn[s : s + c], acc)
         native.masked_argmax_fold(view(tile), view(none), s, view(best), view(arg), view(tgt), st)
     return arg
 
