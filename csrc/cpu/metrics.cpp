@@ -248,6 +248,8 @@ void certified_impl(const TensorView& tile, const TensorView& A, const TensorVie
     if (prev > m) m = prev;  // a NaN running max never counts either
     amp[i * ams] = m;
     if (!(m > -std::numeric_limits<double>::infinity())) continue;
+    // s~ and m are exact doubles and rounding is monotone, so s~ >= m - 2 eps in exact
+    // arithmetic implies s~ >= fl(m - 2 eps): the rounded threshold never drops k*.
     const double thr = m - 2.0 * ep[i * es];
     double bv = bvp[i * bvs];
     int64_t bi = bip[i * bis];
