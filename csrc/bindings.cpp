@@ -321,6 +321,72 @@ void ncc_argmax_update(const TensorView& tile, const TensorView& bias, int64_t c
   GNC_DISPATCH_DEVICE(tile, gnc::cpu::ncc_argmax_update(tile, bias, col0, best_val, best_idx),
                       gnc::cuda::ncc_argmax_update(tile, bias, col0, best_val, best_idx, stream));
 }
+// Certified argmax fold: approximate fp32 tile + exact fp64 re-scoring (see
+// cpu/metrics.h). Empty bias / y / checked (numel 0) mean "none"; they are never read,
+// so they may live on any device. A and B need unit column stride (any row stride).
+void certified_argmax_fold(const TensorView& tile, const TensorView& A, const TensorView& B,
+                           const TensorView& bias, const TensorView& y, int64_t col0,
+                           const TensorView& eps, const TensorView& approx_max,
+                           const TensorView& best_val, const TensorView& best_idx,
+                           const TensorView& checked, std::uintptr_t stream) {
+  gnc::check_dim(tile, 2, "tile");
+  gnc::check_dtype(tile, gnc::DType::F32, "tile");
+  const int64_t R = tile.size(0), c = tile.size(1);
+  if (c > 1 && R > 0 && tile.stride(1) != 1) gnc::fail("tile: rows must be contiguous (column stride 1)");
+  gnc::check_dim(A, 2, "A");
+  if (A.dtype != gnc::DType::F32 && A.dtype != gnc::DType::F64)
+    gnc::fail(std::string("A: expected dtype float32 or float64, got ") + gnc::dtype_name(A.dtype));
+  const int64_t d = A.size(1);
+  gnc::check_shape(A, {R, d}, "A");
+  gnc::check_row_contiguous(A, "A");
+  gnc::check_dim(B, 2, "B");
+  gnc::check_dtype(B, A.dtype, "B");
+  const int64_t K = B.size(0);
+  if (B.size(1) != d)
+    gnc::fail("B: expected " + std::to_string(d) + " columns (A's d), got " + std::to_string(B.size(1)));
+  gnc::check_row_contiguous(B, "B");
+  if (bias.numel() > 0) {
+    gnc::check_shape(bias, {K}, "bias");
+    gnc::check_dtype(bias, A.dtype, "bias");
+  }
+  if (y.numel() > 0) {
+    gnc::check_shape(y, {R}, "y");
+    gnc::check_dtype(y, gnc::DType::I64, "y");
+  }
+  if (col0 < 0 || col0 > K || c > K - col0)
+    gnc::fail("col0: tile columns [" + std::to_string(col0) + ", " + std::to_string(col0 + c) +
+              ") exceed the class count K = " + std::to_string(K) + " (rows of B)");
+  gnc::check_shape(eps, {R}, "eps");
+  gnc::check_dtype(eps, gnc::DType::F64, "eps");
+  gnc::check_shape(approx_max, {R}, "approx_max");
+  gnc::check_dtype(approx_max, gnc::DType::F64, "approx_max");
+  gnc::check_shape(best_val, {R}, "best_val");
+  gnc::check_dtype(best_val, gnc::DType::F64, "best_val");
+  gnc::check_shape(best_idx, {R}, "best_idx");
+  gnc::check_dtype(best_idx, gnc::DType::I64, "best_idx");
+  if (checked.numel() > 0) {
+    gnc::check_shape(checked, {R}, "checked");
+    gnc::check_dtype(checked, gnc::DType::I64, "checked");
+  }
+  struct Named {
+    const TensorView* t;
+    const char* name;
+  };
+  for (const Named& n : {Named{&A, "A"}, Named{&B, "B"}, Named{&bias, "bias"}, Named{&y, "y"},
+                         Named{&eps, "eps"}, Named{&approx_max, "approx_max"}, Named{&best_val, "best_val"},
+                         Named{&best_idx, "best_idx"}, Named{&checked, "checked"}}) {
+    if (n.t->numel() == 0) continue;
+    if (n.t->device != tile.device)
+      gnc::fail(std::string(n.name) + ": must be on the same device as tile");
+    gnc::check_ptr(*n.t, n.name);
+  }
+  gnc::check_ptr(tile, "tile");
+  GNC_DISPATCH_DEVICE(tile,
+                      gnc::cpu::certified_argmax_fold(tile, A, B, bias, y, col0, eps, approx_max, best_val,
+                                                      best_idx, checked),
+                      gnc::cuda::certified_argmax_fold(tile, A, B, bias, y, col0, eps, approx_max, best_val,
+                                                       best_idx, checked, stream));
+}
 // ---- end [metrics] ----------------------------------------------------------
 
 // ---- [solvers] bindings -----------------------------------------------------
@@ -428,6 +494,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("first"), py::arg("normalize"), py::arg("eps"), py::arg("stream") = 0, nogil);
   m.def("ncc_argmax_update", &ncc_argmax_update, py::arg("tile"), py::arg("bias"), py::arg("col0"),
         py::arg("best_val"), py::arg("best_idx"), py::arg("stream") = 0, nogil);
+  m.def("certified_argmax_fold", &certified_argmax_fold, py::arg("tile"), py::arg("A"), py::arg("B"),
+        py::arg("bias"), py::arg("y"), py::arg("col0"), py::arg("eps"), py::arg("approx_max"),
+        py::arg("best_val"), py::arg("best_idx"), py::arg("checked"), py::arg("stream") = 0, nogil);
   // end [metrics]
   // [solvers] module definitions
   // end [solvers]

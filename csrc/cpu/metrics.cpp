@@ -184,5 +184,118 @@ void ncc_argmax_update(const TensorView& tile, const TensorView& bias, int64_t c
     fail(std::string("tile: expected float32 or float64, got ") + dtype_name(tile.dtype));
 }
 
+namespace {
+
+// Exact fp64 score of class k for row a (serial, fixed order: the same k always gives
+// bit-identical v, so exact ties stay ties).
+template <typename T>
+inline double exact_dot(const T* a, int64_t as1, const T* b, int64_t bs1, int64_t d) {
+  double acc = 0.0;
+  if (as1 == 1 && bs1 == 1) {
+    for (int64_t t = 0; t < d; ++t) acc += static_cast<double>(a[t]) * static_cast<double>(b[t]);
+  } else {
+    for (int64_t t = 0; t < d; ++t)
+      acc += static_cast<double>(a[t * as1]) * static_cast<double>(b[t * bs1]);
+  }
+  return acc;
+}
+
+template <typename T>
+void certified_impl(const TensorView& tile, const TensorView& A, const TensorView& B,
+                    const TensorView& bias, const TensorView& y, int64_t col0, const TensorView& eps,
+                    const TensorView& approx_max, const TensorView& best_val,
+                    const TensorView& best_idx, const TensorView& checked) {
+  const int64_t R = tile.size(0), c = tile.size(1), d = A.size(1), K = B.size(0);
+  const float* tp = tile.data<float>();
+  const int64_t ts0 = tile.stride(0);
+  const T* ap = A.data<T>();
+  const T* bp = B.data<T>();
+  const int64_t as0 = A.stride(0), as1 = A.stride(1), bs0 = B.stride(0), bs1 = B.stride(1);
+  const bool has_bias = bias.numel() > 0;
+  const T* biasp = has_bias ? bias.data<T>() : nullptr;
+  const int64_t bias_s = has_bias ? bias.stride(0) : 0;
+  const bool has_y = y.numel() > 0;
+  const int64_t* yp = has_y ? y.data<int64_t>() : nullptr;
+  const int64_t ys = has_y ? y.stride(0) : 0;
+  const double* ep = eps.data<double>();
+  const int64_t es = eps.stride(0);
+  double* amp = approx_max.data<double>();
+  const int64_t ams = approx_max.stride(0);
+  double* bvp = best_val.data<double>();
+  const int64_t bvs = best_val.stride(0);
+  int64_t* bip = best_idx.data<int64_t>();
+  const int64_t bis = best_idx.stride(0);
+  const bool has_checked = checked.numel() > 0;
+  int64_t* chp = has_checked ? checked.data<int64_t>() : nullptr;
+  const int64_t chs = has_checked ? checked.stride(0) : 0;
+
+  // dynamic: rows differ in how many columns qualify
+#pragma omp parallel for schedule(dynamic, 16) if (R * c > 16384)
+  for (int64_t i = 0; i < R; ++i) {
+    const float* row = tp + i * ts0;
+    // masked column within this tile (-1: none); y outside [0, K) masks nothing
+    int64_t jm = -1;
+    if (has_y) {
+      const int64_t yi = yp[i * ys];
+      if (yi >= 0 && yi < K && yi >= col0 && yi - col0 < c) jm = yi - col0;
+    }
+    double m = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < c; ++j) {
+      const double s = static_cast<double>(row[j]);
+      if (j != jm && s > m) m = s;  // NaN never compares greater
+    }
+    const double prev = amp[i * ams];
+    if (prev > m) m = prev;  // a NaN running max never counts either
+    amp[i * ams] = m;
+    if (!(m > -std::numeric_limits<double>::infinity())) continue;
+    // s~ and m are exact doubles and rounding is monotone, so s~ >= m - 2 eps in exact
+    // arithmetic implies s~ >= fl(m - 2 eps): the rounded threshold never drops k*.
+    const double thr = m - 2.0 * ep[i * es];
+    double bv = bvp[i * bvs];
+    int64_t bi = bip[i * bis];
+    int64_t nchk = 0;
+    const T* arow = ap + i * as0;
+    for (int64_t j = 0; j < c; ++j) {
+      if (j == jm || !(static_cast<double>(row[j]) >= thr)) continue;
+      const int64_t k = col0 + j;
+      double v = exact_dot(arow, as1, bp + k * bs0, bs1, d);
+      if (has_bias) v += static_cast<double>(biasp[k * bias_s]);
+      ++nchk;
+      if (v > bv || (v == bv && k < bi)) {
+        bv = v;
+        bi = k;
+      }
+    }
+    bvp[i * bvs] = bv;
+    bip[i * bis] = bi;
+    if (has_checked) chp[i * chs] += nchk;
+  }
+}
+
+}  // namespace
+
+void certified_argmax_fold(const TensorView& tile, const TensorView& A, const TensorView& B,
+                           const TensorView& bias, const TensorView& y, int64_t col0,
+                           const TensorView& eps, const TensorView& approx_max,
+                           const TensorView& best_val, const TensorView& best_idx,
+                           const TensorView& checked) {
+  const int64_t R = tile.size(0);
+  if (tile.dtype != DType::F32) fail(std::string("tile: expected float32, got ") + dtype_name(tile.dtype));
+  // cheap value check of the error bound before any state is written
+  const double* ep = eps.data<double>();
+  for (int64_t i = 0; i < R; ++i) {
+    const double e = ep[i * eps.stride(0)];
+    if (!(e >= 0) || !std::isfinite(e))
+      fail("eps: every entry must be finite and >= 0 (row " + std::to_string(i) + " has " + std::to_string(e) + ")");
+  }
+  if (R == 0 || tile.size(1) == 0) return;
+  if (A.dtype == DType::F32)
+    certified_impl<float>(tile, A, B, bias, y, col0, eps, approx_max, best_val, best_idx, checked);
+  else if (A.dtype == DType::F64)
+    certified_impl<double>(tile, A, B, bias, y, col0, eps, approx_max, best_val, best_idx, checked);
+  else
+    fail(std::string("A: expected float32 or float64, got ") + dtype_name(A.dtype));
+}
+
 }  // namespace cpu
 }  // namespace gnc

@@ -29,5 +29,28 @@ void metrics_update_batch(const TensorView& features, const TensorView& labels,
 void ncc_argmax_update(const TensorView& tile, const TensorView& bias, int64_t col0,
                        const TensorView& best_val, const TensorView& best_idx);
 
+// Certified-argmax epilogue: fold one tile of APPROXIMATE scores and re-score exactly
+// (fp64) only the columns that can still be the row's best.
+//
+// tile (R, c) fp32, unit column stride: s~[i, j] ~ <A_i, B_k> + bias_k for k = col0 + j,
+// with |s~[i, j] - s[i, j]| <= eps[i] (the caller's error bound). A (R, d) and B (K, d)
+// fp32 or fp64 (same dtype), unit column stride, any row stride; bias (K,) of A's dtype
+// or empty (numel 0: no bias); y (R,) int64 masked class per row or empty (no mask; a
+// y outside [0, K) masks nothing). eps (R,) fp64, finite and >= 0 (checked here, before
+// any state is written). State, updated in place: approx_max (R,) fp64 running max of
+// s~ over unmasked columns (init -inf); best_val (R,) fp64 (init -inf) and best_idx (R,)
+// int64 (init -1) the exact best; checked (R,) int64 += number of exact re-scorings,
+// or empty to skip.
+// Per row: m = max(approx_max, max of unmasked non-NaN s~); approx_max = m; if
+// m > -inf, every unmasked j with double(s~[i, j]) >= m - 2 eps[i] is re-scored as
+// v = sum_t double(A[i,t]) double(B[k,t]) (+ double(bias[k])) in a fixed serial order
+// and replaces the best when v > best_val or (v == best_val and k < best_idx).
+// Cost O(R c + R q d) for q re-scored columns per row; no allocation.
+void certified_argmax_fold(const TensorView& tile, const TensorView& A, const TensorView& B,
+                           const TensorView& bias, const TensorView& y, int64_t col0,
+                           const TensorView& eps, const TensorView& approx_max,
+                           const TensorView& best_val, const TensorView& best_idx,
+                           const TensorView& checked);
+
 }  // namespace cpu
 }  // namespace gnc

@@ -194,5 +194,110 @@ void ncc_argmax_update(const TensorView& tile, const TensorView& bias, int64_t c
   check_launch("ncc_argmax_update");
 }
 
+namespace {
+
+// One warp per row (grid-stride over rows). Pass 1: warp max of the unmasked tile
+// entries; pass 2: ballot the columns with s~ >= m - 2 eps in groups of 32 and, for
+// each, the whole warp computes the fp64 dot product (lanes stride over t, xor-shuffle
+// tree: every lane ends with the bit-identical sum, so the running best is kept
+// uniformly in all lanes and lane 0 writes it). Deterministic, no atomics.
+template <typename T>
+__global__ void certified_argmax_kernel(const float* __restrict__ tile, int64_t R, int64_t c, int64_t ts0,
+                                        const T* __restrict__ A, int64_t as0, const T* __restrict__ B,
+                                        int64_t bs0, int64_t d, const T* __restrict__ bias, int64_t bias_s,
+                                        const int64_t* __restrict__ y, int64_t ys, int64_t K, int64_t col0,
+                                        const double* __restrict__ eps, int64_t es,
+                                        double* __restrict__ approx_max, int64_t ams,
+                                        double* __restrict__ best_val, int64_t bvs,
+                                        int64_t* __restrict__ best_idx, int64_t bis,
+                                        int64_t* __restrict__ checked, int64_t chs) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps_total = static_cast<int64_t>(gridDim.x) * kWarps;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); i < R; i += warps_total) {
+    const float* row = tile + i * ts0;
+    int64_t jm = -1;
+    if (y != nullptr) {
+      const int64_t yi = y[i * ys];
+      if (yi >= 0 && yi < K && yi >= col0 && yi - col0 < c) jm = yi - col0;
+    }
+    double m = -HUGE_VAL;
+    for (int64_t j = lane; j < c; j += 32) {
+      const double s = static_cast<double>(row[j]);
+      if (j != jm && s > m) m = s;  // NaN never counts
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmax(m, __shfl_xor_sync(0xffffffffu, m, o));
+    const double prev = approx_max[i * ams];
+    if (prev > m) m = prev;  // a NaN running max never counts (as on the CPU)
+    if (lane == 0) approx_max[i * ams] = m;
+    if (!(m > -HUGE_VAL)) continue;  // warp-uniform
+    const double thr = m - 2.0 * eps[i * es];
+    double bv = best_val[i * bvs];
+    int64_t bi = best_idx[i * bis];
+    int64_t nchk = 0;
+    const T* arow = A + i * as0;
+    for (int64_t base = 0; base < c; base += 32) {
+      const int64_t j = base + lane;
+      const bool q = j < c && j != jm && static_cast<double>(row[j < c ? j : 0]) >= thr;
+      unsigned mask = __ballot_sync(0xffffffffu, q);
+      nchk += __popc(mask);
+      while (mask != 0u) {
+        const int b = __ffs(mask) - 1;
+        mask &= mask - 1u;
+        const int64_t k = col0 + base + b;
+        const T* brow = B + k * bs0;
+        double acc = 0.0;
+        for (int64_t t = lane; t < d; t += 32)
+          acc += static_cast<double>(arow[t]) * static_cast<double>(brow[t]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (bias != nullptr) acc += static_cast<double>(bias[k * bias_s]);
+        if (acc > bv || (acc == bv && k < bi)) {
+          bv = acc;
+          bi = k;
+        }
+      }
+    }
+    if (lane == 0) {
+      best_val[i * bvs] = bv;
+      best_idx[i * bis] = bi;
+      if (checked != nullptr) checked[i * chs] += nchk;
+    }
+  }
+}
+
+}  // namespace
+
+void certified_argmax_fold(const TensorView& tile, const TensorView& A, const TensorView& B,
+                           const TensorView& bias, const TensorView& y, int64_t col0,
+                           const TensorView& eps, const TensorView& approx_max,
+                           const TensorView& best_val, const TensorView& best_idx,
+                           const TensorView& checked, std::uintptr_t stream) {
+  const int64_t R = tile.size(0), c = tile.size(1), d = A.size(1), K = B.size(0);
+  if (tile.dtype != DType::F32) fail(std::string("tile: expected float32, got ") + dtype_name(tile.dtype));
+  if (R == 0 || c == 0) return;
+  DeviceGuard g(tile.device);
+  const int64_t blocks_needed = (R + kWarps - 1) / kWarps;
+  const unsigned grid = static_cast<unsigned>(blocks_needed < (1 << 20) ? blocks_needed : (1 << 20));
+  const bool has_bias = bias.numel() > 0, has_y = y.numel() > 0, has_chk = checked.numel() > 0;
+  auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    certified_argmax_kernel<T><<<grid, kWarps * 32, 0, as_stream(stream)>>>(
+        tile.data<float>(), R, c, tile.stride(0), A.data<T>(), A.stride(0), B.data<T>(), B.stride(0), d,
+        has_bias ? bias.data<T>() : nullptr, has_bias ? bias.stride(0) : 0,
+        has_y ? y.data<int64_t>() : nullptr, has_y ? y.stride(0) : 0, K, col0, eps.data<double>(),
+        eps.stride(0), approx_max.data<double>(), approx_max.stride(0), best_val.data<double>(),
+        best_val.stride(0), best_idx.data<int64_t>(), best_idx.stride(0),
+        has_chk ? checked.data<int64_t>() : nullptr, has_chk ? checked.stride(0) : 0);
+  };
+  if (A.dtype == DType::F32)
+    launch(float{});
+  else if (A.dtype == DType::F64)
+    launch(double{});
+  else
+    fail(std::string("A: expected float32 or float64, got ") + dtype_name(A.dtype));
+  check_launch("certified_argmax_fold");
+}
+
 }  // namespace cuda
 }  // namespace gnc
