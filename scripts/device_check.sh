@@ -59,7 +59,7 @@ note "build_info: $(cat "$OUT/build_info.json" | head -c 300)"
 PYT_TIMEOUT=""
 python3 -c "import pytest_timeout" 2>/dev/null && PYT_TIMEOUT="--timeout=120"
 if [ "${TESTS:-1}" = "1" ]; then
-  for f in ${TEST_FILES:-test_normalize test_hull test_loss test_metrics test_nn test_cmf test_tammes test_ufm}; do
+  for f in ${TEST_FILES:-test_normalize test_hull test_certified_argmax test_loss test_metrics test_nn test_cmf test_tammes test_ufm}; do
     CUDA_LAUNCH_BLOCKING=${TEST_LAUNCH_BLOCKING:-0} timeout "$(cap "${TEST_CAP:-120}")" $PYP -m pytest -q -rfE --tb=short $PYT_TIMEOUT python_tests/$f.py -k "cuda" \
       -p no:cacheprovider > "$OUT/tests_cuda_$f.log" 2>&1
     rc=$?
@@ -87,8 +87,8 @@ bench_hull|45|python3 benchmarks/bench_hull.py --device cuda --cap 5 --cases 100
   else
     benches="gpu_profile|40|python3 scripts/gpu_profile.py --out $OUT
 bench_normalize|30|python3 benchmarks/bench_normalize.py --device cuda --out $OUT
-bench_loss|150|python3 benchmarks/bench_loss.py --device cuda --out $OUT
-bench_metrics|60|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
+bench_loss|130|python3 benchmarks/bench_loss.py --device cuda --out $OUT
+bench_metrics|50|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
 bench_hull|90|python3 benchmarks/bench_hull.py --device cuda --cap 5 --cases 2000x64,10000x512,100000x512 --out $OUT
 softmax_large|80|python3 benchmarks/bench_softmax_large.py --device cuda --d 512 --K 10000 --restarts 2 --max-iter 300 --time-limit 40 --out $OUT"
   fi
