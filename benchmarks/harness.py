@@ -149,7 +149,7 @@ def run_cases(cases: List[Case], device: str, script: str, *, only: Optional[str
               memory: bool = True) -> List[Dict[str, Any]]:
     rows: List[Dict[str, Any]] = []
     for case in cases:
-        if only and only not in case.name:
+        if only and not any(o and o in case.name for o in only.split(";")):
             continue
         if device.split(":")[0] not in case.devices:
             continue
@@ -209,7 +209,8 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
 def main(cases: List[Case], title: str, argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     p = argparse.ArgumentParser(description=title)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--only", default=None, help="run only cases whose name contains this")
+    p.add_argument("--only", default=None,
+                   help="run only cases whose name contains this (several: separate them with ';')")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for JSON + markdown results")
     p.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)

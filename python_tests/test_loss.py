@@ -467,6 +467,10 @@ def test_hardmax_screened_is_exact(monkeypatch, small_tiles, emulate_tf32_tile):
     monkeypatch.setattr(L, "HARDMAX_SCREEN", "on")
     _, arg_s = torch.ops.gnc_ext.hardmax_rows(F.normalize(H, dim=1), F.normalize(W, dim=1), y, 0)
     assert torch.equal(arg_s, want_arg)
+    # predict (argmax_cosine) takes the same screened path
+    S_all = Hn @ Wn.T
+    assert torch.equal(torch.ops.gnc_ext.argmax_cosine(F.normalize(H, dim=1), F.normalize(W, dim=1), 0),
+                       S_all.argmax(1))
     for a, b in zip(out["on"][1:], out["off"][1:]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     # the TF32 scores alone would pick another class on some rows

@@ -1,8 +1,9 @@
 // CUDA epilogues of the chunked spherical-CE / HardMax path: twins of cpu/loss.cpp.
 // fold / argmax: one 256-thread block per tile row (block reductions, then thread 0
 // updates the float64 state: no atomics, so results are deterministic run to run).
-// grad: one thread per tile element (grid-stride). Compiled, NOT run in the session
+// grad: one thread per tile element (rows over grid.y, columns over grid.x). Compiled, NOT run in the session
 // that wrote them (no GPU there); the CPU twin is the specification they mirror.
+#include <algorithm>
 #include <cfloat>
 
 #include "common/tile_checks.h"
@@ -78,21 +79,27 @@ __global__ void sce_fold_kernel(const A* __restrict__ tile, int64_t R, int64_t C
   A zt = A(0);
   if (has_t)
     zt = loss_math::phi<A>(row[t], mg.type, A(mg.m), A(mg.cos_m), A(mg.sin_m), A(mg.th), A(mg.mm)) * inv_tau;
-  A mx = -INFINITY;
-  for (int64_t k = threadIdx.x; k < C; k += kThreads)
-    if (k != t) mx = max(mx, row[k]);
-  mx = block_max(mx, sh) * inv_tau;
+  // one pass over the row: per thread an online (max, sum of exp relative to it) pair,
+  // then the block combines the pairs at the block max (the tile is read once)
+  A m_t = -INFINITY, s_t = A(0), zsum = A(0);
+  for (int64_t k = threadIdx.x; k < C; k += kThreads) {
+    if (k == t) continue;
+    const A z = row[k] * inv_tau;
+    zsum += z;
+    if (z > m_t) {
+      s_t = s_t * loss_math::exp_nonpos(m_t - z) + A(1);  // exp(-inf) = 0 on the first
+      m_t = z;
+    } else {
+      s_t += loss_math::exp_nonpos(z - m_t);
+    }
+  }
+  A mx = block_max(m_t, sh);
   if (has_t) mx = max(mx, zt);
   double* si = state + 4 * i;
   const double M = fmax(si[0], static_cast<double>(mx));
   const A Ma = static_cast<A>(M);
-  A acc = A(0), zsum = A(0);
-  for (int64_t k = threadIdx.x; k < C; k += kThreads) {
-    if (k == t) continue;
-    const A z = row[k] * inv_tau;
-    acc += loss_math::exp_nonpos(z - Ma);
-    zsum += z;
-  }
+  // M >= every thread's m_t, so each rescale factor is exp of a value <= 0
+  A acc = (m_t == -INFINITY) ? A(0) : s_t * loss_math::exp_nonpos(m_t - Ma);
   acc = block_sum(acc, sh);
   zsum = block_sum(zsum, sh);
   if (threadIdx.x == 0) {
@@ -113,26 +120,31 @@ __global__ void sce_grad_kernel(A* __restrict__ tile, int64_t R, int64_t C, int6
                                 const double* __restrict__ lse, int64_t ls, const double* __restrict__ q,
                                 int64_t qs, const double* __restrict__ scale, int64_t ss, double tau,
                                 MarginArgs mg, A eps_minus_uni, A uni, int64_t ignore_index) {
-  const int64_t n = R * C;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = e / C, k = e - i * C;
-    A* p = tile + i * ld + k;
+  // grid.y strides over rows (per-row constants loaded once), grid.x and the threads
+  // over the row's columns: no per-element integer division
+  const A inv_tau = A(1.0 / tau);
+  for (int64_t i = blockIdx.y; i < R; i += gridDim.y) {
+    A* row = tile + i * ld;
     const int64_t yi = y[i * ys];
     const double sc = scale[i * ss];
-    if (yi == ignore_index || sc == 0.0) {
-      *p = A(0);
-      continue;
-    }
+    const bool zero = (yi == ignore_index || sc == 0.0);
     const A L = static_cast<A>(lse[i * ls]);
     const A u = static_cast<A>(sc / tau);
-    const A inv_tau = A(1.0 / tau);
-    const A c = *p;
-    if (col0 + k == yi) {  // p_t - 1 = -q without cancellation
-      *p = u * (eps_minus_uni - static_cast<A>(q[i * qs])) *
-           loss_math::dphi<A>(c, mg.type, A(mg.cos_m), A(mg.sin_m), A(mg.th));
-    } else {
-      *p = u * (loss_math::exp_nonpos(c * inv_tau - L) - uni);
+    const int64_t t = yi - col0;
+    for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < C;
+         k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      A* p = row + k;
+      if (zero) {
+        *p = A(0);
+        continue;
+      }
+      const A c = *p;
+      if (k == t) {  // p_t - 1 = -q without cancellation
+        *p = u * (eps_minus_uni - static_cast<A>(q[i * qs])) *
+             loss_math::dphi<A>(c, mg.type, A(mg.cos_m), A(mg.sin_m), A(mg.th));
+      } else {
+        *p = u * (loss_math::exp_nonpos(c * inv_tau - L) - uni);
+      }
     }
   }
 }
@@ -174,12 +186,6 @@ __global__ void argmax_kernel(const A* __restrict__ tile, int64_t R, int64_t C, 
   }
 }
 
-unsigned blocks_for(int64_t n) {
-  int64_t b = (n + kThreads - 1) / kThreads;
-  if (b > 65535LL * 32) b = 65535LL * 32;
-  return static_cast<unsigned>(b < 1 ? 1 : b);
-}
-
 }  // namespace
 
 void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
@@ -210,7 +216,10 @@ void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t
   DeviceGuard g(tile.device);
   const auto mg = margin_args(margin_type, margin);
   const double uni = label_smoothing / static_cast<double>(num_classes);
-  const unsigned nb = blocks_for(R * C);
+  // columns: enough blocks to cover a row once (at most 1024); rows: up to 65535 in y,
+  // the kernel strides over the rest
+  const int64_t bx = std::min<int64_t>((C + kThreads - 1) / kThreads, 1024);
+  const dim3 nb(static_cast<unsigned>(bx), static_cast<unsigned>(std::min<int64_t>(R, 65535)));
   if (tile.dtype == DType::F32)
     sce_grad_kernel<float><<<nb, kThreads, 0, as_stream(stream)>>>(
         tile.data<float>(), R, C, tile.stride(0), y.data<int64_t>(), y.stride(0), col0, lse.data<double>(),

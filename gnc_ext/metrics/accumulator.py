@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from .. import _validate
-from .._engine import certified_argmax, chunk_size, similarity_chunks
+from .._engine import certified_argmax, chunk_size, class_bounds, similarity_chunks
 from .._native import native, stream_of, view
 
 # Nearest-class-centre scoring for float32 features: "auto" (default) screens the class
@@ -654,6 +654,7 @@ class GNCAccumulator:
         out = torch.empty(B, dtype=torch.int64, device=self.device)
         K = self.num_classes
         screen = _ncc_screened(cdt, self.device)
+        bounds = class_bounds(M, bias) if screen else None  # once for all row blocks
         for r0 in range(0, B, row_block):
             A = features[r0:r0 + row_block].to(cdt)
             _validate.finite(A, "features")  # per block: no (B × d) temporary
@@ -662,7 +663,7 @@ class GNCAccumulator:
             R = A.shape[0]
             if screen and R:
                 # TF32 tiles screened, candidates re-scored exactly in float64
-                _, idx, _ = certified_argmax(A.contiguous(), M, bias, None, chunk=chunk_size(R, K))
+                _, idx, _ = certified_argmax(A.contiguous(), M, bias, None, chunk=chunk_size(R, K), bounds=bounds)
                 out[r0:r0 + R] = idx
                 continue
             best_val = torch.full((R,), -math.inf, dtype=cdt, device=self.device)

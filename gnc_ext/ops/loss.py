@@ -622,10 +622,11 @@ def _hardmax_rows(Hn: Tensor, Wn: Tensor, y: Tensor, chunk: int) -> Tuple[Tensor
     return (best - tgt).to(acc), arg
 
 
-# HardMax forward for float32 inputs: "auto" (default) screens the class tiles with TF32
-# tensor-core GEMMs on CUDA and re-scores the candidates exactly (exact result, several
-# times faster than fp32 GEMMs on Hopper); "on" forces the screened path (tests use it
-# on the CPU with TF32 rounding emulated); "off" uses plain fp32 tiles everywhere.
+# HardMax forward (and predict) for float32 inputs: "auto" (default) screens the class
+# tiles with TF32 tensor-core GEMMs on CUDA when the batch has at least
+# _engine.SCREEN_MIN_ROWS rows, and re-scores the candidates exactly (the same result
+# as fp32 tiles); "on" forces the screened path (tests use it on the CPU with TF32
+# rounding emulated); "off" uses plain fp32 tiles everywhere.
 HARDMAX_SCREEN = os.environ.get("GNC_HARDMAX_SCREEN", "auto")
 
 
@@ -635,7 +636,7 @@ def _hardmax_screened(Hn: Tensor, Wn: Tensor) -> bool:
     fp32 = Hn.dtype == torch.float32 and Wn.dtype == torch.float32
     if HARDMAX_SCREEN == "on":
         return fp32
-    return HARDMAX_SCREEN == "auto" and fp32 and Hn.is_cuda
+    return HARDMAX_SCREEN == "auto" and fp32 and Hn.is_cuda and Hn.shape[0] >= _engine.SCREEN_MIN_ROWS
 
 
 @_hardmax_rows.register_fake
