@@ -1,8 +1,8 @@
 // CUDA epilogues of the chunked spherical-CE / HardMax path: twins of cpu/loss.cpp.
 // fold / argmax: one 256-thread block per tile row (block reductions, then thread 0
 // updates the float64 state: no atomics, so results are deterministic run to run).
-// grad: one thread per tile element (rows over grid.y, columns over grid.x). Compiled, NOT run in the session
-// that wrote them (no GPU there); the CPU twin is the specification they mirror.
+// grad: one thread per tile element (rows over grid.y, columns over grid.x). Run on an
+// H200 (2026-11-30); the CPU twin is the specification they mirror.
 #include <algorithm>
 #include <cfloat>
 

@@ -1,7 +1,6 @@
 // CUDA twins of cpu/loss.h (same names and contracts; launched on `stream`). These are
 // the epilogues of the CHUNKED CUDA path (cuBLAS GEMM per block of classes through
-// torch, then these kernels). They are compiled (GNC_CUDA=on) but have NOT been run on
-// a GPU in the session that wrote them.
+// torch, then these kernels). Run on an H200 (2026-11-30): the CUDA tests pass.
 #pragma once
 #include <cstdint>
 
@@ -31,8 +30,7 @@ namespace cuda {
 // blocks split K and write partial states, a second kernel merges them in a fixed order
 // (deterministic, no atomics). Writes `state` (B x 4, float64) with the layout of
 // sce_fold: [max z, sum exp(z - max) over the non-target classes, target cosine, sum z].
-// Compiled, NOT run in the
-// session that wrote it.
+// Tests pass on an H200; opt-in (slower than the chunked path).
 void sce_fused_forward(const TensorView& Hn, const TensorView& Wn, const TensorView& y,
                        const TensorView& state, double tau, int margin_type, double margin,
                        int64_t ignore_index, std::uintptr_t stream);
@@ -55,8 +53,8 @@ namespace cuda {
 // atomics. Workspaces (fp32, contiguous, allocated by the caller so that torch's allocator
 // accounts for them; zeroed here): ws_h (splits, Bpad, dpad) when dH is wanted (splits =
 // how many class ranges the dH kernel splits K into; 1 <= splits <= 65535), ws_w
-// (Kpad, dpad) when dW is wanted; Bpad, Kpad, dpad = B, K, d rounded up to 64. Compiled,
-// NOT run in the session that wrote it.
+// (Kpad, dpad) when dW is wanted; Bpad, Kpad, dpad = B, K, d rounded up to 64. Tests
+// pass on an H200; opt-in (slower than the chunked path).
 void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
                         const TensorView& q, const TensorView& scale, const TensorView& dH, const TensorView& dW, const TensorView& ws_h,
                         const TensorView& ws_w, int64_t num_classes,
