@@ -204,18 +204,29 @@ def row_chunk(rows: int, K: int) -> int:
 _MM_OUT_DTYPE_OK = None  # CUDA: does torch.mm(..., out_dtype=float32) work for 16-bit inputs?
 
 
+def _mm_out_dtype(a: Tensor, b: Tensor, acc: torch.dtype):
+    """``torch.mm(a, b, out_dtype=acc)`` (16-bit CUDA operands, fp32 result from the
+    tensor-core GEMM), or None where this torch lacks it (probed once)."""
+    global _MM_OUT_DTYPE_OK
+    if not a.is_cuda or _MM_OUT_DTYPE_OK is False:
+        return None
+    try:
+        t = torch.mm(a, b, out_dtype=acc)
+    except (RuntimeError, TypeError, NotImplementedError):
+        _MM_OUT_DTYPE_OK = False
+        return None
+    _MM_OUT_DTYPE_OK = True
+    return t
+
+
 def _cos_tile(Ha: Tensor, H16: Tensor, Wc: Tensor, acc: torch.dtype) -> Tensor:
     """(rows × c) tile ``H · Wcᵀ`` in ``acc`` dtype. 16-bit CUDA inputs use the tensor-core
     GEMM with fp32 output (``torch.mm(..., out_dtype=)``) when this torch has it (checked
     once, falling back to upcasting the chunk); everything else multiplies in ``acc``."""
-    global _MM_OUT_DTYPE_OK
-    if Wc.dtype != acc and Wc.is_cuda and _MM_OUT_DTYPE_OK is not False:
-        try:
-            t = torch.mm(H16, Wc.T, out_dtype=acc)
-            _MM_OUT_DTYPE_OK = True
+    if Wc.dtype != acc:
+        t = _mm_out_dtype(H16, Wc.T, acc)
+        if t is not None:
             return t
-        except (RuntimeError, TypeError, NotImplementedError):
-            _MM_OUT_DTYPE_OK = False
     return mm_fp32(Ha, Wc.to(acc).T, _gemm_mode(Ha))
 
 
@@ -241,15 +252,8 @@ def _lowp_grad_gemm(Hn: Tensor, Wn: Tensor) -> bool:
 def _mm_acc(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
     """``a @ b`` for 16-bit operands with an ``acc`` (fp32) result: torch.mm(out_dtype=)
     where this torch has it on the device, else the 16-bit product upcast."""
-    global _MM_OUT_DTYPE_OK
-    if a.is_cuda and _MM_OUT_DTYPE_OK is not False:
-        try:
-            t = torch.mm(a, b, out_dtype=acc)
-            _MM_OUT_DTYPE_OK = True
-            return t
-        except (RuntimeError, TypeError, NotImplementedError):
-            _MM_OUT_DTYPE_OK = False
-    return (a @ b).to(acc)
+    t = _mm_out_dtype(a, b, acc)
+    return (a @ b).to(acc) if t is None else t
 
 
 def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, margin: float,
