@@ -99,7 +99,8 @@ def spherical_cross_entropy(
     classes), 4 otherwise (the backward recomputes tiles). Memory: O(B) state plus one
     fp32 tile (recompute: ``gnc_ext.ops.loss.TILE_BYTES`` = 32 MiB of B × chunk;
     gradient-in-forward: ``FUSED_TILE_BYTES`` = 256 MiB of rows × K) plus the gradients
-    (the recompute path also holds normalised copies Ĥ, Ŵ); never a B × K tensor
+    (the recompute path normalises W one block of classes at a time, so no K × d copy Ŵ or
+    dŴ exists: beyond the gradients, per block two chunk × d blocks); never a B × K tensor
     (unless B × K fits one tile). Deterministic (no floating-point atomics). On
     CUDA the chunked path (cuBLAS + native epilogues) runs by default; a fused forward
     kernel (logits tile kept in shared memory, WMMA tensor cores for bf16/fp16, fp32
@@ -140,8 +141,13 @@ def spherical_cross_entropy(
             0 if reduction == "mean" else 1, need_h, need_w, 0)
         return loss
     Hn = normalize_rows(H) if normalize else H
-    Wn = normalize_rows(W) if normalize else W
-    rows, _ = torch.ops.gnc_ext.spherical_ce_rows(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, mcode, 0)
+    if normalize and _ops.w_blockwise(H):  # Ŵ is formed one block of classes at a time, never stored
+        rows, _ = torch.ops.gnc_ext.spherical_ce_rows_nw(Hn, W, y, tau, ignore_index, label_smoothing, margin,
+                                                          mcode, 0)
+    else:
+        Wn = normalize_rows(W) if normalize else W
+        rows, _ = torch.ops.gnc_ext.spherical_ce_rows(Hn, Wn, y, tau, ignore_index, label_smoothing, margin,
+                                                       mcode, 0)
     if reduction == "none":
         return rows
     total = rows.sum()
@@ -172,7 +178,9 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
 
     Complexity: one GEMM pass with a masked max/argmax epilogue (2·B·K·d flops); the
     backward is sparse (O(B·d)), plus the normalisation backward (O((B+K)·d)).
-    Memory: O(B) state plus one fp32 tile, plus normalised copies and gradients.
+    Memory: O(B) state plus one fp32 tile and one normalised block of W (no K × d copy Ŵ;
+    on CUDA with ≥ 4096 fp32 rows the TF32-screened forward normalises W whole, a
+    temporary), plus the gradients. The backward sums repeated classes deterministically.
 
     Raises:
         TypeError/ValueError naming the argument (as spherical_cross_entropy).
@@ -182,8 +190,10 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
     _ops.validate_inputs(H, W, y, allow_ignore=False)
     Hn = normalize_rows(H) if normalize else H
-    Wn = normalize_rows(W) if normalize else W
-    v, _ = torch.ops.gnc_ext.hardmax_rows(Hn, Wn, y, 0)
+    if normalize:  # Ŵ formed one block of classes at a time; a sparse backward through it
+        v, _ = torch.ops.gnc_ext.hardmax_rows_nw(Hn, W, y, 0)
+    else:
+        v, _ = torch.ops.gnc_ext.hardmax_rows(Hn, W, y, 0)
     if reduction == "none":
         return v
     if reduction == "sum":

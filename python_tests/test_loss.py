@@ -197,6 +197,20 @@ def test_opcheck_ops():
     torch.library.opcheck(ops.spherical_ce_fused.default, (Hr, Wr, y, 0.2, -100, 0.1, 0.3, 1, True, 0, True, True, 0))
     torch.library.opcheck(ops.hardmax_rows.default, (H.detach().requires_grad_(True), W.detach().requires_grad_(True), yv, 0))
     torch.library.opcheck(ops.argmax_cosine.default, (Hd, Wd, 0))
+    # the ops that normalise W block by block take raw weights
+    torch.library.opcheck(ops.spherical_ce_rows_nw.default, (H.detach().requires_grad_(True),
+                                                             Wr.detach().requires_grad_(True), y, 0.2, -100, 0.1,
+                                                             0.3, 2, 2))
+    _, st = ops.spherical_ce_rows_nw(Hd, Wr.detach(), y, 0.2, -100, 0.1, 0.3, 2, 2)
+    torch.library.opcheck(ops.spherical_ce_rows_nw_backward.default,
+                          (torch.randn(4, dtype=torch.float64), Hd, Wr.detach(), y, st, 0.2, -100, 0.1, 0.3, 2, 2,
+                           True, True))
+    torch.library.opcheck(ops.hardmax_rows_nw.default, (H.detach().requires_grad_(True),
+                                                        Wr.detach().requires_grad_(True), yv, 2))
+    _, arg = ops.hardmax_rows_nw(Hd, Wr.detach(), yv, 0)
+    for nw in (True, False):
+        torch.library.opcheck(ops.hardmax_rows_backward.default,
+                              (torch.randn(4, dtype=torch.float64), Hd, Wr.detach(), yv, arg, nw, True, True))
 
 
 @pytest.mark.parametrize("strategy", ["recompute", "grad_in_forward"])
@@ -249,6 +263,88 @@ def test_lowp_grad_gemm_path(dtype, monkeypatch, small_tiles):
     monkeypatch.setattr(L, "LOWP_GRAD_GEMM", "bogus")
     with pytest.raises(ValueError, match="LOWP_GRAD_GEMM"):
         gnc_ext.spherical_cross_entropy(H.to(dtype).requires_grad_(True), W.to(dtype), y).backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_blockwise_w_normalisation_equals_whole(dtype, monkeypatch, small_tiles):
+    """The recompute path normalises W one block of classes at a time (spherical_ce_rows_nw)
+    and takes dŴ through the normalisation per block: bitwise the same loss and gradients
+    as normalising all of W first (normalize_rows + spherical_ce_rows), including a zero
+    row and a row below eps (the dŴ/eps branch), a non-contiguous W, ragged blocks and a
+    frozen W or H. (Both against the float64 reference: test_matches_reference_fp32.)"""
+    _strategy(monkeypatch, "recompute")
+    g = torch.Generator().manual_seed(71)
+    H = torch.randn(13, 24, generator=g).to(dtype)
+    W = torch.randn(24, 3001, generator=g).to(dtype).T  # non-contiguous rows
+    W[5] = 0
+    W[7] *= 1e-14
+    y = torch.randint(0, 3001, (13,), generator=g)
+    y[0], y[1], y[2] = 5, 7, -100
+    wts = torch.rand(13, generator=g) + 0.5
+    opts = dict(tau=0.1, margin=0.2, label_smoothing=0.1, reduction="none")
+    for need in ("both", "H", "W"):
+        res = {}
+        for blockwise in (True, False):
+            monkeypatch.setattr(L, "w_blockwise", lambda H, b=blockwise: b)
+            h = H.clone().requires_grad_(need in ("both", "H"))
+            w = W.clone().requires_grad_(need in ("both", "W"))
+            out = gnc_ext.spherical_cross_entropy(h, w, y, **opts)
+            (out * wts.to(out.dtype)).sum().backward()
+            res[blockwise] = (out.detach(), h.grad, w.grad)
+        for a, b in zip(res[True], res[False]):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert torch.equal(a, b), need
+        if need != "H":
+            assert torch.isfinite(res[True][2]).all()
+
+
+def test_blockwise_w_normalisation_is_used_by_default():
+    # the recompute op with raw W runs (not normalize_rows on W) for normalize=True
+    assert L.w_blockwise(torch.zeros(1, 1))
+    calls = []
+    orig = gnc_ext.losses.normalize_rows
+    try:
+        gnc_ext.losses.normalize_rows = lambda X, *a: calls.append(tuple(X.shape)) or orig(X, *a)
+        H, W, y = torch.randn(4, 3), torch.randn(9, 3), torch.tensor([0, 1, 2, 8])
+        gnc_ext.spherical_cross_entropy(H, W, y, reduction="none")
+        gnc_ext.hardmax_loss(H, W, y)
+    finally:
+        gnc_ext.losses.normalize_rows = orig
+    assert calls == [(4, 3), (4, 3)]  # only H is normalised outside the ops
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_hardmax_backward_repeated_classes_through_normalisation(dtype, tol, small_tiles):
+    """HardMax with W normalised block by block: many rows share a label and a runner-up
+    class, so dŴ sums several rows per class before the normalisation backward; against
+    float64 autograd through F.normalize (a zero row of W is left out of the comparison:
+    F.normalize's gradient there is the same formula, but huge)."""
+    g = torch.Generator().manual_seed(72)
+    B, d, K = 40, 8, 300
+    H, W = torch.randn(B, d, generator=g), torch.randn(K, d, generator=g)
+    W[0] += 4 * W[1]  # class 0 is the runner-up of many rows of class 1
+    y = torch.randint(0, K, (B,), generator=g)
+    y[: B // 2] = 1
+    W[9] = 0
+    wts = torch.rand(B, generator=g, dtype=torch.float64) + 0.5
+    h = H.to(dtype).clone().requires_grad_(True)
+    w = W.to(dtype).clone().requires_grad_(True)
+    v = gnc_ext.hardmax_loss(h, w, y, reduction="none")
+    (v.double() * wts).sum().backward()
+    hr = h.detach().double().requires_grad_(True)
+    wr = w.detach().double().requires_grad_(True)
+    S = F.normalize(hr, dim=1) @ F.normalize(wr, dim=1).T
+    ref = S.scatter(1, y[:, None], float("-inf")).max(1).values - S.gather(1, y[:, None])[:, 0]
+    (ref * wts).sum().backward()
+    keep = torch.arange(K) != 9
+    for got, exp in ((v.double(), ref.detach()), (h.grad.double(), hr.grad), (w.grad.double()[keep], wr.grad[keep])):
+        s = float(exp.abs().max())
+        torch.testing.assert_close(got / s, exp / s, atol=tol, rtol=0)
+    # the same result again (deterministic summation of repeated classes)
+    h2, w2 = h.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    (gnc_ext.hardmax_loss(h2, w2, y, reduction="none").double() * wts).sum().backward()
+    assert torch.equal(h2.grad, h.grad) and torch.equal(w2.grad, w.grad)
 
 
 def test_fp16_runs_and_is_close():
@@ -618,6 +714,29 @@ def test_cuda_matches_cpu(cuda_device, mt, m, ls, red):
     for a, b in zip(*outs):
         s = max(float(a.abs().max()), 1e-6)
         torch.testing.assert_close(b / s, a / s, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_sce_peak_memory_is_about_the_gradient(cuda_device, dtype, monkeypatch):
+    """W normalised block by block: the training step's peak memory beyond the inputs is
+    the gradients dH + dW plus a few tile-sized blocks (whole-W normalisation held Ŵ,
+    dŴ and dW: about 3x dW)."""
+    monkeypatch.setattr(L, "CUDA_TILE_BYTES", 16 * 2**20)
+    g = torch.Generator().manual_seed(19)
+    B, d, K = 512, 256, 200_000
+    H = torch.randn(B, d, generator=g).to(cuda_device, dtype).requires_grad_(True)
+    W = torch.randn(K, d, generator=g).to(cuda_device, dtype).requires_grad_(True)
+    y = torch.randint(0, K, (B,), generator=g).to(cuda_device)
+    grads = (H.numel() + W.numel()) * H.element_size()
+    for loss in (lambda: gnc_ext.spherical_cross_entropy(H, W, y), lambda: gnc_ext.hardmax_loss(H, W, y)):
+        H.grad = W.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        loss().backward()
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - base
+        assert extra <= grads + 3 * L.CUDA_TILE_BYTES, (extra / 2**20, grads / 2**20)
 
 
 def test_cuda_hardmax_and_predict(cuda_device):

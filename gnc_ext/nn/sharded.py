@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from .. import _validate
 from ..losses import _check_margin
-from ..ops.loss import _finish, _fold_state, _grad_tiles, col_chunk
+from ..ops.loss import _finish, _fold_state, _grad_tiles, check_finite_rows, col_chunk
 from ..ops.normalize import normalize_rows
 
 _REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
@@ -70,12 +70,13 @@ def _all_gather_rows(x: Tensor, counts: List[int], group) -> Tensor:
 
 class _ShardedCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, Hn_local: Tensor, Wn: Tensor, y_all: Tensor, y_loc: Tensor, counts: List[int], rank: int,
+    def forward(ctx, Hn_local: Tensor, W: Tensor, y_all: Tensor, y_loc: Tensor, counts: List[int], rank: int,
                 group, tau: float, ignore_index: int, label_smoothing: float, margin: float, margin_type: int,
                 num_classes: int, reduction: int, chunk: int):
         distributed = len(counts) > 1
         Hn_all = _all_gather_rows(Hn_local.detach(), counts, group) if distributed else Hn_local.detach()
-        state = _fold_state(Hn_all, Wn.detach(), y_loc, tau, ignore_index, margin, margin_type, chunk)
+        # W: this rank's raw class weights, normalised block by block inside (no Ŵ copy)
+        state = _fold_state(Hn_all, W.detach(), y_loc, tau, ignore_index, margin, margin_type, chunk, norm_w=True)
         M = state[:, 0].clone()
         if distributed:
             dist.all_reduce(M, op=dist.ReduceOp.MAX, group=group)
@@ -93,7 +94,7 @@ class _ShardedCE(torch.autograd.Function):
                                    margin_type)
         start = sum(counts[:rank])
         n_valid = int(valid.sum())
-        ctx.save_for_backward(Hn_all, Wn.detach(), y_loc, stats)
+        ctx.save_for_backward(Hn_all, W.detach(), y_loc, stats)
         ctx.cfg = (counts, rank, group, tau, ignore_index, label_smoothing, margin, margin_type, num_classes,
                    reduction, chunk, n_valid, start, distributed)
         out_dtype = Hn_local.dtype if Hn_local.dtype == torch.float64 else torch.float32
@@ -105,7 +106,7 @@ class _ShardedCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        Hn_all, Wn, y_loc, stats = ctx.saved_tensors
+        Hn_all, W, y_loc, stats = ctx.saved_tensors
         (counts, rank, group, tau, ignore_index, ls, margin, mt, K, reduction, chunk, n_valid, start,
          distributed) = ctx.cfg
         need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
@@ -121,8 +122,8 @@ class _ShardedCE(torch.autograd.Function):
             if reduction == 0:
                 gs = gs / max(n_valid, 1)
             scale = gs.expand(B).contiguous()
-        dH_all, dW = _grad_tiles(Hn_all, Wn, y_loc, stats, scale, tau, ignore_index, ls, margin, mt, chunk,
-                                 need_h, need_w, num_classes=K)
+        dH_all, dW = _grad_tiles(Hn_all, W, y_loc, stats, scale, tau, ignore_index, ls, margin, mt, chunk,
+                                 need_h, need_w, num_classes=K, norm_w=True)
         dH = None
         if need_h:
             if distributed:
@@ -222,8 +223,9 @@ class ShardedSphericalCELoss(nn.Module):
         if bool(bad.any()):
             raise ValueError(f"labels: expected values in [0, {self.num_classes}) or ignore_index="
                              f"{self.ignore_index}, got {int(labels[bad][0])}")
+        check_finite_rows(self.weight, "weight")
         Hn = normalize_rows(features)
-        Wn = normalize_rows(self.weight)
+        W = self.weight  # normalised block by block inside the op
         if features.dtype != self.weight.dtype:
             Hn = Hn.to(self.weight.dtype)
         distributed = self.world_size > 1
@@ -243,10 +245,11 @@ class ShardedSphericalCELoss(nn.Module):
         y_loc = torch.where(y_all == self.ignore_index, torch.full_like(y_all, self.ignore_index), y_loc)
         K_eff = self.num_classes
         if self.sample_rate < 1.0:
-            Wn, y_loc, K_eff = self._sample(Wn, y_loc, in_shard, outside, counts)
-        return _ShardedCE.apply(Hn, Wn, y_all, y_loc.contiguous(), counts, self.rank, self.group, self.tau,
+            W, y_loc, K_eff = self._sample(W, y_loc, in_shard, outside, counts)
+        return _ShardedCE.apply(Hn, W, y_all, y_loc.contiguous(), counts, self.rank, self.group, self.tau,
                                 self.ignore_index, self.label_smoothing, self.margin, self._margin_code, K_eff,
-                                _REDUCTIONS[self.reduction], col_chunk(y_all.shape[0], Wn.shape[0]))
+                                _REDUCTIONS[self.reduction],
+                                col_chunk(y_all.shape[0], W.shape[0], W.is_cuda, W.shape[1]))
 
     def _sample(self, Wn: Tensor, y_loc: Tensor, in_shard: Tensor, outside: int, counts: List[int]):
         K_r = Wn.shape[0]

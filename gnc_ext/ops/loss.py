@@ -31,12 +31,26 @@ Ops (namespace ``torch.ops.gnc_ext``):
     dW (K × d, the gradient itself), one (row_chunk × K) fp32 tile
     (``FUSED_TILE_BYTES``, 256 MiB), O(B·d + K). This is the CPU default.
 
+``spherical_ce_rows_nw(Hn, W, y, ...)`` (and ``spherical_ce_rows_nw_backward``)
+    The recompute strategy with the **raw** class weights W, what the public
+    ``normalize=True`` path uses (unless an opt-in fused CUDA kernel is selected, see
+    :func:`w_blockwise`): every block of classes is normalised when its tile is formed
+    (native ``normalize_rows`` on the block: bit-for-bit the rows a whole-W normalisation
+    gives), and in the backward each block's dŴ_c goes through the native
+    ``normalize_rows_backward`` kernel straight into dW[block]. Ŵ and dŴ never exist as
+    K × d tensors: memory beyond the inputs is dW, dH and per block one (B × chunk) fp32
+    tile (its 16-bit copy for the tensor-core products) and two (chunk × d) blocks.
+
 ``hardmax_rows(Hn, Wn, y, chunk)``
     ``(values, arg)``: ``values_i = max_{k≠y_i} s_ik − s_iy_i`` and ``arg_i`` the
     maximising class (lowest index among ties). Its backward is sparse:
     ``dĤ_i = u_i (ŵ_{arg_i} − ŵ_{y_i})``, ``dŴ`` gets ``±u_i ĥ_i`` at rows arg_i / y_i.
     With labels outside [0, K) nothing is masked and ``arg`` is the plain argmax
-    (``nn.SphericalCELoss.predict``).
+    (``nn.SphericalCELoss.predict``). ``hardmax_rows_nw(Hn, W, y, chunk)`` takes the raw
+    weights and normalises block by block (the public ``normalize=True`` path); both
+    backward through ``hardmax_rows_backward``, which sums repeated classes with a
+    deterministic sort-based scatter and, for raw W, takes only the (≤ 2B) touched rows
+    through the normalisation.
 
 Strategy switch: :data:`STRATEGY` (``"auto"``: gradient-in-forward on CPU for mean/sum
 when gradients are needed, recompute otherwise and always on CUDA; ``"recompute"``;
@@ -170,6 +184,16 @@ def _cuda_mode(name: str, value: object) -> str:
     return value
 
 
+def w_blockwise(H: Tensor) -> bool:
+    """Whether the recompute strategy normalises W block by block (``spherical_ce_rows_nw``):
+    always, except on CUDA when an opt-in fused kernel (CUDA_FORWARD / CUDA_BACKWARD =
+    "fused") takes Ŵ whole."""
+    if H.device.type != "cuda" or H.dtype == torch.float64:
+        return True
+    return (_cuda_mode("CUDA_FORWARD", CUDA_FORWARD) == "chunked"
+            and _cuda_mode("CUDA_BACKWARD", CUDA_BACKWARD) == "chunked")
+
+
 # Memory budget of one fp32 similarity tile (bytes): recompute strategy (B × chunk)
 # and gradient-in-forward strategy (rows × K; larger, so B=256, K=100k is one block).
 TILE_BYTES = 32 * 2**20
@@ -187,11 +211,13 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def col_chunk(rows: int, K: int, cuda: bool = False) -> int:
+def col_chunk(rows: int, K: int, cuda: bool = False, d: int = 0) -> int:
     """Classes per tile of the recompute strategy (fp32 tile ≤ TILE_BYTES, or
-    CUDA_TILE_BYTES on CUDA, where larger GEMMs and fewer launches pay)."""
+    CUDA_TILE_BYTES on CUDA, where larger GEMMs and fewer launches pay). ``d``: the
+    feature dimension when blocks of W are normalised on the fly (a block's Ŵ_c and dŴ_c
+    are classes × d), so that those blocks stay within the budget as well."""
     budget = CUDA_TILE_BYTES if cuda else TILE_BYTES
-    return _engine.chunk_size(rows, K, budget_bytes=budget, multiple=256)
+    return _engine.chunk_size(max(rows, d), K, budget_bytes=budget, multiple=256)
 
 
 def row_chunk(rows: int, K: int) -> int:
@@ -256,8 +282,19 @@ def _mm_acc(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
     return (a @ b).to(acc) if t is None else t
 
 
+def _norm_chunk(Wc: Tensor, st) -> Tuple[Tensor, Tensor]:
+    """``(Ŵ_c, ‖w‖)`` for a block of class rows, by the native ``normalize_rows`` kernel
+    (the same rounding as normalising all of W at once, one block-sized copy)."""
+    Wn_c = torch.empty(Wc.shape, dtype=Wc.dtype, device=Wc.device)
+    n_c = torch.empty(Wc.shape[0], dtype=_acc(Wc.dtype), device=Wc.device)
+    native.normalize_rows_forward(view(Wc), view(Wn_c), view(n_c), NORM_EPS, st)
+    return Wn_c, n_c
+
+
 def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, margin: float,
-                margin_type: int, chunk: int) -> Tensor:
+                margin_type: int, chunk: int, norm_w: bool = False) -> Tensor:
+    # norm_w: Wn holds the raw class weights W; each block of classes is normalised on
+    # the fly (Ŵ never exists as a K × d tensor)
     B, K = Hn.shape[0], Wn.shape[0]
     acc = _acc(Hn.dtype)
     state = torch.empty((B, 4), dtype=torch.float64, device=Hn.device)
@@ -266,7 +303,8 @@ def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int
     Ha = Hn.to(acc)
     st = stream_of(Hn)
     for s in range(0, K, chunk):
-        tile = _cos_tile(Ha, Hn, Wn[s : s + chunk], acc)
+        Wc = _norm_chunk(Wn[s : s + chunk], st)[0] if norm_w else Wn[s : s + chunk]
+        tile = _cos_tile(Ha, Hn, Wc, acc)
         native.sce_fold(view(tile), view(y), s, view(state), tau, margin_type, margin, ignore_index, st)
     return state
 
@@ -311,9 +349,12 @@ def _finish(state: Tensor, y: Tensor, K: int, tau: float, ignore_index: int, lab
 
 def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor, tau: float, ignore_index: int,
                 label_smoothing: float, margin: float, margin_type: int, chunk: int, need_h: bool,
-                need_w: bool, num_classes: int = 0) -> Tuple[Tensor, Tensor]:
+                need_w: bool, num_classes: int = 0, norm_w: bool = False) -> Tuple[Tensor, Tensor]:
     # num_classes: the K of the label-smoothing term eps/K when Wn is one shard of a
     # larger classifier (the sharded loss); 0 means Wn holds all classes.
+    # norm_w: Wn holds the raw weights W; each block is normalised again (Ŵ_c, ‖w‖_c) and
+    # its gradient dŴ_c goes through the native normalize_rows_backward kernel straight
+    # into dW[block] (the returned dW is then the gradient w.r.t. W): no K × d Ŵ or dŴ.
     B, K = Hn.shape[0], (num_classes or Wn.shape[0])
     acc = _acc(Hn.dtype)
     lse, q = stats[:, 0], stats[:, 1]
@@ -323,31 +364,45 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor,
     st = stream_of(Hn)
     mode = _gemm_mode(Ha)
     lowp = _lowp_grad_gemm(Hn, Wn)
+    buf = None  # norm_w: the block's dŴ before the normalisation backward
     for s in range(0, Wn.shape[0], chunk):
-        tile = _cos_tile(Ha, Hn, Wn[s : s + chunk], acc)
+        e = min(Wn.shape[0], s + chunk)
+        if norm_w:
+            Wraw = Wn[s:e]
+            Wb, nb = _norm_chunk(Wraw, st)
+            if need_w:
+                if buf is None:
+                    buf = torch.empty((e - s, Wn.shape[1]), dtype=Wn.dtype, device=Wn.device)
+                out = buf[: e - s]
+        else:
+            Wb = Wn[s:e]
+            out = dW[s:e] if need_w else None
+        tile = _cos_tile(Ha, Hn, Wb, acc)
         native.sce_grad(view(tile), view(y), s, K, view(lse), view(q), view(scale), tau, margin_type, margin,
                         label_smoothing, ignore_index, st)
         if lowp:  # 16-bit CUDA inputs: both products on the tensor cores (fp32 accumulation)
             g16 = tile.to(Wn.dtype)
             if need_h:
-                dH += _mm_acc(g16, Wn[s : s + chunk], acc)
+                dH += _mm_acc(g16, Wb, acc)
             if need_w:
-                torch.mm(g16.T, Hn, out=dW[s : s + chunk])
-            continue
-        Wc = Wn[s : s + chunk].to(acc)
-        if mode != "ieee":  # error-compensated / TF32 products (CUDA fp32 only)
-            if need_h:
-                dH += mm_fp32(tile, Wc, mode)
-            if need_w:
-                dW[s : s + chunk].copy_(mm_fp32(tile.T, Ha, mode))
-            continue
-        if need_h:
-            dH.addmm_(tile, Wc)
-        if need_w:
-            if dW.dtype == acc:
-                torch.mm(tile.T, Ha, out=dW[s : s + chunk])
+                torch.mm(g16.T, Hn, out=out)
+        else:
+            Wc = Wb.to(acc)
+            if mode != "ieee":  # error-compensated / TF32 products (CUDA fp32 only)
+                if need_h:
+                    dH += mm_fp32(tile, Wc, mode)
+                if need_w:
+                    out.copy_(mm_fp32(tile.T, Ha, mode))
             else:
-                dW[s : s + chunk].copy_(tile.T @ Ha)
+                if need_h:
+                    dH.addmm_(tile, Wc)
+                if need_w:
+                    if out.dtype == acc:
+                        torch.mm(tile.T, Ha, out=out)
+                    else:
+                        out.copy_(tile.T @ Ha)
+        if need_w and norm_w:  # dW[block] = (dŴ_c − ŵ⟨ŵ, dŴ_c⟩)/‖w‖ (dŴ_c/eps for rows with ‖w‖ ≤ eps)
+            native.normalize_rows_backward(view(Wraw), view(nb), view(out), view(dW[s:e]), NORM_EPS, st)
     return (dH.to(Hn.dtype) if need_h else dH), dW
 
 
@@ -461,6 +516,54 @@ def _sce_rows_backward(ctx, grad_rows, grad_stats):
 
 
 torch.library.register_autograd("gnc_ext::spherical_ce_rows", _sce_rows_backward, setup_context=_sce_rows_setup)
+
+
+# ---------------------------- op 1b: recompute strategy, W normalised block by block --
+@torch.library.custom_op("gnc_ext::spherical_ce_rows_nw", mutates_args=(), device_types=("cpu", "cuda"))
+def _sce_rows_nw(Hn: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
+                 margin: float, margin_type: int, chunk: int) -> Tuple[Tensor, Tensor]:
+    K = W.shape[0]
+    check_labels(y, K, True, ignore_index)
+    c = chunk or col_chunk(Hn.shape[0], K, Hn.is_cuda, W.shape[1])
+    state = _fold_state(Hn, W, y, tau, ignore_index, margin, margin_type, c, norm_w=True)
+    loss, stats = _finish(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
+    return loss.to(_acc(Hn.dtype)), stats
+
+
+@_sce_rows_nw.register_fake
+def _(Hn, W, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk):
+    B = Hn.shape[0]
+    return Hn.new_empty((B,), dtype=_acc(Hn.dtype)), Hn.new_empty((B, 2), dtype=torch.float64)
+
+
+@torch.library.custom_op("gnc_ext::spherical_ce_rows_nw_backward", mutates_args=(), device_types=("cpu", "cuda"))
+def _sce_rows_nw_bwd(grad_rows: Tensor, Hn: Tensor, W: Tensor, y: Tensor, stats: Tensor, tau: float,
+                     ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
+                     need_h: bool, need_w: bool) -> Tuple[Tensor, Tensor]:
+    scale = grad_rows.to(torch.float64).contiguous()
+    return _grad_tiles(Hn, W, y, stats, scale, tau, ignore_index, label_smoothing, margin, margin_type,
+                       chunk or col_chunk(Hn.shape[0], W.shape[0], Hn.is_cuda, W.shape[1]), need_h, need_w,
+                       norm_w=True)
+
+
+@_sce_rows_nw_bwd.register_fake
+def _(grad_rows, Hn, W, y, stats, tau, ignore_index, label_smoothing, margin, margin_type, chunk, need_h, need_w):
+    dH = torch.empty_like(Hn, memory_format=torch.contiguous_format) if need_h else Hn.new_empty(0)
+    dW = torch.empty_like(W, memory_format=torch.contiguous_format) if need_w else W.new_empty(0)
+    return dH, dW
+
+
+def _sce_rows_nw_backward(ctx, grad_rows, grad_stats):
+    Hn, W, y, stats = ctx.saved_tensors
+    need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    if grad_rows is None or not (need_h or need_w):
+        return None, None, None, None, None, None, None, None, None
+    dH, dW = _sce_rows_nw_bwd(grad_rows, Hn, W, y, stats, *ctx.args, need_h, need_w)
+    return (dH if need_h else None), (dW if need_w else None), None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("gnc_ext::spherical_ce_rows_nw", _sce_rows_nw_backward,
+                                setup_context=_sce_rows_setup)
 
 
 # ----------------------------------------------- op 2: gradient-in-forward strategy --
@@ -662,21 +765,106 @@ def _hm_setup(ctx, inputs, output):
 
 def _hm_backward(ctx, g, g_arg):
     Hn, Wn, y, arg = ctx.saved_tensors
-    dH = dW = None
     if g is None:
         return None, None, None, None
-    acc = _acc(Hn.dtype)
-    ga = g.to(acc).unsqueeze(1)
-    if ctx.needs_input_grad[0]:
-        dH = (ga * (Wn[arg].to(acc) - Wn[y].to(acc))).to(Hn.dtype)
-    if ctx.needs_input_grad[1]:
-        gh = ga * Hn.to(acc)
-        dW = torch.zeros(Wn.shape, dtype=acc, device=Wn.device).index_add(0, arg, gh).index_add(0, y, -gh)
-        dW = dW.to(Wn.dtype)
-    return dH, dW, None, None
+    need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    dH, dW = _hm_rows_bwd(g, Hn, Wn, y, arg, False, need_h, need_w)
+    return (dH if need_h else None), (dW if need_w else None), None, None
 
 
 torch.library.register_autograd("gnc_ext::hardmax_rows", _hm_backward, setup_context=_hm_setup)
+
+
+# ---------------------------------------- op 3b: HardMax rows, W normalised block by block --
+@torch.library.custom_op("gnc_ext::hardmax_rows_nw", mutates_args=(), device_types=("cpu", "cuda"))
+def _hardmax_rows_nw(Hn: Tensor, W: Tensor, y: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
+    """:func:`_hardmax_rows` with the raw weights W: each block of classes is normalised on
+    the fly (the screened path, which re-scores candidates from whole rows, normalises
+    all of W into a temporary instead)."""
+    B, K = Hn.shape[0], W.shape[0]
+    check_labels(y, K, False)
+    st = stream_of(Hn)
+    if _hardmax_screened(Hn, W):
+        Wn, _ = _norm_chunk(W, st)
+        return _hardmax_rows(Hn, Wn, y, chunk)
+    acc = _acc(Hn.dtype)
+    best = torch.full((B,), -math.inf, dtype=torch.float64, device=Hn.device)
+    arg = torch.full((B,), -1, dtype=torch.int64, device=Hn.device)
+    tgt = torch.zeros(B, dtype=torch.float64, device=Hn.device)
+    c = chunk or col_chunk(B, K, Hn.is_cuda, W.shape[1])
+    Ha = Hn.to(acc)
+    for s in range(0, K, c):
+        tile = _cos_tile(Ha, Hn, _norm_chunk(W[s : s + c], st)[0], acc)
+        native.masked_argmax_fold(view(tile), view(y), s, view(best), view(arg), view(tgt), st)
+    return (best - tgt).to(acc), arg
+
+
+@_hardmax_rows_nw.register_fake
+def _(Hn, W, y, chunk):
+    B = Hn.shape[0]
+    return Hn.new_empty((B,), dtype=_acc(Hn.dtype)), Hn.new_empty((B,), dtype=torch.int64)
+
+
+def _rows_sum_by_index(idx: Tensor, G: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(u, S)``: the distinct values u of ``idx`` (sorted) and ``S[j] = Σ_{idx_i = u_j} G_i``,
+    deterministic: index_add_ on the CPU (sequential per index), index_put_ with
+    accumulate=True on CUDA (sort-based there; index_add_ would use float atomics)."""
+    u, inv = torch.unique(idx, sorted=True, return_inverse=True)
+    S = torch.zeros((u.shape[0], G.shape[1]), dtype=G.dtype, device=G.device)
+    if G.is_cuda:
+        S.index_put_((inv,), G, accumulate=True)
+    else:
+        S.index_add_(0, inv, G)
+    return u, S
+
+
+@torch.library.custom_op("gnc_ext::hardmax_rows_backward", mutates_args=(), device_types=("cpu", "cuda"))
+def _hm_rows_bwd(g: Tensor, Hn: Tensor, W: Tensor, y: Tensor, arg: Tensor, normalize_w: bool, need_h: bool,
+                 need_w: bool) -> Tuple[Tensor, Tensor]:
+    """Sparse HardMax backward for ``dL/dv = g``: ``dĤ_i = g_i (ŵ_{arg_i} − ŵ_{y_i})`` and
+    ``dŴ`` holding ``±g_i ĥ_i`` at rows arg_i / y_i (summed per class deterministically).
+    With ``normalize_w`` W holds raw weights: the touched rows (at most 2B) are normalised
+    again and dŴ goes through the normalisation there, ``dW_k = (dŵ_k − ŵ_k⟨ŵ_k, dŵ_k⟩)/‖w_k‖``
+    (dŵ_k/eps where ‖w_k‖ ≤ eps), 0 elsewhere."""
+    acc = _acc(Hn.dtype)
+    st = stream_of(Hn)
+    ga = g.to(acc).unsqueeze(1)
+    dH, dW = Hn.new_empty(0), W.new_empty(0)
+    if need_h:
+        Wa, Wy = W[arg], W[y]
+        if normalize_w:
+            Wa, Wy = _norm_chunk(Wa, st)[0], _norm_chunk(Wy, st)[0]
+        dH = (ga * (Wa.to(acc) - Wy.to(acc))).to(Hn.dtype)
+    if need_w:
+        gh = ga * Hn.to(acc)
+        u, S = _rows_sum_by_index(torch.cat([arg, y]), torch.cat([gh, -gh]))
+        Su = S.to(W.dtype)  # dŴ rows in W's dtype (as a normalize_rows backward would see them)
+        if normalize_w:
+            Wu = W[u]
+            _, nu = _norm_chunk(Wu, st)
+            native.normalize_rows_backward(view(Wu), view(nu), view(Su), view(Su), NORM_EPS, st)  # in place
+        dW = torch.zeros(W.shape, dtype=W.dtype, device=W.device)
+        dW[u] = Su
+    return dH, dW
+
+
+@_hm_rows_bwd.register_fake
+def _(g, Hn, W, y, arg, normalize_w, need_h, need_w):
+    dH = torch.empty_like(Hn, memory_format=torch.contiguous_format) if need_h else Hn.new_empty(0)
+    dW = torch.empty_like(W, memory_format=torch.contiguous_format) if need_w else W.new_empty(0)
+    return dH, dW
+
+
+def _hm_nw_backward(ctx, g, g_arg):
+    Hn, W, y, arg = ctx.saved_tensors
+    if g is None:
+        return None, None, None, None
+    need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    dH, dW = _hm_rows_bwd(g, Hn, W, y, arg, True, need_h, need_w)
+    return (dH if need_h else None), (dW if need_w else None), None, None
+
+
+torch.library.register_autograd("gnc_ext::hardmax_rows_nw", _hm_nw_backward, setup_context=_hm_setup)
 
 
 # --------------------------------------------------------------- argmax (predict) --
