@@ -42,6 +42,23 @@ def test_predict_equals_bruteforce_argmax(monkeypatch):
     assert int(crit.predict(H[:1])[0]) == int(pred[0])
 
 
+def test_predict_mixed_dtypes_and_bad_weights(monkeypatch):
+    """predict normalises W block by block (argmax_cosine_nw): bf16 features against fp32
+    weights give the argmax of the bf16-rounded cosines; NaN weights are rejected by name."""
+    monkeypatch.setattr(L, "TILE_BYTES", 4096)
+    torch.manual_seed(4)
+    crit = gnc_ext.nn.SphericalCELoss(700, 16)
+    H = torch.randn(30, 16)
+    pred = crit.predict(H.bfloat16())
+    Wb = F.normalize(crit.weight.detach(), dim=1).bfloat16().float()
+    S = H.bfloat16().float() @ Wb.T
+    assert torch.equal(pred, S.argmax(dim=1))
+    torch.library.opcheck(torch.ops.gnc_ext.argmax_cosine_nw.default, (H, crit.weight.detach(), 256))
+    crit.weight.data[5, 3] = float("nan")
+    with pytest.raises(ValueError, match="weight: contains NaN"):
+        crit.predict(H)
+
+
 def test_logits_chunked_equals_full():
     torch.manual_seed(2)
     crit = gnc_ext.nn.SphericalCELoss(500, 12, tau=0.07)

@@ -53,7 +53,9 @@ class _WeightedLoss(nn.Module):
         """Top-1 class ``argmax_k ⟨ĥ_i, ŵ_k⟩`` (lowest index among ties) as (B,) int64.
 
         Streams tiles of classes through the native argmax epilogue: no (B, K) logits.
-        Memory: a normalised copy of W plus one fp32 tile. ``chunk``: classes per tile
+        Memory: one fp32 tile and one normalised block of W (no K × d copy; fp32 features
+        on CUDA with ≥ 4096 rows take the TF32-screened path, which normalises W whole
+        into a temporary). ``chunk``: classes per tile
         (0: automatic).
         """
         W = self.class_weights()
@@ -62,8 +64,8 @@ class _WeightedLoss(nn.Module):
         if features.shape[1] != self.embedding_dim:
             raise ValueError(f"features: expected {self.embedding_dim} columns, got shape {tuple(features.shape)}")
         chunk = _validate.integer(chunk, "chunk", minimum=0)
-        Wn = normalize_rows(W.detach()).to(features.dtype)
-        return torch.ops.gnc_ext.argmax_cosine(features.detach(), Wn, chunk)
+        _ops.check_finite_rows(W.detach(), "weight")
+        return torch.ops.gnc_ext.argmax_cosine_nw(features.detach(), W.detach(), chunk)
 
     @torch.no_grad()
     def cosines(self, features: Tensor, chunk: Optional[int] = None) -> Tensor:

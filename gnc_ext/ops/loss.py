@@ -893,6 +893,34 @@ def _(H, Wn, chunk):
     return H.new_empty((H.shape[0],), dtype=torch.int64)
 
 
+@torch.library.custom_op("gnc_ext::argmax_cosine_nw", mutates_args=(), device_types=("cpu", "cuda"))
+def _argmax_cosine_nw(H: Tensor, W: Tensor, chunk: int) -> Tensor:
+    """:func:`_argmax_cosine` with raw weights W (any floating dtype): each block of classes
+    is normalised and cast to H's dtype when its tile is formed, so no K × d copy exists
+    (the TF32-screened path, which re-scores from whole rows, normalises W whole)."""
+    st = stream_of(H)
+    if _hardmax_screened(H, H):
+        return _argmax_cosine(H, _norm_chunk(W, st)[0].to(H.dtype), chunk)
+    B, K = H.shape[0], W.shape[0]
+    acc = _acc(H.dtype)
+    best = torch.full((B,), -math.inf, dtype=torch.float64, device=H.device)
+    arg = torch.full((B,), -1, dtype=torch.int64, device=H.device)
+    tgt = torch.zeros(B, dtype=torch.float64, device=H.device)
+    none = torch.full((B,), -1, dtype=torch.int64, device=H.device)  # no class excluded
+    c = chunk or col_chunk(B, K, H.is_cuda, W.shape[1])
+    Ha = H.to(acc)
+    for s in range(0, K, c):
+        Wb = _norm_chunk(W[s : s + c], st)[0].to(H.dtype)
+        tile = _cos_tile(Ha, H, Wb, acc)
+        native.masked_argmax_fold(view(tile), view(none), s, view(best), view(arg), view(tgt), st)
+    return arg
+
+
+@_argmax_cosine_nw.register_fake
+def _(H, W, chunk):
+    return H.new_empty((H.shape[0],), dtype=torch.int64)
+
+
 # ------------------------------------------------------------------- validation --
 def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100, check_W: bool = True) -> None:
     _validate.tensor(H, "H", ndim=2)
