@@ -324,12 +324,17 @@ void ncc_argmax_update(const TensorView& tile, const TensorView& bias, int64_t c
 // Certified argmax fold: approximate fp32 tile + exact fp64 re-scoring (see
 // cpu/metrics.h). Empty bias / y / checked (numel 0) mean "none"; they are never read,
 // so they may live on any device. A and B need unit column stride (any row stride).
+// splits / workspace: CUDA only (one warp per (row, column split), merged in order; the
+// workspace is float64 with >= 4 * splits * rows elements, checked natively when
+// splits > 1); the CPU kernel parallelises over rows and ignores them.
 void certified_argmax_fold(const TensorView& tile, const TensorView& A, const TensorView& B,
                            const TensorView& bias, const TensorView& y, int64_t col0,
                            const TensorView& eps, const TensorView& approx_max,
                            const TensorView& best_val, const TensorView& best_idx,
-                           const TensorView& checked, std::uintptr_t stream) {
+                           const TensorView& checked, int64_t splits, const TensorView& workspace,
+                           std::uintptr_t stream) {
   gnc::check_dim(tile, 2, "tile");
+  if (splits < 1 || splits > 65535) gnc::fail("splits: expected a value in [1, 65535]");
   gnc::check_dtype(tile, gnc::DType::F32, "tile");
   const int64_t R = tile.size(0), c = tile.size(1);
   if (c > 1 && R > 0 && tile.stride(1) != 1) gnc::fail("tile: rows must be contiguous (column stride 1)");
@@ -385,7 +390,7 @@ void certified_argmax_fold(const TensorView& tile, const TensorView& A, const Te
                       gnc::cpu::certified_argmax_fold(tile, A, B, bias, y, col0, eps, approx_max, best_val,
                                                       best_idx, checked),
                       gnc::cuda::certified_argmax_fold(tile, A, B, bias, y, col0, eps, approx_max, best_val,
-                                                       best_idx, checked, stream));
+                                                       best_idx, checked, splits, workspace, stream));
 }
 // ---- end [metrics] ----------------------------------------------------------
 
@@ -496,7 +501,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("best_val"), py::arg("best_idx"), py::arg("stream") = 0, nogil);
   m.def("certified_argmax_fold", &certified_argmax_fold, py::arg("tile"), py::arg("A"), py::arg("B"),
         py::arg("bias"), py::arg("y"), py::arg("col0"), py::arg("eps"), py::arg("approx_max"),
-        py::arg("best_val"), py::arg("best_idx"), py::arg("checked"), py::arg("stream") = 0, nogil);
+        py::arg("best_val"), py::arg("best_idx"), py::arg("checked"), py::arg("splits"), py::arg("workspace"),
+        py::arg("stream") = 0, nogil);
   // end [metrics]
   // [solvers] module definitions
   // end [solvers]

@@ -8,6 +8,7 @@ through torch (BLAS on CPU, cuBLAS on CUDA), then a native epilogue that folds t
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -61,6 +62,33 @@ TF32_UNIT = 2.0 ** -10
 # B = 512, K = 1M, fp32: 30.8 ms screened vs 22.1 ms with plain fp32 tiles). Below this
 # many rows the callers keep their fp32 path; NCC row blocks (8192) are above it.
 SCREEN_MIN_ROWS = 4096
+# Column splits of the CUDA certified epilogue: with S > 1 each row's tile columns are
+# shared by S warps (their results merged in order by a second kernel), so that a few
+# rows still give the GPU enough warps. "auto" picks S from the row count and the SM
+# count (about 64 warps per SM); an int fixes it; 1 (the default) is one warp per row,
+# the configuration measured on an H200. Written without a GPU at hand: the split kernel
+# passes the CPU-side checks only by construction; its CUDA tests (every fold test runs
+# with 1, 4 and 33 splits) have not run yet, hence not the default.
+CERTIFIED_SPLITS = os.environ.get("GNC_CERTIFIED_SPLITS", "1")
+
+
+def certified_splits(rows: int, cols: int, device: torch.device) -> int:
+    """Column splits for :func:`certified_argmax` on ``device`` (1 off CUDA)."""
+    v = CERTIFIED_SPLITS
+    if device.type != "cuda":
+        return 1
+    if isinstance(v, str) and v != "auto":
+        try:
+            v = int(v)
+        except ValueError:
+            raise ValueError(f"gnc_ext._engine.CERTIFIED_SPLITS: expected 'auto' or an integer >= 1, got {v!r}") from None
+    if v == "auto":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        v = -(-64 * sms // max(rows, 1))
+        v = min(v, max(1, cols // 256))  # at least 256 columns per split
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"gnc_ext._engine.CERTIFIED_SPLITS: expected 'auto' or an integer >= 1, got {v!r}")
+    return int(min(v, 65535, max(cols, 1)))
 
 
 class tf32_on:
@@ -139,10 +167,12 @@ def certified_argmax(A: torch.Tensor, B: torch.Tensor, bias: Optional[torch.Tens
     yv = y if y is not None else torch.empty(0, dtype=torch.int64, device=dev)
     c = chunk or chunk_size(R, K)
     st = stream_of(A)
+    splits = certified_splits(R, min(c, K), dev)
+    ws = torch.empty(4 * splits * R if splits > 1 else 0, dtype=torch.float64, device=dev)
     with tf32_on():
         for s in range(0, K, c):
             tile = tf32_tile(A, B[s:s + c], None if bias is None else bias[s:s + c])
             native.certified_argmax_fold(view(tile), view(A), view(B), view(bias if bias is not None else empty_f),
                                          view(yv), s, view(eps), view(approx), view(best_val), view(best_idx),
-                                         view(checked), st)
+                                         view(checked), splits, view(ws), st)
     return best_val, best_idx, checked

@@ -753,6 +753,34 @@ def test_cuda_hardmax_and_predict(cuda_device):
     assert (p_cpu == p_gpu).float().mean() > 0.99  # ties/rounding may differ in rare rows
 
 
+@pytest.mark.parametrize("splits", ["auto", "7"])
+def test_cuda_hardmax_screened_with_column_splits(cuda_device, splits, monkeypatch):
+    """TF32-screened HardMax forward and predict at a small batch with the certified
+    epilogue's column splits (gnc_ext._engine.CERTIFIED_SPLITS): the same maxima and
+    classes as the plain fp32 path, and as float64 brute force."""
+    from gnc_ext import _engine
+
+    g = torch.Generator().manual_seed(18)
+    H, W = torch.randn(300, 64, generator=g), torch.randn(20011, 64, generator=g)
+    y = torch.randint(0, 20011, (300,), generator=g)
+    Hc, Wc, yc = H.to(cuda_device), W.to(cuda_device), y.to(cuda_device)
+    monkeypatch.setattr(_engine, "CERTIFIED_SPLITS", splits)
+    res = {}
+    for mode in ("on", "off"):
+        monkeypatch.setattr(L, "HARDMAX_SCREEN", mode)
+        v, arg = torch.ops.gnc_ext.hardmax_rows_nw(gnc_ext.normalize_rows(Hc), Wc, yc, 0)
+        res[mode] = (v.cpu(), arg.cpu(), torch.ops.gnc_ext.argmax_cosine_nw(Hc, Wc, 0).cpu())
+    # float64 brute force on the very fp32 unit rows the ops use (the screened path
+    # returns the exact argmax of their float64 products)
+    Hn, Wn = gnc_ext.normalize_rows(Hc).cpu().double(), gnc_ext.normalize_rows(Wc).cpu().double()
+    S = Hn @ Wn.T
+    m = S.scatter(1, y[:, None], float("-inf"))
+    assert torch.equal(res["on"][1], m.argmax(1))
+    assert torch.equal(res["on"][2], (H.double() @ Wn.T).argmax(1))
+    torch.testing.assert_close(res["on"][0], res["off"][0], atol=1e-5, rtol=0)
+    assert (res["on"][1] == res["off"][1]).float().mean() > 0.99  # fp32 ties/rounding aside
+
+
 def test_cuda_bf16(cuda_device):
     g = torch.Generator().manual_seed(15)
     H, W = torch.randn(64, 128, generator=g), torch.randn(4099, 128, generator=g)
