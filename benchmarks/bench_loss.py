@@ -72,32 +72,38 @@ def gnc_sce_fused(h, w, y):
     return gnc_ext.spherical_cross_entropy(h, w, y, tau=TAU)
 
 
-def _step_fused(loss_fn):
-    from gnc_ext.ops import loss as L
-
+def _step_flags(loss_fn, *flags):
+    """gnc_ext with module flags ``(module, name, value)`` held for the whole step."""
     def run(inp):
-        old = L.CUDA_FORWARD, L.CUDA_BACKWARD
-        L.CUDA_FORWARD, L.CUDA_BACKWARD = "fused", "fused"
+        old = [(m, k, getattr(m, k)) for m, k, _ in flags]
+        for m, k, v in flags:
+            setattr(m, k, v)
         try:
             return _step(loss_fn)(inp)
         finally:
-            L.CUDA_FORWARD, L.CUDA_BACKWARD = old
+            for m, k, v in old:
+                setattr(m, k, v)
     return run
+
+
+def _step_fused(loss_fn):
+    """The opt-in fused CUDA forward and backward kernels."""
+    from gnc_ext.ops import loss as L
+    return _step_flags(loss_fn, (L, "CUDA_FORWARD", "fused"), (L, "CUDA_BACKWARD", "fused"))
 
 
 def _step_fp32_mode(loss_fn, mode):
-    """gnc_ext with gnc_ext.ops.loss.CUDA_FP32_MODE = mode ("tf32" or the error-
-    compensated "3xtf32") held for the whole step."""
+    """gnc_ext.ops.loss.CUDA_FP32_MODE = mode ("tf32" or the error-compensated "3xtf32")."""
     from gnc_ext.ops import loss as L
+    return _step_flags(loss_fn, (L, "CUDA_FP32_MODE", mode))
 
-    def run(inp):
-        old = L.CUDA_FP32_MODE
-        L.CUDA_FP32_MODE = mode
-        try:
-            return _step(loss_fn)(inp)
-        finally:
-            L.CUDA_FP32_MODE = old
-    return run
+
+def _step_screened_splits(loss_fn):
+    """HardMax forward TF32-screened (exact re-scoring) with the certified epilogue's
+    column splits chosen automatically: the configuration meant for small batches."""
+    from gnc_ext import _engine
+    from gnc_ext.ops import loss as L
+    return _step_flags(loss_fn, (L, "HARDMAX_SCREEN", "on"), (_engine, "CERTIFIED_SPLITS", "auto"))
 
 
 _compiled = {}
@@ -169,7 +175,10 @@ if torch.cuda.is_available():  # GPU cases (the harness skips them on --device c
     for dt in (torch.float32, torch.bfloat16):
         CASES.append(Case(f"HardMax B=512, d=512, K=1000000, {str(dt)[6:]}", _setup(512, 512, 1_000_000, dt),
                           {"torch eager": _step(eager_hardmax), "torch.compile": _step(compiled(eager_hardmax)),
-                           "gnc_ext": _step(gnc_hardmax)}, baseline="torch eager", devices=("cuda",)))
+                           "gnc_ext": _step(gnc_hardmax),
+                           **({"gnc_ext TF32-screened, column splits": _step_screened_splits(gnc_hardmax)}
+                              if dt == torch.float32 else {})},
+                          baseline="torch eager", devices=("cuda",)))
 
 if __name__ == "__main__":
     main(CASES, "spherical cross-entropy / HardMax, forward+backward")
