@@ -132,16 +132,18 @@ def spherical_cross_entropy(
     strategy = _ops.STRATEGY
     use_fused = reduction != "none" and (need_h or need_w) and (
         strategy == "grad_in_forward" or (strategy == "auto" and getattr(H, "device", None) == torch.device("cpu")))
-    # the fused op computes ‖w_k‖ anyway and rejects non-finite W from those O(K) norms
+    # with normalize=True every path computes ‖w_k‖ anyway (the fused op for all of W, the
+    # recompute op block by block) and rejects non-finite W from those norms
+    blockwise = normalize and not use_fused and isinstance(H, torch.Tensor) and _ops.w_blockwise(H)
     _ops.validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index,
-                         check_W=not (use_fused and normalize))
+                         check_W=not ((use_fused or blockwise) and normalize))
     if use_fused:
         loss, _, _ = torch.ops.gnc_ext.spherical_ce_fused(
             H, W, y, tau, ignore_index, label_smoothing, margin, mcode, normalize,
             0 if reduction == "mean" else 1, need_h, need_w, 0)
         return loss
     Hn = normalize_rows(H) if normalize else H
-    if normalize and _ops.w_blockwise(H):  # Ŵ is formed one block of classes at a time, never stored
+    if blockwise:  # Ŵ is formed one block of classes at a time, never stored
         rows, _ = torch.ops.gnc_ext.spherical_ce_rows_nw(Hn, W, y, tau, ignore_index, label_smoothing, margin,
                                                           mcode, 0)
     else:
@@ -188,7 +190,8 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
     reduction = _choice(reduction, "reduction", _HM_REDUCTIONS)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
-    _ops.validate_inputs(H, W, y, allow_ignore=False)
+    # normalize=True: the op rejects non-finite W from the norms of its blocks
+    _ops.validate_inputs(H, W, y, allow_ignore=False, check_W=not normalize)
     Hn = normalize_rows(H) if normalize else H
     if normalize:  # Ŵ formed one block of classes at a time; a sparse backward through it
         v, _ = torch.ops.gnc_ext.hardmax_rows_nw(Hn, W, y, 0)

@@ -299,6 +299,24 @@ def test_blockwise_w_normalisation_equals_whole(dtype, monkeypatch, small_tiles)
             assert torch.isfinite(res[True][2]).all()
 
 
+def test_blockwise_rejects_non_finite_w_in_a_later_block(small_tiles, monkeypatch):
+    """With W normalised block by block, NaN/Inf in W is caught from the blocks' norms
+    (no separate pass over W): a bad row in the last of several blocks is named."""
+    _strategy(monkeypatch, "recompute")
+    g = torch.Generator().manual_seed(73)
+    H, W = torch.randn(5, 8, generator=g), torch.randn(1500, 8, generator=g)
+    y = torch.randint(0, 1500, (5,), generator=g)
+    for bad in (float("nan"), float("inf")):
+        Wb = W.clone()
+        Wb[1490, 3] = bad
+        with pytest.raises(ValueError, match="W: contains NaN or Inf"):
+            gnc_ext.spherical_cross_entropy(H, Wb.requires_grad_(True), y)
+        with pytest.raises(ValueError, match="W: contains NaN or Inf"):
+            gnc_ext.hardmax_loss(H, Wb, y)
+    monkeypatch.setattr(gnc_ext.config, "check_finite", False)  # the documented opt-out
+    gnc_ext.hardmax_loss(H, W, y)
+
+
 def test_blockwise_w_normalisation_is_used_by_default():
     # the recompute op with raw W runs (not normalize_rows on W) for normalize=True
     assert L.w_blockwise(torch.zeros(1, 1))

@@ -291,10 +291,30 @@ def _norm_chunk(Wc: Tensor, st) -> Tuple[Tensor, Tensor]:
     return Wn_c, n_c
 
 
+class _BlockNorms:
+    """Finiteness of W checked from the norms its blocks get anyway (no extra pass over
+    W): a NaN/Inf entry, or a row whose norm overflows, makes that norm non-finite. The
+    flag stays on the device until :meth:`raise_if_bad` (one synchronisation)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and _validate.config.check_finite
+        self.bad = None
+
+    def add(self, n: Tensor) -> None:
+        if self.enabled:
+            b = ~torch.isfinite(n).all()
+            self.bad = b if self.bad is None else self.bad | b
+
+    def raise_if_bad(self) -> None:
+        if self.bad is not None and bool(self.bad):
+            raise ValueError("W: contains NaN or Inf values (or a row whose norm overflows)")
+
+
 def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, margin: float,
-                margin_type: int, chunk: int, norm_w: bool = False) -> Tensor:
+                margin_type: int, chunk: int, norm_w: bool = False, check_w: bool = False) -> Tensor:
     # norm_w: Wn holds the raw class weights W; each block of classes is normalised on
-    # the fly (Ŵ never exists as a K × d tensor)
+    # the fly (Ŵ never exists as a K × d tensor); check_w: raise ValueError naming W if
+    # a block's norms show NaN/Inf (gnc_ext.config.check_finite)
     B, K = Hn.shape[0], Wn.shape[0]
     acc = _acc(Hn.dtype)
     state = torch.empty((B, 4), dtype=torch.float64, device=Hn.device)
@@ -302,10 +322,16 @@ def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int
     state[:, 1:] = 0.0
     Ha = Hn.to(acc)
     st = stream_of(Hn)
+    norms = _BlockNorms(norm_w and check_w)
     for s in range(0, K, chunk):
-        Wc = _norm_chunk(Wn[s : s + chunk], st)[0] if norm_w else Wn[s : s + chunk]
+        if norm_w:
+            Wc, n_c = _norm_chunk(Wn[s : s + chunk], st)
+            norms.add(n_c)
+        else:
+            Wc = Wn[s : s + chunk]
         tile = _cos_tile(Ha, Hn, Wc, acc)
         native.sce_fold(view(tile), view(y), s, view(state), tau, margin_type, margin, ignore_index, st)
+    norms.raise_if_bad()
     return state
 
 
@@ -525,7 +551,7 @@ def _sce_rows_nw(Hn: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int
     K = W.shape[0]
     check_labels(y, K, True, ignore_index)
     c = chunk or col_chunk(Hn.shape[0], K, Hn.is_cuda, W.shape[1])
-    state = _fold_state(Hn, W, y, tau, ignore_index, margin, margin_type, c, norm_w=True)
+    state = _fold_state(Hn, W, y, tau, ignore_index, margin, margin_type, c, norm_w=True, check_w=True)
     loss, stats = _finish(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
     return loss.to(_acc(Hn.dtype)), stats
 
@@ -785,7 +811,10 @@ def _hardmax_rows_nw(Hn: Tensor, W: Tensor, y: Tensor, chunk: int) -> Tuple[Tens
     check_labels(y, K, False)
     st = stream_of(Hn)
     if _hardmax_screened(Hn, W):
-        Wn, _ = _norm_chunk(W, st)
+        Wn, n = _norm_chunk(W, st)
+        norms = _BlockNorms(True)
+        norms.add(n)
+        norms.raise_if_bad()
         return _hardmax_rows(Hn, Wn, y, chunk)
     acc = _acc(Hn.dtype)
     best = torch.full((B,), -math.inf, dtype=torch.float64, device=Hn.device)
@@ -793,9 +822,13 @@ def _hardmax_rows_nw(Hn: Tensor, W: Tensor, y: Tensor, chunk: int) -> Tuple[Tens
     tgt = torch.zeros(B, dtype=torch.float64, device=Hn.device)
     c = chunk or col_chunk(B, K, Hn.is_cuda, W.shape[1])
     Ha = Hn.to(acc)
+    norms = _BlockNorms(True)
     for s in range(0, K, c):
-        tile = _cos_tile(Ha, Hn, _norm_chunk(W[s : s + c], st)[0], acc)
+        Wb, n_c = _norm_chunk(W[s : s + c], st)
+        norms.add(n_c)
+        tile = _cos_tile(Ha, Hn, Wb, acc)
         native.masked_argmax_fold(view(tile), view(y), s, view(best), view(arg), view(tgt), st)
+    norms.raise_if_bad()
     return (best - tgt).to(acc), arg
 
 
