@@ -219,9 +219,15 @@ def _random_spacing(d: int, K: int, seed: Optional[int], device) -> float:
     return float(min(1.0, max(1e-4, 1.0 - tot / K)))
 
 
-def _smoothed(X: torch.Tensor, iters: int, scale: float, s_factors) -> torch.Tensor:
-    """Annealed soft-min of M_kj over (W, H) on a batch X (R, K, d); returns W."""
+def _smoothed(X: torch.Tensor, iters: int, scale: float, s_factors, deadline: Optional[float] = None,
+              report=None) -> torch.Tensor:
+    """Annealed soft-min of M_kj over (W, H) on a batch X (R, K, d); returns W.
+
+    deadline: a time.perf_counter() value after which the annealing stops (after at
+    least one step) and returns its current iterate; report(phase, value): progress
+    callback, called every few steps (the tqdm bar's postfix)."""
     R, K, d = X.shape
+    total, done = max(1, iters // len(s_factors)) * len(s_factors), 0
     W = X.clone()
     H = X.clone()
     eye = torch.eye(K, dtype=torch.bool, device=X.device)
@@ -254,6 +260,11 @@ def _smoothed(X: torch.Tensor, iters: int, scale: float, s_factors) -> torch.Ten
                 step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
                 new.append(_sphere.retract(P, -lr * _sphere.tangent(P, step)))
             W, H = new
+            done += 1
+            if report is not None and (done % 10 == 0 or done == total):
+                report(f"smoothed phase {done}/{total}", -math.inf)
+            if deadline is not None and time.perf_counter() > deadline:
+                return W
     return W
 
 
@@ -508,9 +519,12 @@ def softmax_code(
             exceeds ``rho + rattler_tol``.
         use_constructions: also try the Thm 3.3 closed-form codes where they apply
             (set False to test the optimiser alone).
-        time_limit: optional wall-clock budget (seconds), checked after each batch of
-            restarts and in the polish (a polish cut by it returns its best iterate so
-            far; every polish gets at least one LP step).
+        time_limit: optional wall-clock budget (seconds), checked after every step of
+            the smoothed phase (cut short, it returns its current iterate: every batch
+            of restarts makes at least one step), after each batch of restarts, in the
+            continuation and in the polish (a polish cut by it returns its best iterate
+            so far; every polish gets at least one LP step). The final certification
+            (one_vs_rest_distance) comes on top of it.
         continuation: run the L-BFGS smoothing continuation (module docstring, step 2)
             on each polished start before the LP polish. None (default): only where
             the polish LP is large (2K(d-1)+1 > 600 variables, e.g. d=10, K=100); there
@@ -582,7 +596,8 @@ def softmax_code(
 
     def report(phase: str, value: float) -> None:  # progress of the long phases on the bar
         if bar is not None:
-            bar.set_postfix_str(f"{phase}, rho={max(value, state['val']):.10f}")
+            best = max(value, state["val"])
+            bar.set_postfix_str(f"{phase}, rho={best:.10f}" if best > -math.inf else phase)
 
     def lp(Wc: np.ndarray, r, delta0):
         stall = None if lp_each else (_STALL_ITERS, max(_STALL_FACTOR * tol, _STALL_MIN))
@@ -632,7 +647,7 @@ def softmax_code(
         while d >= 2 and done < restarts and not reached():
             nb = min(batch, restarts - done)
             X = _sphere.random_points(nb, K, d, generator=gen, device=dev)
-            X = _smoothed(X, max_iter, scale, _S_FACTORS)
+            X = _smoothed(X, max_iter, scale, _S_FACTORS, deadline=deadline, report=report)
             Xc = X.detach().cpu().to(torch.float64)
             # rank the batch by the smoothed run's own objective (min_kj M at H = W is
             # cheap but poor); use the exact certified rho instead: K small here
