@@ -499,7 +499,7 @@ def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, 
 
 
 @_sce_rows.register_fake
-def _(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk):
+def _rows_fake(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk):
     B = Hn.shape[0]
     return Hn.new_empty((B,), dtype=_acc(Hn.dtype)), Hn.new_empty((B, 2), dtype=torch.float64)
 
@@ -518,7 +518,8 @@ def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, stats: T
 
 
 @_sce_rows_bwd.register_fake
-def _(grad_rows, Hn, Wn, y, stats, tau, ignore_index, label_smoothing, margin, margin_type, chunk, need_h, need_w):
+def _rows_bwd_fake(grad_rows, Hn, Wn, y, stats, tau, ignore_index, label_smoothing, margin, margin_type, chunk,
+                   need_h, need_w):
     dH = torch.empty_like(Hn, memory_format=torch.contiguous_format) if need_h else Hn.new_empty(0)
     dW = torch.empty_like(Wn, memory_format=torch.contiguous_format) if need_w else Wn.new_empty(0)
     return dH, dW
@@ -532,16 +533,20 @@ def _sce_rows_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(stats)
 
 
-def _sce_rows_backward(ctx, grad_rows, grad_stats):
-    Hn, Wn, y, stats = ctx.saved_tensors
-    need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-    if grad_rows is None or not (need_h or need_w):
-        return None, None, None, None, None, None, None, None, None
-    dH, dW = _sce_rows_bwd(grad_rows, Hn, Wn, y, stats, *ctx.args, need_h, need_w)
-    return (dH if need_h else None), (dW if need_w else None), None, None, None, None, None, None, None
+def _rows_autograd(backward_op):
+    """The autograd formula of a per-row CE op: its backward custom op on the saved inputs."""
+    def backward(ctx, grad_rows, grad_stats):
+        Hn, Wn, y, stats = ctx.saved_tensors
+        need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        if grad_rows is None or not (need_h or need_w):
+            return None, None, None, None, None, None, None, None, None
+        dH, dW = backward_op(grad_rows, Hn, Wn, y, stats, *ctx.args, need_h, need_w)
+        return (dH if need_h else None), (dW if need_w else None), None, None, None, None, None, None, None
+    return backward
 
 
-torch.library.register_autograd("gnc_ext::spherical_ce_rows", _sce_rows_backward, setup_context=_sce_rows_setup)
+torch.library.register_autograd("gnc_ext::spherical_ce_rows", _rows_autograd(_sce_rows_bwd),
+                                setup_context=_sce_rows_setup)
 
 
 # ---------------------------- op 1b: recompute strategy, W normalised block by block --
@@ -556,10 +561,7 @@ def _sce_rows_nw(Hn: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int
     return loss.to(_acc(Hn.dtype)), stats
 
 
-@_sce_rows_nw.register_fake
-def _(Hn, W, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk):
-    B = Hn.shape[0]
-    return Hn.new_empty((B,), dtype=_acc(Hn.dtype)), Hn.new_empty((B, 2), dtype=torch.float64)
+_sce_rows_nw.register_fake(_rows_fake)
 
 
 @torch.library.custom_op("gnc_ext::spherical_ce_rows_nw_backward", mutates_args=(), device_types=("cpu", "cuda"))
@@ -572,23 +574,8 @@ def _sce_rows_nw_bwd(grad_rows: Tensor, Hn: Tensor, W: Tensor, y: Tensor, stats:
                        norm_w=True)
 
 
-@_sce_rows_nw_bwd.register_fake
-def _(grad_rows, Hn, W, y, stats, tau, ignore_index, label_smoothing, margin, margin_type, chunk, need_h, need_w):
-    dH = torch.empty_like(Hn, memory_format=torch.contiguous_format) if need_h else Hn.new_empty(0)
-    dW = torch.empty_like(W, memory_format=torch.contiguous_format) if need_w else W.new_empty(0)
-    return dH, dW
-
-
-def _sce_rows_nw_backward(ctx, grad_rows, grad_stats):
-    Hn, W, y, stats = ctx.saved_tensors
-    need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-    if grad_rows is None or not (need_h or need_w):
-        return None, None, None, None, None, None, None, None, None
-    dH, dW = _sce_rows_nw_bwd(grad_rows, Hn, W, y, stats, *ctx.args, need_h, need_w)
-    return (dH if need_h else None), (dW if need_w else None), None, None, None, None, None, None, None
-
-
-torch.library.register_autograd("gnc_ext::spherical_ce_rows_nw", _sce_rows_nw_backward,
+_sce_rows_nw_bwd.register_fake(_rows_bwd_fake)
+torch.library.register_autograd("gnc_ext::spherical_ce_rows_nw", _rows_autograd(_sce_rows_nw_bwd),
                                 setup_context=_sce_rows_setup)
 
 
@@ -789,16 +776,19 @@ def _hm_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(arg)
 
 
-def _hm_backward(ctx, g, g_arg):
-    Hn, Wn, y, arg = ctx.saved_tensors
-    if g is None:
-        return None, None, None, None
-    need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-    dH, dW = _hm_rows_bwd(g, Hn, Wn, y, arg, False, need_h, need_w)
-    return (dH if need_h else None), (dW if need_w else None), None, None
+def _hm_autograd(normalize_w: bool):
+    """The HardMax ops' autograd formula: the shared sparse backward op (defined below)."""
+    def backward(ctx, g, g_arg):
+        Hn, W, y, arg = ctx.saved_tensors
+        if g is None:
+            return None, None, None, None
+        need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        dH, dW = _hm_rows_bwd(g, Hn, W, y, arg, normalize_w, need_h, need_w)
+        return (dH if need_h else None), (dW if need_w else None), None, None
+    return backward
 
 
-torch.library.register_autograd("gnc_ext::hardmax_rows", _hm_backward, setup_context=_hm_setup)
+torch.library.register_autograd("gnc_ext::hardmax_rows", _hm_autograd(False), setup_context=_hm_setup)
 
 
 # ---------------------------------------- op 3b: HardMax rows, W normalised block by block --
@@ -888,41 +878,40 @@ def _(g, Hn, W, y, arg, normalize_w, need_h, need_w):
     return dH, dW
 
 
-def _hm_nw_backward(ctx, g, g_arg):
-    Hn, W, y, arg = ctx.saved_tensors
-    if g is None:
-        return None, None, None, None
-    need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-    dH, dW = _hm_rows_bwd(g, Hn, W, y, arg, True, need_h, need_w)
-    return (dH if need_h else None), (dW if need_w else None), None, None
-
-
-torch.library.register_autograd("gnc_ext::hardmax_rows_nw", _hm_nw_backward, setup_context=_hm_setup)
+torch.library.register_autograd("gnc_ext::hardmax_rows_nw", _hm_autograd(True), setup_context=_hm_setup)
 
 
 # --------------------------------------------------------------- argmax (predict) --
-@torch.library.custom_op("gnc_ext::argmax_cosine", mutates_args=(), device_types=("cpu", "cuda"))
-def _argmax_cosine(H: Tensor, Wn: Tensor, chunk: int) -> Tensor:
-    """argmax_k <H_i, Wn_k> (lowest index among ties) via the masked-argmax epilogue."""
-    B, K = H.shape[0], Wn.shape[0]
+def _argmax_blocks(H: Tensor, W: Tensor, chunk: int, normalize_w: bool) -> Tensor:
+    """argmax_k <H_i, w_k> over tiles of ``chunk`` classes and the masked-argmax epilogue
+    (no class excluded); ``normalize_w``: each block of W is normalised (and cast to H's
+    dtype) when its tile is formed."""
+    B, K = H.shape[0], W.shape[0]
     acc = _acc(H.dtype)
     best = torch.full((B,), -math.inf, dtype=torch.float64, device=H.device)
     arg = torch.full((B,), -1, dtype=torch.int64, device=H.device)
     tgt = torch.zeros(B, dtype=torch.float64, device=H.device)
-    none = torch.full((B,), -1, dtype=torch.int64, device=H.device)  # no class excluded
-    c = chunk or col_chunk(B, K, H.is_cuda)
-    if _hardmax_screened(H, Wn):  # fp32 on CUDA: TF32 screening, exact re-scoring
-        return _engine.certified_argmax(H.contiguous(), Wn.contiguous(), None, None, chunk=c)[1]
+    none = torch.full((B,), -1, dtype=torch.int64, device=H.device)
     Ha = H.to(acc)
     st = stream_of(H)
-    for s in range(0, K, c):
-        tile = _cos_tile(Ha, H, Wn[s : s + c], acc)
+    for s in range(0, K, chunk):
+        Wb = _norm_chunk(W[s : s + chunk], st)[0].to(H.dtype) if normalize_w else W[s : s + chunk]
+        tile = _cos_tile(Ha, H, Wb, acc)
         native.masked_argmax_fold(view(tile), view(none), s, view(best), view(arg), view(tgt), st)
     return arg
 
 
+@torch.library.custom_op("gnc_ext::argmax_cosine", mutates_args=(), device_types=("cpu", "cuda"))
+def _argmax_cosine(H: Tensor, Wn: Tensor, chunk: int) -> Tensor:
+    """argmax_k <H_i, Wn_k> (lowest index among ties) via the masked-argmax epilogue."""
+    c = chunk or col_chunk(H.shape[0], Wn.shape[0], H.is_cuda)
+    if _hardmax_screened(H, Wn):  # fp32 on CUDA: TF32 screening, exact re-scoring
+        return _engine.certified_argmax(H.contiguous(), Wn.contiguous(), None, None, chunk=c)[1]
+    return _argmax_blocks(H, Wn, c, False)
+
+
 @_argmax_cosine.register_fake
-def _(H, Wn, chunk):
+def _argmax_fake(H, Wn, chunk):
     return H.new_empty((H.shape[0],), dtype=torch.int64)
 
 
@@ -931,27 +920,12 @@ def _argmax_cosine_nw(H: Tensor, W: Tensor, chunk: int) -> Tensor:
     """:func:`_argmax_cosine` with raw weights W (any floating dtype): each block of classes
     is normalised and cast to H's dtype when its tile is formed, so no K × d copy exists
     (the TF32-screened path, which re-scores from whole rows, normalises W whole)."""
-    st = stream_of(H)
     if _hardmax_screened(H, H):
-        return _argmax_cosine(H, _norm_chunk(W, st)[0].to(H.dtype), chunk)
-    B, K = H.shape[0], W.shape[0]
-    acc = _acc(H.dtype)
-    best = torch.full((B,), -math.inf, dtype=torch.float64, device=H.device)
-    arg = torch.full((B,), -1, dtype=torch.int64, device=H.device)
-    tgt = torch.zeros(B, dtype=torch.float64, device=H.device)
-    none = torch.full((B,), -1, dtype=torch.int64, device=H.device)  # no class excluded
-    c = chunk or col_chunk(B, K, H.is_cuda, W.shape[1])
-    Ha = H.to(acc)
-    for s in range(0, K, c):
-        Wb = _norm_chunk(W[s : s + c], st)[0].to(H.dtype)
-        tile = _cos_tile(Ha, H, Wb, acc)
-        native.masked_argmax_fold(view(tile), view(none), s, view(best), view(arg), view(tgt), st)
-    return arg
+        return _argmax_cosine(H, _norm_chunk(W, stream_of(H))[0].to(H.dtype), chunk)
+    return _argmax_blocks(H, W, chunk or col_chunk(H.shape[0], W.shape[0], H.is_cuda, W.shape[1]), True)
 
 
-@_argmax_cosine_nw.register_fake
-def _(H, W, chunk):
-    return H.new_empty((H.shape[0],), dtype=torch.int64)
+_argmax_cosine_nw.register_fake(_argmax_fake)
 
 
 # ------------------------------------------------------------------- validation --
