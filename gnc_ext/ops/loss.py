@@ -331,6 +331,7 @@ def _fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int
             Wc = Wn[s : s + chunk]
         tile = _cos_tile(Ha, Hn, Wc, acc)
         native.sce_fold(view(tile), view(y), s, view(state), tau, margin_type, margin, ignore_index, st)
+        tile = Wc = None  # freed before the next block's are allocated (one block at a time)
     norms.raise_if_bad()
     return state
 
@@ -429,6 +430,7 @@ def _grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor,
                         out.copy_(tile.T @ Ha)
         if need_w and norm_w:  # dW[block] = (dŴ_c − ŵ⟨ŵ, dŴ_c⟩)/‖w‖ (dŴ_c/eps for rows with ‖w‖ ≤ eps)
             native.normalize_rows_backward(view(Wraw), view(nb), view(out), view(dW[s:e]), NORM_EPS, st)
+        tile = g16 = Wb = Wc = None  # freed before the next block's are allocated
     return (dH.to(Hn.dtype) if need_h else dH), dW
 
 
@@ -743,6 +745,7 @@ def _hardmax_rows(Hn: Tensor, Wn: Tensor, y: Tensor, chunk: int) -> Tuple[Tensor
     for s in range(0, K, c):
         tile = _cos_tile(Ha, Hn, Wn[s : s + c], acc)
         native.masked_argmax_fold(view(tile), view(y), s, view(best), view(arg), view(tgt), st)
+        tile = None
     return (best - tgt).to(acc), arg
 
 
@@ -818,6 +821,7 @@ def _hardmax_rows_nw(Hn: Tensor, W: Tensor, y: Tensor, chunk: int) -> Tuple[Tens
         norms.add(n_c)
         tile = _cos_tile(Ha, Hn, Wb, acc)
         native.masked_argmax_fold(view(tile), view(y), s, view(best), view(arg), view(tgt), st)
+        tile = Wb = None
     norms.raise_if_bad()
     return (best - tgt).to(acc), arg
 
@@ -898,6 +902,7 @@ def _argmax_blocks(H: Tensor, W: Tensor, chunk: int, normalize_w: bool) -> Tenso
         Wb = _norm_chunk(W[s : s + chunk], st)[0].to(H.dtype) if normalize_w else W[s : s + chunk]
         tile = _cos_tile(Ha, H, Wb, acc)
         native.masked_argmax_fold(view(tile), view(none), s, view(best), view(arg), view(tgt), st)
+        tile = Wb = None
     return arg
 
 
