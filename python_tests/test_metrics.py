@@ -605,3 +605,26 @@ def test_strided_features_int32_labels_and_dataloader(device):
     r = evaluate(lambda x: x.to(device), dl, num_classes=K, progress=False)
     assert rel(r.gnc1, ref_gnc(H, y, K)["gnc1"]) < 1e-10
     assert r.ncc_accuracy == pytest.approx(a.ncc_accuracy(H.to(device), y.to(device)), abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_one_sync_batch_check_used_on_cuda(dtype):
+    """The CUDA update checks labels and finiteness with two aminmax reductions and one
+    synchronisation (the native CUDA kernels cannot raise); the same torch code runs here."""
+    from gnc_ext.metrics.accumulator import _raise_if_bad_batch
+    K = 7
+    x = torch.randn(9, 4).to(dtype)
+    y = torch.arange(9) % K
+    _raise_if_bad_batch(x, y, K, True)  # fine
+    _raise_if_bad_batch(x, y.to(torch.uint8), K, True)
+    for v in (float("nan"), float("inf"), -float("inf")):
+        xb = x.clone()
+        xb[5, 2] = v
+        with pytest.raises(ValueError, match="features: contains NaN or Inf"):
+            _raise_if_bad_batch(xb, y, K, True)
+        _raise_if_bad_batch(xb, y, K, False)  # config.check_finite off: not checked
+    for bad, shown in ((K, K), (-1, -1), (2**62 + 1, 2**62 + 1)):
+        yb = y.clone()
+        yb[3] = bad
+        with pytest.raises(ValueError, match=rf"labels: value {shown} is outside \[0, num_classes=7\)"):
+            _raise_if_bad_batch(x, yb, K, True)

@@ -146,6 +146,22 @@ class GNCResult:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _raise_if_bad_batch(features: Tensor, labels: Tensor, num_classes: int, check_x: bool) -> None:
+    """Label range and feature finiteness of a batch with one device synchronisation and
+    two reductions (``aminmax`` of the labels and, if ``check_x``, of the features: NaN
+    propagates through min/max and ±Inf shows as an infinite extreme). Used where the
+    native kernels cannot raise (CUDA); device-agnostic torch, tested on the CPU."""
+    lo_hi = torch.stack(torch.aminmax(labels)).to(torch.float64)
+    if check_x:
+        lo_hi = torch.cat((lo_hi, torch.stack(torch.aminmax(features)).to(torch.float64)))
+    v = lo_hi.tolist()  # the one synchronisation
+    if v[0] < 0 or v[1] >= num_classes:
+        lo, hi = int(labels.min()), int(labels.max())  # exact (labels beyond 2**53)
+        raise ValueError(f"labels: value {lo if lo < 0 else hi} is outside [0, num_classes={num_classes})")
+    if check_x and not (math.isfinite(v[2]) and math.isfinite(v[3])):
+        raise ValueError("features: contains NaN or Inf values")
+
+
 def _blocks(d: int) -> List[Tuple[int, int]]:
     """Column blocks for the block-upper-triangular symmetric update (CPU)."""
     p = 1 if d < 256 else min(4, d // 128)
@@ -393,17 +409,8 @@ class GNCAccumulator:
             raise ValueError(f"labels: expected a tensor on {self.device}, got {labels.device}")
         labels = labels.to(torch.int64)
         if labels.numel() and self.device.type == "cuda":  # the CUDA kernels cannot raise
-            # one device synchronisation for both checks
-            bad = (labels < 0).any() | (labels >= self.num_classes).any()
-            check_x = _validate.config.check_finite and features.numel() > 0
-            if check_x:
-                bad = bad | ~torch.isfinite(features).all()
-            if bool(bad):
-                lo, hi = int(labels.min()), int(labels.max())
-                if lo < 0 or hi >= self.num_classes:
-                    raise ValueError(f"labels: value {lo if lo < 0 else hi} is outside "
-                                     f"[0, num_classes={self.num_classes})")
-                raise ValueError("features: contains NaN or Inf values")
+            _raise_if_bad_batch(features, labels, self.num_classes,
+                                _validate.config.check_finite and features.numel() > 0)
         return features, labels
 
     @torch.no_grad()
