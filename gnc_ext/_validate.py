@@ -6,6 +6,7 @@ import math
 import numbers
 from typing import Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -40,6 +41,8 @@ def tensor(
     """Check that ``x`` is a torch tensor of the given rank and dtype on cpu/cuda."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {x.layout} (use .to_dense())")
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D tensor, got {x.dim()}-D with shape {tuple(x.shape)}")
     if x.dtype not in dtypes:
@@ -68,21 +71,67 @@ def finite(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: contains NaN or Inf values")
 
 
-def positive_float(v, name: str, *, allow_zero: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+def _is_real(v) -> bool:
+    """Python/NumPy real numbers (not bool)."""
+    return (isinstance(v, (numbers.Real, np.floating, np.integer))
+            and not isinstance(v, (bool, np.bool_)))
+
+
+def _is_integral(v) -> bool:
+    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def real(v, name: str) -> float:
+    """A finite real number (Python or NumPy scalar, not bool)."""
+    if not _is_real(v):
         raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
-    v = float(v)
+    try:
+        f = float(v)
+    except OverflowError:
+        raise ValueError(f"{name}: expected a finite number, got {v!r}") from None
+    if not math.isfinite(f):
+        raise ValueError(f"{name}: expected a finite number, got {f}")
+    return f
+
+
+def positive_float(v, name: str, *, allow_zero: bool = False) -> float:
+    if not _is_real(v):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
+    try:
+        v = float(v)
+    except OverflowError:  # an int beyond the float range
+        v = math.inf
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise ValueError(f"{name}: expected a finite number {'>= 0' if allow_zero else '> 0'}, got {v}")
     return v
 
 
-def integer(v, name: str, *, minimum: Optional[int] = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
+def integer(v, name: str, *, minimum: Optional[int] = None, maximum: int = INT64_MAX) -> int:
+    """An integer (Python or NumPy, not bool) in [minimum, maximum] (default: int64 range,
+    what the native code and torch ops take)."""
+    if not _is_integral(v):
         raise TypeError(f"{name}: expected an integer, got {type(v).__name__}")
     v = int(v)
     if minimum is not None and v < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {v}")
+    if v > maximum or v < INT64_MIN:
+        lo = INT64_MIN if minimum is None else minimum
+        raise ValueError(f"{name}: expected an integer in [{lo}, {maximum}], got {v}")
+    return v
+
+
+def seed(v, name: str = "seed") -> Optional[int]:
+    """``None`` or an integer that ``torch.Generator.manual_seed`` takes ([-2**63, 2**64))."""
+    if v is None:
+        return None
+    if not _is_integral(v):
+        raise TypeError(f"{name}: expected an integer or None, got {type(v).__name__}")
+    v = int(v)
+    if not INT64_MIN <= v < 2**64:
+        raise ValueError(f"{name}: expected an integer in [-2**63, 2**64), got {v}")
     return v
 
 
@@ -93,8 +142,19 @@ def boolean(v, name: str) -> bool:
 
 
 def device(v, name: str = "device") -> torch.device:
-    """``None`` → CPU; otherwise anything ``torch.device`` accepts."""
+    """``None`` → CPU; otherwise a cpu or cuda ``torch.device`` (or what ``torch.device``
+    turns into one). CUDA only when it is usable, with an index below the device count."""
+    if v is not None and not isinstance(v, (str, torch.device)) and not _is_integral(v):
+        raise TypeError(f"{name}: expected a str, torch.device or None, got {type(v).__name__}")
     try:
-        return torch.device("cpu") if v is None else torch.device(v)
-    except (RuntimeError, TypeError) as e:
+        dev = torch.device("cpu") if v is None else torch.device(v)
+    except (RuntimeError, TypeError, ValueError) as e:
         raise ValueError(f"{name}: not a valid torch device: {v!r}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: expected a cpu or cuda device, got {dev}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: {dev} requested but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: {dev} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return dev
