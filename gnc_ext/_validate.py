@@ -108,6 +108,21 @@ def positive_float(v, name: str, *, allow_zero: bool = False) -> float:
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
+# Smallest accepted softmax temperature: logits are cosines / τ, so below this the fp32
+# cosine rounding (~6e-8) is amplified past 0.06 in the logits and the loss, its
+# gradient (~1/τ) and exp() leave the float ranges (τ = 1e-20 already overflows fp32
+# gradients). The τ → 0 limit is the HardMax loss.
+MIN_TAU = 1e-6
+
+
+def temperature(v, name: str = "tau") -> float:
+    """A softmax temperature: a finite real number >= MIN_TAU (1e-6)."""
+    v = positive_float(v, name)
+    if v < MIN_TAU:
+        raise ValueError(f"{name}: expected a temperature >= {MIN_TAU:g} (logits are cosines / {name}; "
+                         f"for the {name} -> 0 limit use the HardMax loss), got {v}")
+    return v
+
 
 def integer(v, name: str, *, minimum: Optional[int] = None, maximum: int = INT64_MAX) -> int:
     """An integer (Python or NumPy, not bool) in [minimum, maximum] (default: int64 range,

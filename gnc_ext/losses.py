@@ -78,7 +78,8 @@ def spherical_cross_entropy(
         H: (B, d) features, float32/float64/bfloat16/float16, B ≥ 1.
         W: (K, d) class weights, same dtype and device, K ≥ 2.
         y: (B,) int64 labels in [0, K) or ``ignore_index``.
-        tau: temperature > 0.
+        tau: temperature, >= 1e-6 (``gnc_ext._validate.MIN_TAU``; the τ → 0 limit is
+            :func:`hardmax_loss`).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (per-row losses, 0 for ignored rows).
         normalize: ``False`` when the caller passes rows that are already unit vectors
             (then no normalisation and no gradient through it).
@@ -117,7 +118,7 @@ def spherical_cross_entropy(
         B = 0, K < 2, NaN/Inf in H or W (when ``gnc_ext.config.check_finite``), labels
         outside [0, K) other than ignore_index, τ ≤ 0, ε ∉ [0, 1], margin out of range.
     """
-    tau = _validate.positive_float(tau, "tau")
+    tau = _validate.temperature(tau, "tau")
     reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
     ignore_index = _validate.integer(ignore_index, "ignore_index")
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):

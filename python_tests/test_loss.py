@@ -1032,3 +1032,47 @@ def test_cuda_fp32_modes(cuda_device, monkeypatch, mode):
     assert abs(float(got.detach()) - float(ref.detach())) <= tol * abs(float(ref.detach()))
     for a, b in ((h.grad, H2.grad), (w.grad, W2.grad)):
         assert float((a.double().cpu() - b).abs().max()) <= tol * float(b.abs().max())
+
+
+def test_tau_has_a_documented_minimum():
+    """τ below 1e-6 is refused by name (at τ = 1e-20 the fp32 gradients overflowed and
+    at 1e-300 the loss was NaN); at the minimum the loss, with and without gradients,
+    equals a float64 reference and stays finite."""
+    H, W, y = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 2])
+    for bad in (1e-7, 1e-12, 1e-300):
+        with pytest.raises(ValueError, match="tau: expected a temperature >= 1e-06"):
+            gnc_ext.spherical_cross_entropy(H, W, y, tau=bad)
+    from gnc_ext.solvers import train_ufm
+    with pytest.raises(ValueError, match="tau: expected a temperature"):
+        train_ufm(2, 3, 1, tau=1e-9, steps=1, progress=False)
+    g = torch.Generator().manual_seed(0)
+    for dt in (torch.float32, torch.float64):
+        H = torch.randn(6, 4, generator=g, dtype=torch.float64)
+        W = torch.randn(5, 4, generator=g, dtype=torch.float64)
+        y = torch.tensor([0, 1, 2, 3, 4, 0])
+        z = (F.normalize(H, dim=1) @ F.normalize(W, dim=1).T) / 1e-6
+        ref = F.cross_entropy(z, y, reduction="none")
+        rows = gnc_ext.spherical_cross_entropy(H.to(dt), W.to(dt), y, tau=1e-6, reduction="none")
+        Hg = H.to(dt).requires_grad_(True)
+        mean = gnc_ext.spherical_cross_entropy(Hg, W.to(dt), y, tau=1e-6)
+        mean.backward()
+        # fp32 cosines carry ~6e-8 absolute rounding, i.e. ~0.1 in logits of size 1e6
+        atol = 1e-6 if dt == torch.float64 else 0.5
+        torch.testing.assert_close(rows.double(), ref, rtol=1e-6, atol=atol)
+        torch.testing.assert_close(mean.detach().double(), ref.mean(), rtol=1e-6, atol=atol)
+        assert bool((rows >= 0).all()) and bool(torch.isfinite(Hg.grad).all())
+
+
+def test_finish_when_both_terms_underflow():
+    """The fold found the target to be the max (T = 0: no non-target term reached M), but
+    at tiny τ the rounding of z_t made exp(z_t - M) underflow: the row's loss is 0 and its
+    non-target mass 0, not lse = -inf (seen at τ = 1e-12 before τ got its minimum)."""
+    state = torch.tensor([[1e12, 0.0, 0.6999999, 0.0]], dtype=torch.float64)
+    # M = 1e12 but z_t = 0.6999999 / 7e-13 = M - 1.4e5: exp(z_t - M) underflows to 0
+    loss, stats = L._finish(state, torch.tensor([0]), 4, 7e-13, -100, 0.0, 0.0, 0)
+    assert loss[0] == 0.0 and stats[0, 1] == 0.0 and stats[0, 0] == 1e12
+    # an ordinary row is unchanged: M = 1, T = 2, z_t = 0.5 -> loss = log(1 + 2 e^0.5)
+    state = torch.tensor([[1.0, 2.0, 0.5, 0.0]], dtype=torch.float64)
+    loss, stats = L._finish(state, torch.tensor([0]), 4, 1.0, -100, 0.0, 0.0, 0)
+    assert abs(float(loss[0]) - math.log1p(2 * math.exp(0.5))) < 1e-14
+    assert abs(float(stats[0, 0]) - (1.0 + math.log(2 + math.exp(-0.5)))) < 1e-14

@@ -363,6 +363,10 @@ def _finish(state: Tensor, y: Tensor, K: int, tau: float, ignore_index: int, lab
     M = torch.where(valid, M, torch.zeros_like(M))
     zt = torch.where(valid, zt, torch.zeros_like(zt))
     et = torch.exp(zt - M)  # the fold's max includes z_t, so zt - M <= 0 up to rounding
+    # T = 0 means no non-target term reached the fold's max M (the max non-target term
+    # contributes exp(0) = 1 to T), so the target is the max: e_t = 1 up to the rounding of
+    # z_t, which at tiny τ (|z| ~ 1/τ) can push exp(z_t − M) to 0 and give lse = −inf
+    et = torch.where(T == 0, torch.ones_like(et), et)
     S = T + et
     lse = M + torch.log(S)
     ratio = T / et  # sum_{k != y} exp(z_k - z_t); inf if e_t underflows

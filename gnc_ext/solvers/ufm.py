@@ -124,7 +124,7 @@ def train_ufm(
 
     Args:
         d: feature dimension (>= 1).  K: classes (>= 2).  n: features per class (>= 1).
-        tau: temperature > 0 for ``loss="ce"`` (default 0.05); must be None for HardMax.
+        tau: temperature >= 1e-6 for ``loss="ce"`` (default 0.05); must be None for HardMax.
         loss: ``"ce"`` or ``"hardmax"``.
         steps: optimisation steps (>= 1).  lr: peak learning rate (> 0).
         anneal: temperature continuation / CE warm start (see above).
@@ -149,14 +149,13 @@ def train_ufm(
     if not isinstance(loss, str) or loss not in ("ce", "hardmax"):
         raise ValueError(f"loss: expected 'ce' or 'hardmax', got {loss!r}")
     if loss == "ce":
-        tau = 0.05 if tau is None else _validate.positive_float(tau, "tau")
+        tau = 0.05 if tau is None else _validate.temperature(tau, "tau")
     elif tau is not None:
         _validate.positive_float(tau, "tau")
         raise ValueError("tau: the HardMax loss has no temperature; pass tau=None with loss='hardmax'")
     steps = _validate.integer(steps, "steps", minimum=1)
     lr = _validate.positive_float(lr, "lr")
-    if seed is not None:
-        seed = _validate.integer(seed, "seed")
+    seed = _validate.seed(seed)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
     _validate.boolean(progress, "progress")
