@@ -129,3 +129,19 @@ def test_mixed_devices_rejected(cuda_device):
     _, n = torch.ops.gnc_ext.normalize_rows(x, 1e-12)
     with pytest.raises(ValueError, match="grad"):
         torch.ops.gnc_ext.normalize_rows_backward(torch.randn(4, 3, device="cuda"), x, n, 1e-12)
+
+
+def test_subnormal_rows_with_tiny_eps_are_an_error_not_inf():
+    """eps=0 or eps below 1/finfo.max: a row whose floored norm has no finite reciprocal in
+    the accumulation type is refused by name (before: inf rows and NaN gradients)."""
+    x = torch.full((2, 3), 1e-39)
+    for eps in (0.0, 1e-40):
+        with pytest.raises(ValueError, match=r"X: row 0 has norm .* too small to normalise in float32"):
+            gnc_ext.normalize_rows(x, eps=eps)
+    z = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="X: row 0 has norm 0"):
+        gnc_ext.normalize_rows(z, eps=1e-45)
+    # the default eps, and float64 input (its own, much smaller limit), are fine
+    assert bool(torch.isfinite(gnc_ext.normalize_rows(x)).all())
+    y64 = gnc_ext.normalize_rows(x.double(), eps=0.0)
+    torch.testing.assert_close(y64, torch.full((2, 3), 3 ** -0.5, dtype=torch.float64))

@@ -32,6 +32,14 @@ def _normalize_rows_op(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
         raise ValueError("X: contains NaN or Inf values (or a row whose norm overflows)")
     if eps == 0.0 and x.shape[0] > 0 and bool((norm == 0).any()):
         raise ValueError("X: contains an all-zero row; with eps=0 it cannot be normalised (use eps > 0)")
+    lim = 1.0 / torch.finfo(norm.dtype).max  # 1/floor overflows below this (fp32: 2.9e-39)
+    if eps < lim and x.shape[0] > 0:  # never with the default eps: no extra pass
+        small = norm.clamp_min(eps) < lim
+        if bool(small.any()):
+            i = int(small.nonzero()[0, 0])
+            raise ValueError(f"X: row {i} has norm {float(norm[i]):.3g}, too small to normalise in "
+                             f"{str(norm.dtype).replace('torch.', '')} (its reciprocal overflows); "
+                             f"use eps >= {lim:.2g} or float64 input")
     return y, norm
 
 
@@ -92,7 +100,9 @@ def normalize_rows(X: Tensor, eps: float = 1e-12) -> Tensor:
 
     Args:
         X: (N, d) float32/float64/float16/bfloat16 tensor on CPU or CUDA; any strides.
-        eps: floor on the norm, ``>= 0``. With ``eps = 0`` an all-zero row is an error.
+        eps: floor on the norm, ``>= 0``. With ``eps = 0`` an all-zero row is an error, and
+            so is a row whose ``max(norm, eps)`` is below ``1/finfo.max`` of the accumulation
+            type (fp32: 2.9e-39; its reciprocal would overflow).
 
     Returns:
         A contiguous (N, d) tensor of X's dtype and device.
