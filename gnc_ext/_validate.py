@@ -134,8 +134,13 @@ def integer(v, name: str, *, minimum: Optional[int] = None, maximum: int = INT64
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {v}")
     if v > maximum or v < INT64_MIN:
         lo = INT64_MIN if minimum is None else minimum
-        raise ValueError(f"{name}: expected an integer in [{lo}, {maximum}], got {v}")
+        raise ValueError(f"{name}: expected an integer in [{lo}, {maximum}], got {_short_int(v)}")
     return v
+
+
+def _short_int(v: int) -> str:
+    t = str(v)
+    return t if len(t) <= 21 else f"{t[:6]}...({len(t)} digits)"
 
 
 def seed(v, name: str = "seed") -> Optional[int]:
@@ -146,7 +151,7 @@ def seed(v, name: str = "seed") -> Optional[int]:
         raise TypeError(f"{name}: expected an integer or None, got {type(v).__name__}")
     v = int(v)
     if not INT64_MIN <= v < 2**64:
-        raise ValueError(f"{name}: expected an integer in [-2**63, 2**64), got {v}")
+        raise ValueError(f"{name}: expected an integer in [-2**63, 2**64), got {_short_int(v)}")
     return v
 
 

@@ -26,9 +26,7 @@ def _choice(v, name, options):
 
 def _check_margin(margin, margin_type) -> tuple:
     margin_type = _choice(margin_type, "margin_type", tuple(_ops.MARGIN_CODES))
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
-    margin = float(margin)
+    margin = _validate.real(margin, "margin")
     hi = 1.0 if margin_type == "cosface" else math.pi / 2
     if not (math.isfinite(margin) and 0.0 <= margin <= hi):
         raise ValueError(f"margin: expected 0 <= margin <= {hi:g} for margin_type={margin_type!r}, got {margin}")
@@ -121,9 +119,7 @@ def spherical_cross_entropy(
     tau = _validate.temperature(tau, "tau")
     reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
     ignore_index = _validate.integer(ignore_index, "ignore_index")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        raise TypeError(f"label_smoothing: expected a real number, got {type(label_smoothing).__name__}")
-    label_smoothing = float(label_smoothing)
+    label_smoothing = _validate.real(label_smoothing, "label_smoothing")
     if not (0.0 <= label_smoothing <= 1.0):
         raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
     margin, mcode = _check_margin(margin, margin_type)

@@ -12,6 +12,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from . import _validate
+
 
 def _plt():
     try:
@@ -50,12 +52,18 @@ def plot_circle(features, labels, W=None, *, title: str = "", path: Optional[str
     import numpy as np
 
     plt = _plt()
+    max_points = _validate.integer(max_points, "max_points", minimum=1)
     H = _np(features)
-    y = _np(labels).astype(int)
-    if H.ndim != 2 or H.shape[1] != 2:
-        raise ValueError(f"features: expected shape (N, 2), got {H.shape}")
-    if y.shape != (H.shape[0],):
-        raise ValueError(f"labels: expected shape ({H.shape[0]},), got {y.shape}")
+    yf = _np(labels)
+    if H.ndim != 2 or H.shape[1] != 2 or H.shape[0] == 0:
+        raise ValueError(f"features: expected shape (N, 2) with N >= 1, got {H.shape}")
+    if not np.isfinite(H).all():
+        raise ValueError("features: contains NaN or Inf values")
+    if yf.shape != (H.shape[0],):
+        raise ValueError(f"labels: expected shape ({H.shape[0]},), got {yf.shape}")
+    if not (np.isfinite(yf).all() and (yf == np.round(yf)).all() and yf.min() >= 0):
+        raise ValueError("labels: expected non-negative integer class indices")
+    y = yf.astype(int)
     if H.shape[0] > max_points:
         idx = np.random.default_rng(0).choice(H.shape[0], max_points, replace=False)
         H, y = H[idx], y[idx]
@@ -136,6 +144,9 @@ def plot_distances(result, *, path: Optional[str] = None, title: str = ""):
     certified lower bounds; ρ and the rattlers (classes strictly above ρ) are marked."""
     import numpy as np
 
+    if not (hasattr(result, "distance") and hasattr(result, "lower") and hasattr(result, "rho")):
+        raise TypeError(f"result: expected a one_vs_rest_distance result (with distance, lower and rho), "
+                        f"got {type(result).__name__}")
     plt = _plt()
     dist = _np(result.distance)
     low = _np(result.lower)
@@ -161,8 +172,13 @@ def plot_design_curve(K: int, rho: Optional[float] = None, *, dims: Optional[Seq
 
     from . import theory
 
+    K = _validate.integer(K, "K", minimum=2)
+    if rho is not None:
+        rho = _validate.positive_float(rho, "rho")
+    ds = [_validate.integer(d, "dims", minimum=1) for d in dims] if dims is not None else list(range(2, 65))
+    if not ds:
+        raise ValueError("dims: expected at least one dimension")
     plt = _plt()
-    ds = list(dims) if dims is not None else list(range(2, 65))
     lo, up = [], []
     for d in ds:
         b = theory.rho_bounds(d, K)

@@ -389,7 +389,7 @@ def _exp_to_int(logv: float) -> int:
 def _rotation(d: int, seed: Optional[int]) -> Optional[torch.Tensor]:
     if seed is None:
         return None
-    seed = _validate.integer(seed, "seed")
+    seed = _validate.seed(seed)
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(d, d, generator=g, dtype=torch.float64)
     Q, R = torch.linalg.qr(A)
@@ -456,11 +456,9 @@ def polygon(K, *, phase: float = 0.0, seed=None) -> torch.Tensor:
     ``seed`` (optional) draws a random phase instead. Returns float64 (K, 2).
     """
     K = _K(K)
-    if isinstance(phase, bool) or not isinstance(phase, numbers.Real) or not math.isfinite(float(phase)):
-        raise TypeError(f"phase: expected a finite real number, got {phase!r}")
-    phase = float(phase)
+    phase = _validate.real(phase, "phase")
     if seed is not None:
-        g = torch.Generator().manual_seed(_validate.integer(seed, "seed"))
+        g = torch.Generator().manual_seed(_validate.seed(seed))
         phase = float(torch.rand((), generator=g, dtype=torch.float64)) * 2.0 * math.pi
     t = torch.arange(K, dtype=torch.float64) * (2.0 * math.pi / K) + phase
     return torch.stack([torch.cos(t), torch.sin(t)], dim=1)

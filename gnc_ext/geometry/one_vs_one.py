@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from .. import _validate
 from .._engine import chunk_size
 from ..ops import hull as _hull_ops
 from .one_vs_rest import _TILE_BYTES, check_unit_rows, normalized, validate_weights
@@ -61,8 +62,7 @@ def one_vs_one_distance(W: Tensor, *, normalize: bool = False, shortlist: int = 
     validate_weights(W, "W")
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
-    if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
-        raise ValueError(f"shortlist: expected an integer >= 1, got {shortlist!r}")
+    shortlist = _validate.integer(shortlist, "shortlist", minimum=1)
     Wn = normalized(W, "W") if normalize else W
     if not normalize:
         check_unit_rows(W, "W")

@@ -129,7 +129,11 @@ def normalized(W: Tensor, name: str = "W") -> Tensor:
     zero = torch.linalg.vector_norm(W.detach().double(), dim=1) == 0
     if bool(zero.any()):
         raise ValueError(f"{name}: row {int(zero.nonzero()[0])} is all zeros and cannot be normalised")
-    return normalize_rows(W)
+    try:
+        return normalize_rows(W)
+    except ValueError as e:  # normalize_rows names its argument X: name the caller's
+        msg = str(e)
+        raise ValueError(f"{name}:{msg[2:]}" if msg.startswith("X:") else msg) from None
 
 
 def _candidates(Wc: Tensor, m: int, progress: bool) -> Tensor:
@@ -395,6 +399,8 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
     max_rounds = _validate.integer(max_rounds, "max_rounds", minimum=1)
     if max_iter is not None:
         max_iter = _validate.integer(max_iter, "max_iter", minimum=1)
+    if rattler_tol is not None:  # checked before the solve, not after it
+        rattler_tol = _validate.positive_float(rattler_tol, "rattler_tol", allow_zero=True)
     if progress is None:
         progress = K >= 100_000
     Wn = normalized(W, "W") if normalize else W
@@ -423,9 +429,6 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
     gap = float((dist - lower).max().item())
     if rattler_tol is None:
         rattler_tol = tol
-    elif isinstance(rattler_tol, bool) or not isinstance(rattler_tol, (int, float)) or not (
-            math.isfinite(rattler_tol) and rattler_tol >= 0):
-        raise ValueError(f"rattler_tol: expected a finite number >= 0, got {rattler_tol!r}")
     rattlers = torch.nonzero(lower > rho + float(rattler_tol)).flatten()
     out_dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
     return OneVsRestResult(

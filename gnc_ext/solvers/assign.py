@@ -13,6 +13,7 @@ import dataclasses
 import torch
 
 from .. import _validate
+from . import _sphere
 
 
 @dataclasses.dataclass
@@ -69,15 +70,8 @@ def assign_classes(class_means: torch.Tensor, code: torch.Tensor) -> AssignmentR
         raise ValueError(f"code: expected at least K={K} rows (one code vector per class), got {M}")
     _validate.finite(class_means, "class_means")
     _validate.finite(code, "code")
-    A = class_means.detach().to("cpu", torch.float64)
-    B = code.detach().to("cpu", torch.float64)
-    na, nb = A.norm(dim=1), B.norm(dim=1)
-    if bool((na == 0).any()):
-        raise ValueError(f"class_means: row {int(torch.nonzero(na == 0)[0])} is zero (its cosine is undefined)")
-    if bool((nb == 0).any()):
-        raise ValueError(f"code: row {int(torch.nonzero(nb == 0)[0])} is zero (its cosine is undefined)")
-    A = A / na[:, None]
-    B = B / nb[:, None]
+    A = _sphere.unit_rows64(class_means, "class_means")  # robust to huge/tiny rows
+    B = _sphere.unit_rows64(code, "code")
     S = A @ B.T  # (K, M) cosines
     try:
         from scipy.optimize import linear_sum_assignment
@@ -87,8 +81,7 @@ def assign_classes(class_means: torch.Tensor, code: torch.Tensor) -> AssignmentR
     perm = torch.empty(K, dtype=torch.int64)
     perm[torch.from_numpy(rows)] = torch.from_numpy(cols).to(torch.int64)
     cos = S[torch.arange(K), perm]
-    assigned = (code.detach().to(torch.float64) / code.detach().to(torch.float64).norm(dim=1, keepdim=True))[
-        perm.to(code.device)]
+    assigned = B[perm].to(code.device)
     return AssignmentResult(
         permutation=perm,
         assigned_code=assigned,

@@ -158,17 +158,24 @@ def certify_code(W, *, rattler_tol: float = 1e-7):
     """Certified rho, per-class distances, features and rattlers of a code W.
 
     Args:
-        W: (K, d) real tensor/array with unit rows (normalised here in float64).
-        rattler_tol: margin above rho for a class to count as a rattler.
+        W: (K, d) floating tensor or NumPy array, finite, no zero row (rows are
+            normalised here in float64).
+        rattler_tol: margin (>= 0) above rho for a class to count as a rattler.
+    Raises:
+        TypeError/ValueError naming ``W`` or ``rattler_tol``.
     Returns:
         dict with rho, rho_lower, gap, distance, lower, feature, rattlers, max_cosine,
         min_distance (all computed by :func:`gnc_ext.one_vs_rest_distance` and float64
         cosines).
     """
-    Wn = torch.as_tensor(W).detach().to(torch.float64).cpu()
-    if Wn.dim() != 2 or Wn.shape[0] < 2:
-        raise ValueError(f"W: expected a (K, d) matrix with K >= 2, got shape {tuple(Wn.shape)}")
-    Wn = Wn / Wn.norm(dim=1, keepdim=True)
+    if isinstance(W, np.ndarray):
+        W = torch.from_numpy(W)
+    _validate.tensor(W, "W", ndim=2)
+    if W.shape[0] < 2:
+        raise ValueError(f"W: expected a (K, d) matrix with K >= 2, got shape {tuple(W.shape)}")
+    _validate.finite(W, "W")
+    rattler_tol = _validate.positive_float(rattler_tol, "rattler_tol", allow_zero=True)
+    Wn = _sphere.unit_rows64(W, "W")
     Wa = Wn.numpy()
     r = _ovr(Wa)
     C = Wa @ Wa.T
@@ -209,7 +216,7 @@ def _random_spacing(d: int, K: int, seed: Optional[int], device) -> float:
     """``1 - mean_k max_{j != k} <x_k, x_j>`` of a random code (its own generator, so the
     restarts' random stream is unchanged): the scale of rho where random codes are
     already well spread. Chunked: no K × K matrix."""
-    g = torch.Generator().manual_seed(7919 if seed is None else seed + 7919)
+    g = torch.Generator().manual_seed(7919 if seed is None else (seed + 7919) % 2**64)
     X = _sphere.random_points(1, K, d, generator=g, device=device, dtype=torch.float32)[0]
     tot = 0.0
     for s in range(0, K, 2048):
@@ -625,8 +632,7 @@ def softmax_code(
     rattler_tol = _validate.positive_float(rattler_tol, "rattler_tol", allow_zero=True)
     if time_limit is not None:
         time_limit = _validate.positive_float(time_limit, "time_limit")
-    if seed is not None:
-        seed = _validate.integer(seed, "seed")
+    seed = _validate.seed(seed)
     _validate.boolean(progress, "progress")
     _validate.boolean(use_constructions, "use_constructions")
     if continuation is None:

@@ -316,8 +316,7 @@ def tammes(
     contact_tol = _validate.positive_float(contact_tol, "contact_tol", allow_zero=True)
     if time_limit is not None:
         time_limit = _validate.positive_float(time_limit, "time_limit")
-    if seed is not None:
-        seed = _validate.integer(seed, "seed")
+    seed = _validate.seed(seed)
     _validate.boolean(progress, "progress")
     dev = _validate.device(device)
     inits = _sphere.initial_codes(init, K, d, restarts)
