@@ -106,3 +106,69 @@ def test_cmf_plugs_into_spherical_ce_loss():
     loss2 = crit(H, y)  # the provider's updated weight is read at every call
     torch.testing.assert_close(loss2, gnc_ext.spherical_cross_entropy(H, cmf.weight, y, tau=0.1))
     assert not torch.allclose(loss2, loss)
+
+
+@pytest.mark.parametrize("normalize_features", [False, True])
+def test_cmf_huge_finite_features_keep_unit_rows(normalize_features):
+    """|x| >= ~1e154 overflowed the float64 norm (zero row) or the class sum (NaN row)."""
+    f64 = torch.float64
+    cmf = CMFClassifier(3, 2, normalize_features=normalize_features, dtype=f64)
+    cmf.update(torch.tensor([[1e200, 1e200]], dtype=f64), torch.tensor([0]))
+    torch.testing.assert_close(cmf.weight[0], torch.full((2,), 0.5 ** 0.5, dtype=f64))
+    cmf = CMFClassifier(3, 2, normalize_features=normalize_features, dtype=f64)
+    cmf.update(torch.full((2, 2), 1e308, dtype=f64), torch.tensor([0, 0]))
+    torch.testing.assert_close(cmf.weight[0], torch.full((2,), 0.5 ** 0.5, dtype=f64))
+    # EMA after the warm start; small and huge rows in one batch; rows cancelling exactly
+    w0, w2 = cmf.weight[0].clone(), cmf.weight[2].clone()
+    H = torch.tensor([[-1e308, 1e308], [1.0, 3.0], [1e300, 0.0], [-1e300, 0.0]], dtype=f64)
+    cmf.update(H, torch.tensor([0, 1, 2, 2]))
+    mean0 = torch.tensor([-1.0, 1.0], dtype=f64) * (0.5 ** 0.5 if normalize_features else 1e308)
+    v = 0.9 * w0 + 0.1 * mean0
+    v = v / v.abs().max()  # the reference's own norm must not overflow
+    torch.testing.assert_close(cmf.weight[0], v / v.norm())
+    torch.testing.assert_close(cmf.weight[2], w2)  # the rows cancel: the (random) row is kept
+    torch.testing.assert_close(cmf.weight[1], torch.tensor([1.0, 3.0], dtype=f64) / 10 ** 0.5)
+    assert bool(torch.isfinite(cmf.weight).all())
+    torch.testing.assert_close(cmf.weight.norm(dim=1), torch.ones(3, dtype=f64))
+    # huge rows in a float32 buffer
+    cmf = CMFClassifier(2, 3, normalize_features=normalize_features, warm_start=False, momentum=0.0)
+    cmf.update(torch.tensor([[3e38, -3e38, 1.0], [3e38, 3e38, 0.0]]), torch.tensor([1, 1]))
+    torch.testing.assert_close(cmf.weight[1], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_cmf_nonfinite_features_leave_state_unchanged():
+    cmf = CMFClassifier(3, 2, normalize_features=False, dtype=torch.float64)
+    before = {k: v.clone() for k, v in cmf.state_dict().items()}
+    for bad in (float("inf"), -float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="features: contains NaN or Inf"):
+            cmf.update(torch.tensor([[1.0, bad]], dtype=torch.float64), torch.tensor([0]))
+    for k, v in cmf.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("kwargs, exc, name", [
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(seed="a"), TypeError, "seed"),
+    (dict(seed=2**70), ValueError, "seed"),
+    (dict(seed=-2**63 - 1), ValueError, "seed"),
+    (dict(device="bogus"), ValueError, "device"),
+    (dict(device="meta"), ValueError, "device"),
+    (dict(dtype=torch.int64), TypeError, "dtype"),
+    (dict(dtype=torch.float16), TypeError, "dtype"),
+    (dict(dtype="float32"), TypeError, "dtype"),
+    (dict(dtype=None), TypeError, "dtype"),
+    (dict(normalize_features="no"), TypeError, "normalize_features"),
+    (dict(warm_start="no"), TypeError, "warm_start"),
+    (dict(warm_start=1), TypeError, "warm_start"),
+])
+def test_cmf_constructor_validates(kwargs, exc, name):
+    with pytest.raises(exc, match=rf"^{name}: "):
+        CMFClassifier(5, 4, **kwargs)
+
+
+def test_cmf_constructor_accepts_valid_seeds():
+    import numpy as np
+    for seed in (None, 0, -2**63, 2**64 - 1, np.int64(7)):
+        cmf = CMFClassifier(5, 4, seed=seed, device="cpu", dtype=torch.float64)
+        torch.testing.assert_close(cmf.weight.norm(dim=1), torch.ones(5, dtype=torch.float64))
+    torch.testing.assert_close(CMFClassifier(5, 4, seed=np.int64(7)).weight, CMFClassifier(5, 4, seed=7).weight)

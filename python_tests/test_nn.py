@@ -165,3 +165,85 @@ def test_module_on_cuda(cuda_device):
     S = _brute_cos(H.cpu(), crit.weight.detach().cpu())
     assert (crit.predict(H).cpu() == S.argmax(dim=1)).float().mean() > 0.99
     torch.testing.assert_close(crit.logits(H, chunk=333).cpu().double(), S / 0.05, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls", [gnc_ext.nn.SphericalCELoss, gnc_ext.nn.HardMaxLoss])
+def test_predict_rejects_nonfinite_features(cls):
+    crit = cls(5, 4)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.randn(3, 4)
+        x[1, 2] = bad  # was: class -1 (NaN) or an arbitrary class (Inf)
+        with pytest.raises(ValueError, match="features: contains NaN or Inf"):
+            crit.predict(x)
+        with pytest.raises(ValueError, match="features: contains NaN or Inf"):
+            crit.predict(x.double().T.contiguous().T)  # any layout, fp64
+    # large finite features are fine: predict is scale-invariant per row
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(crit.predict(x * 1e37), crit.predict(x))
+    gnc_ext.config.check_finite = False
+    try:
+        crit.predict(torch.full((2, 4), float("nan")))  # the switch is honoured
+    finally:
+        gnc_ext.config.check_finite = True
+
+
+def test_logits_name_features_and_weight():
+    crit = gnc_ext.nn.SphericalCELoss(5, 4)
+    x = torch.randn(3, 4)
+    x[1] = float("nan")
+    with pytest.raises(ValueError, match=r"^features: contains NaN or Inf"):  # was "X: ..."
+        crit.logits(x)
+    crit.weight.data[2, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"^weight: contains NaN or Inf"):
+        crit.logits(torch.randn(3, 4))
+    hm = gnc_ext.nn.HardMaxLoss(5, 4, classifier=lambda: torch.zeros(5, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"^weight: expected dtype"):
+        hm.logits(torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("kwargs, exc, name", [
+    (dict(device="bogus"), ValueError, "device"),
+    (dict(device="meta"), ValueError, "device"),
+    (dict(device=1.5), TypeError, "device"),
+    (dict(dtype=torch.int64), TypeError, "dtype"),
+    (dict(dtype="float32"), TypeError, "dtype"),
+    (dict(reduction="bogus"), ValueError, "reduction"),
+    (dict(reduction=["mean"]), ValueError, "reduction"),
+    (dict(normalize="yes"), TypeError, "normalize"),
+    (dict(normalize=1), TypeError, "normalize"),
+])
+@pytest.mark.parametrize("cls", [gnc_ext.nn.SphericalCELoss, gnc_ext.nn.HardMaxLoss])
+def test_module_constructor_validates(cls, kwargs, exc, name):
+    if cls is gnc_ext.nn.HardMaxLoss and kwargs == dict(reduction="bogus"):
+        kwargs = dict(reduction="average")
+    with pytest.raises(exc, match=rf"^{name}: "):
+        cls(5, 4, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, exc, name", [
+    (dict(label_smoothing=5.0), ValueError, "label_smoothing"),
+    (dict(label_smoothing=-0.1), ValueError, "label_smoothing"),
+    (dict(label_smoothing=float("nan")), ValueError, "label_smoothing"),
+    (dict(label_smoothing="0.1"), TypeError, "label_smoothing"),
+    (dict(label_smoothing=True), TypeError, "label_smoothing"),
+    (dict(ignore_index="x"), TypeError, "ignore_index"),
+    (dict(ignore_index=1.7), TypeError, "ignore_index"),
+    (dict(ignore_index=2**63), ValueError, "ignore_index"),
+    (dict(reduction="max"), ValueError, "reduction"),  # HardMax's, not spherical CE's
+    (dict(tau=1e-12), ValueError, "tau"),  # below the functional API's temperature floor
+])
+def test_spherical_module_constructor_validates(kwargs, exc, name):
+    with pytest.raises(exc, match=rf"^{name}: "):
+        gnc_ext.nn.SphericalCELoss(5, 4, **kwargs)
+
+
+def test_module_constructor_accepts_valid_arguments():
+    import numpy as np
+    crit = gnc_ext.nn.SphericalCELoss(5, 4, label_smoothing=np.float32(0.25), ignore_index=np.int64(-1),
+                                      reduction="sum", normalize=False, dtype=torch.float64, device="cpu")
+    assert crit.label_smoothing == 0.25 and type(crit.label_smoothing) is float
+    assert crit.ignore_index == -1 and type(crit.ignore_index) is int
+    assert crit.weight.dtype == torch.float64 and crit.weight.device.type == "cpu"
+    assert gnc_ext.nn.SphericalCELoss(5, 4, label_smoothing=1).label_smoothing == 1.0
+    assert gnc_ext.nn.HardMaxLoss(5, 4, dtype=torch.bfloat16, device=torch.device("cpu")).weight.dtype == torch.bfloat16
+    assert gnc_ext.nn.HardMaxLoss(5, 4, reduction="none").reduction == "none"

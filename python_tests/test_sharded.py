@@ -116,3 +116,49 @@ def test_bad_inputs():
         crit(torch.randn(2, 3), torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="features: expected width 3"):
         crit(torch.randn(2, 4), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("kwargs, exc, name", [
+    (dict(label_smoothing="0.1"), TypeError, "label_smoothing"),
+    (dict(label_smoothing=None), TypeError, "label_smoothing"),
+    (dict(label_smoothing="abc"), TypeError, "label_smoothing"),
+    (dict(label_smoothing=1.5), ValueError, "label_smoothing"),
+    (dict(ignore_index=1.7), TypeError, "ignore_index"),
+    (dict(ignore_index=True), TypeError, "ignore_index"),
+    (dict(ignore_index=2**63), ValueError, "ignore_index"),
+    (dict(sample_rate="0.5"), TypeError, "sample_rate"),
+    (dict(sample_rate=True), TypeError, "sample_rate"),
+    (dict(sample_rate=float("nan")), ValueError, "sample_rate"),
+    (dict(sample_rate=1.5), ValueError, "sample_rate"),
+    (dict(reduction=["mean"]), ValueError, "reduction"),
+    (dict(reduction="max"), ValueError, "reduction"),
+    (dict(dtype=torch.int64), TypeError, "dtype"),
+    (dict(dtype="float32"), TypeError, "dtype"),
+    (dict(seed=2.9), TypeError, "seed"),  # was silently truncated to 2
+    (dict(seed=None), TypeError, "seed"),
+    (dict(seed=2**64), ValueError, "seed"),
+    (dict(device="bogus"), ValueError, "device"),
+    (dict(device="meta"), ValueError, "device"),
+    (dict(tau=1e-300), ValueError, "tau"),  # was accepted: a loss of -inf
+])
+def test_constructor_validates(kwargs, exc, name):
+    with pytest.raises(exc, match=rf"^{name}: "):
+        ShardedSphericalCELoss(5, 4, **kwargs)
+
+
+def test_constructor_valid_arguments_and_seed_range():
+    import numpy as np
+    crit = ShardedSphericalCELoss(5, 4, label_smoothing=np.float32(0.5), ignore_index=np.int64(-1),
+                                  sample_rate=1, device="cpu", dtype=torch.float64)
+    assert crit.label_smoothing == 0.5 and crit.ignore_index == -1 and crit.sample_rate == 1.0
+    assert type(crit.ignore_index) is int and crit.weight.dtype == torch.float64
+    # label_smoothing = 1 is allowed, as in spherical_cross_entropy, and gives its loss
+    torch.manual_seed(0)
+    H, y = torch.randn(4, 4), torch.tensor([0, 1, 4, -100])
+    crit = ShardedSphericalCELoss(5, 4, label_smoothing=1.0)
+    torch.testing.assert_close(crit(H, y), gnc_ext.spherical_cross_entropy(H, crit.weight, y, label_smoothing=1.0))
+    # the whole manual_seed range (negative seeds unchanged: manual_seed takes them mod 2**64)
+    for seed in (-2**63, 2**64 - 1, np.int64(3)):
+        ShardedSphericalCELoss(5, 4, seed=seed)
+    torch.testing.assert_close(ShardedSphericalCELoss(5, 4, seed=-3).weight,
+                               ShardedSphericalCELoss(5, 4, seed=2**64 - 3).weight)

@@ -10,6 +10,7 @@ Motivated by GNC3 (self-duality): at collapse the optimal classifier is the clas
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -17,6 +18,11 @@ from torch import Tensor, nn
 
 from .. import _validate
 from ..ops.normalize import normalize_rows
+from .losses import _check_device, _check_dtype
+
+# Above this |x| (float64) the norm of a feature row or a sum of rows could overflow:
+# update() then scales rows (normalised) or each class's rows (raw means) down first.
+_HUGE = 2.0 ** 256
 
 
 class CMFClassifier(nn.Module):
@@ -28,7 +34,11 @@ class CMFClassifier(nn.Module):
         momentum: β in [0, 1); the weight kept from the previous step (paper: 0.9).
         normalize_features: L2-normalise features before taking class means (the
             spherical setting of the paper; default True).
-        seed: seed of the random unit-norm initial rows (classes never seen keep them).
+        warm_start: see below (default True).
+        seed: seed of the random unit-norm initial rows (classes never seen keep them);
+            None or an integer in [-2**63, 2**64).
+        device: cpu or an available cuda (None: torch's default); dtype: float32 or
+            float64, of the buffers.
 
     Buffers (saved in ``state_dict``): ``weight`` (K, d) unit rows, ``seen`` (K,) bool —
     whether a class has been updated at least once, ``num_updates`` (scalar int64).
@@ -49,11 +59,12 @@ class CMFClassifier(nn.Module):
         m = _validate.positive_float(momentum, "momentum", allow_zero=True)
         if m >= 1.0:
             raise ValueError(f"momentum: expected a value in [0, 1), got {m}")
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        dtype = _check_dtype(dtype, (torch.float32, torch.float64), allow_none=False)
+        device = _check_device(device)
+        seed = _validate.seed(seed, "seed")
         self.num_classes, self.dim, self.momentum = K, d, m
-        self.normalize_features = bool(normalize_features)
-        self.warm_start = bool(warm_start)
+        self.normalize_features = _validate.boolean(normalize_features, "normalize_features")
+        self.warm_start = _validate.boolean(warm_start, "warm_start")
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         w = torch.randn(K, d, generator=g, dtype=torch.float64)
         w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -66,7 +77,13 @@ class CMFClassifier(nn.Module):
 
     @torch.no_grad()
     def update(self, features: Tensor, labels: Tensor) -> Tensor:
-        """Fold one mini-batch into the EMA; returns the (K,) bool mask of updated classes."""
+        """Fold one mini-batch into the EMA; returns the (K,) bool mask of updated classes.
+
+        Any finite features are accepted (float64 ones up to the float64 range: huge rows
+        are scaled down before the norms and sums, which does not change the result).
+        Raises TypeError/ValueError naming ``features``/``labels`` (NaN/Inf features when
+        ``gnc_ext.config.check_finite``); the buffers are then unchanged.
+        """
         _validate.tensor(features, "features", ndim=2)
         if features.shape[1] != self.dim:
             raise ValueError(f"features: expected width {self.dim}, got {features.shape[1]}")
@@ -74,27 +91,41 @@ class CMFClassifier(nn.Module):
         if labels.shape[0] != features.shape[0]:
             raise ValueError(f"labels: expected {features.shape[0]} labels (one per feature row), got {labels.shape[0]}")
         _validate.same_device(("weight", self.weight), ("features", features), ("labels", labels))
-        _validate.finite(features, "features")
+        h = features.detach().to(torch.float64)
+        lo, hi = torch.stack(torch.aminmax(h)).tolist()  # NaN propagates: the finiteness check too
+        if _validate.config.check_finite and not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("features: contains NaN or Inf values")
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
             raise ValueError(f"labels: expected values in [0, {self.num_classes}), got range "
                              f"[{int(labels.min())}, {int(labels.max())}]")
-        h = features.detach().to(torch.float64)
-        if self.normalize_features:
-            h = normalize_rows(h)
         labels = labels.long()
+        huge = max(-lo, hi) > _HUGE
+        scale = None  # (K, 1): class k's rows (hence its mean) are divided by scale[k]
+        if self.normalize_features:
+            if huge:  # rows with max-abs > 1 brought to max-abs 1: same direction, norm ≥ 1 > eps
+                h = h / h.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+            h = normalize_rows(h)
+        elif huge:  # scale[k] = max(1, max-abs of class k's rows): sums and norms stay in range
+            rmax = h.abs().amax(dim=1)
+            scale = torch.ones(self.num_classes, dtype=torch.float64, device=h.device)
+            scale = scale.scatter_reduce_(0, labels, rmax, "amax").unsqueeze(1)
+            h = h / scale[labels]
         sums = torch.zeros(self.num_classes, self.dim, dtype=torch.float64, device=h.device)
         sums.index_add_(0, labels, h)
         counts = torch.bincount(labels, minlength=self.num_classes)
         present = counts > 0
         means = sums[present] / counts[present].unsqueeze(1).to(torch.float64)
         old = self.weight[present].to(torch.float64)
-        new = self.momentum * old + (1.0 - self.momentum) * means
+        s = None if scale is None else scale[present]
+        # new / s (s = 1 unless scaled): the same direction as β·old + (1 − β)·mean
+        new = self.momentum * (old if s is None else old / s) + (1.0 - self.momentum) * means
         if self.warm_start:
             first = ~self.seen[present]
             new[first] = means[first]
         norms = new.norm(dim=1, keepdim=True)
         # a batch mean of exactly zero (opposite features cancel) keeps the old direction
-        new = torch.where(norms > 1e-12, new / norms.clamp_min(1e-300), old)
+        ok = (norms if s is None else norms * s) > 1e-12
+        new = torch.where(ok, new / torch.where(ok, norms, torch.ones_like(norms)), old)
         self.weight[present] = new.to(self.weight.dtype)
         self.seen |= present
         self.num_updates += 1

@@ -17,9 +17,54 @@ import torch
 from torch import Tensor, nn
 
 from .. import _validate
-from ..losses import _check_margin, hardmax_loss, spherical_cross_entropy
+from ..losses import _HM_REDUCTIONS, _SCE_REDUCTIONS, _check_margin, _choice, hardmax_loss, spherical_cross_entropy
 from ..ops import loss as _ops
 from ..ops.normalize import normalize_rows
+
+
+# Constructor checks shared by the nn modules: the rules spherical_cross_entropy applies
+# at call time, applied where the module is built.
+
+def _check_label_smoothing(v) -> float:
+    v = _validate.real(v, "label_smoothing")
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {v}")
+    return v
+
+
+def _check_dtype(dtype, allowed=_validate.FLOAT_DTYPES, allow_none: bool = True) -> Optional[torch.dtype]:
+    """``dtype`` of a module's weights: one of ``allowed`` (or None: torch's default)."""
+    if dtype is None and allow_none:
+        return None
+    if not isinstance(dtype, torch.dtype) or dtype not in allowed:
+        raise TypeError(f"dtype: expected a floating torch.dtype ({_validate._dtype_list(allowed)}), got {dtype!r}")
+    return dtype
+
+
+def _check_device(device) -> Optional[torch.device]:
+    """``device`` of a module's weights: cpu or usable cuda (None: torch's default device)."""
+    return None if device is None else _validate.device(device, "device")
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    """Raise ValueError naming ``x`` if it holds NaN/Inf (``gnc_ext.config.check_finite``):
+    one aminmax reduction (NaN propagates through it), no full-size temporary, and finite
+    values of any magnitude pass."""
+    if _validate.config.check_finite and x.numel() > 0:
+        lo, hi = torch.aminmax(x)
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            raise ValueError(f"{name}: contains NaN or Inf values")
+
+
+def _normalized(x: Tensor, name: str) -> Tensor:
+    """``normalize_rows(x)`` with its errors naming ``name`` (it calls its input ``X``)."""
+    try:
+        return normalize_rows(x)
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        if msg.startswith("X:"):
+            raise type(e)(name + msg[1:]) from None
+        raise
 
 
 class _WeightedLoss(nn.Module):
@@ -27,6 +72,7 @@ class _WeightedLoss(nn.Module):
         super().__init__()
         self.num_classes = _validate.integer(num_classes, "num_classes", minimum=2)
         self.embedding_dim = _validate.integer(embedding_dim, "embedding_dim", minimum=1)
+        dtype, device = _check_dtype(dtype), _check_device(device)
         if classifier is None:
             self.weight = nn.Parameter(torch.randn(self.num_classes, self.embedding_dim, dtype=dtype, device=device))
             self.classifier = None
@@ -56,7 +102,8 @@ class _WeightedLoss(nn.Module):
         Memory: one fp32 tile and one normalised block of W (no K × d copy; fp32 features
         on CUDA with ≥ 4096 rows take the TF32-screened path, which normalises W whole
         into a temporary). ``chunk``: classes per tile
-        (0: automatic).
+        (0: automatic). NaN/Inf in ``features`` or the weights raise ValueError naming
+        them (when ``gnc_ext.config.check_finite``).
         """
         W = self.class_weights()
         _validate.tensor(features, "features", ndim=2)
@@ -64,6 +111,7 @@ class _WeightedLoss(nn.Module):
         if features.shape[1] != self.embedding_dim:
             raise ValueError(f"features: expected {self.embedding_dim} columns, got shape {tuple(features.shape)}")
         chunk = _validate.integer(chunk, "chunk", minimum=0)
+        _check_finite(features.detach(), "features")
         _ops.check_finite_rows(W.detach(), "weight")
         return torch.ops.gnc_ext.argmax_cosine_nw(features.detach(), W.detach(), chunk)
 
@@ -76,8 +124,8 @@ class _WeightedLoss(nn.Module):
         if features.shape[1] != self.embedding_dim:
             raise ValueError(f"features: expected {self.embedding_dim} columns, got shape {tuple(features.shape)}")
         acc = torch.float64 if features.dtype == torch.float64 else torch.float32
-        Hn = normalize_rows(features.detach()).to(acc)
-        Wn = normalize_rows(W.detach())
+        Hn = _normalized(features.detach(), "features").to(acc)
+        Wn = _normalized(W.detach(), "weight")
         K = Wn.shape[0]
         c = _ops.col_chunk(Hn.shape[0], K) if chunk is None else _validate.integer(chunk, "chunk", minimum=1)
         out = torch.empty((Hn.shape[0], K), dtype=acc, device=Hn.device)
@@ -94,23 +142,28 @@ class SphericalCELoss(_WeightedLoss):
     trained). Calls :func:`gnc_ext.spherical_cross_entropy` with the stored options.
 
     Args:
-        num_classes (K ≥ 2), embedding_dim (d ≥ 1), tau > 0, margin, margin_type
+        num_classes (K ≥ 2), embedding_dim (d ≥ 1), tau ≥ 1e-6, margin, margin_type
         ("cosface" | "arcface"), label_smoothing, ignore_index, reduction
         ("mean" | "sum" | "none"), normalize (see spherical_cross_entropy),
-        classifier (optional weight provider), dtype/device of the owned Parameter.
+        classifier (optional weight provider), dtype (float32/float64/float16/bfloat16;
+        None: torch's default) and device (cpu or an available cuda; None: torch's
+        default) of the owned Parameter.
+
+    Raises:
+        TypeError/ValueError naming the argument, at construction, under the rules of
+        :func:`gnc_ext.spherical_cross_entropy`.
     """
 
     def __init__(self, num_classes: int, embedding_dim: int, tau: float = 0.05, margin: float = 0.0,
                  margin_type: str = "cosface", label_smoothing: float = 0.0, ignore_index: int = -100,
                  reduction: str = "mean", normalize: bool = True, classifier=None, dtype=None, device=None):
         super().__init__(num_classes, embedding_dim, classifier, dtype, device)
-        self.tau = _validate.positive_float(tau, "tau")
-        _check_margin(margin, margin_type)
-        self.margin, self.margin_type = float(margin), margin_type
-        self.label_smoothing = label_smoothing
-        self.ignore_index = ignore_index
-        self.reduction = reduction
-        self.normalize = normalize
+        self.tau = _validate.temperature(tau, "tau")
+        self.margin, self.margin_type = _check_margin(margin, margin_type)[0], margin_type
+        self.label_smoothing = _check_label_smoothing(label_smoothing)
+        self.ignore_index = _validate.integer(ignore_index, "ignore_index")
+        self.reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
+        self.normalize = _validate.boolean(normalize, "normalize")
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         return spherical_cross_entropy(
@@ -133,14 +186,15 @@ class SphericalCELoss(_WeightedLoss):
 class HardMaxLoss(_WeightedLoss):
     """HardMax loss module: ``criterion(features, labels)`` calls :func:`gnc_ext.hardmax_loss`.
 
-    Same weight conventions as :class:`SphericalCELoss`; ``logits`` returns the cosines.
+    Same weight conventions (and constructor checks) as :class:`SphericalCELoss`;
+    ``reduction`` as in :func:`gnc_ext.hardmax_loss`; ``logits`` returns the cosines.
     """
 
     def __init__(self, num_classes: int, embedding_dim: int, reduction: str = "max", normalize: bool = True,
                  classifier=None, dtype=None, device=None):
         super().__init__(num_classes, embedding_dim, classifier, dtype, device)
-        self.reduction = reduction
-        self.normalize = normalize
+        self.reduction = _choice(reduction, "reduction", _HM_REDUCTIONS)
+        self.normalize = _validate.boolean(normalize, "normalize")
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         return hardmax_loss(features, self.class_weights(), labels, reduction=self.reduction,

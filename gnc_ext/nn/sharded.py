@@ -39,9 +39,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import _validate
-from ..losses import _check_margin
+from ..losses import _check_margin, _choice
 from ..ops.loss import _finish, _fold_state, _grad_tiles, check_finite_rows, col_chunk
 from ..ops.normalize import normalize_rows
+from .losses import _check_device, _check_dtype, _check_label_smoothing
 
 _REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
 
@@ -148,8 +149,14 @@ class ShardedSphericalCELoss(nn.Module):
             or ``"none"`` (the losses of this rank's own rows).
         sample_rate: fraction of each shard used per step (1.0: exact; < 1 samples
             negatives, an approximation; label smoothing is then not allowed).
-        seed: seeds the initial weights; the shard of rank r is drawn from
-            ``seed + r`` (use :meth:`load_full_weight` to start from a given W).
+        seed: an integer in [-2**63, 2**64) that seeds the initial weights; the shard of
+            rank r is drawn from ``seed + r`` (mod 2**64; use :meth:`load_full_weight` to
+            start from a given W).
+        device (cpu or an available cuda; None: torch's default), dtype
+            (float32/float64/float16/bfloat16): of the weight shard.
+
+    Every argument is checked at construction (TypeError/ValueError naming it), under
+    the rules of :func:`gnc_ext.spherical_cross_entropy`.
 
     Attributes: ``weight`` (K_r, d) Parameter of this rank's shard; ``offset``, ``rank``,
     ``world_size``. :meth:`full_weight` gathers the whole (K, d) classifier.
@@ -162,18 +169,19 @@ class ShardedSphericalCELoss(nn.Module):
         super().__init__()
         K = _validate.integer(num_classes, "num_classes", minimum=2)
         d = _validate.integer(dim, "dim", minimum=1)
-        self.tau = _validate.positive_float(tau, "tau")
+        self.tau = _validate.temperature(tau, "tau")
         self.margin, self._margin_code = _check_margin(margin, margin_type)
-        ls = float(label_smoothing)
-        if not 0.0 <= ls < 1.0:
-            raise ValueError(f"label_smoothing: expected a value in [0, 1), got {label_smoothing}")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction: expected one of {sorted(_REDUCTIONS)}, got {reduction!r}")
-        sr = float(sample_rate)
+        ls = _check_label_smoothing(label_smoothing)
+        reduction = _choice(reduction, "reduction", tuple(_REDUCTIONS))
+        ignore_index = _validate.integer(ignore_index, "ignore_index")
+        sr = _validate.real(sample_rate, "sample_rate")
         if not 0.0 < sr <= 1.0:
-            raise ValueError(f"sample_rate: expected a value in (0, 1], got {sample_rate}")
+            raise ValueError(f"sample_rate: expected a value in (0, 1], got {sr}")
         if sr < 1.0 and ls > 0:
             raise ValueError("label_smoothing: not supported together with sample_rate < 1")
+        seed = _validate.integer(seed, "seed", maximum=2**64 - 1)  # what manual_seed takes
+        dtype = _check_dtype(dtype, allow_none=False)
+        device = _check_device(device)
         self.group = group
         self.world_size = dist.get_world_size(group) if _dist_on(group) else 1
         self.rank = dist.get_rank(group) if _dist_on(group) else 0
@@ -181,13 +189,14 @@ class ShardedSphericalCELoss(nn.Module):
             raise ValueError(f"num_classes: expected at least world_size={self.world_size} classes, got {K}")
         self.num_classes, self.dim = K, d
         self.margin_type, self.label_smoothing = margin_type, ls
-        self.ignore_index, self.reduction, self.sample_rate = int(ignore_index), reduction, sr
+        self.ignore_index, self.reduction, self.sample_rate = ignore_index, reduction, sr
         self.offset, size = shard_range(K, self.world_size, self.rank)
-        g = torch.Generator().manual_seed(int(seed) + self.rank)
+        # seeds taken modulo 2**64, as manual_seed takes negative ones (so nothing changes there)
+        g = torch.Generator().manual_seed((seed + self.rank) % 2**64)
         w = torch.randn(size, d, generator=g, dtype=torch.float64)
         w = w / w.norm(dim=1, keepdim=True)
         self.weight = nn.Parameter(w.to(device=device, dtype=dtype))
-        self._sample_gen = torch.Generator().manual_seed(int(seed) * 7919 + 17 + self.rank)
+        self._sample_gen = torch.Generator().manual_seed((seed * 7919 + 17 + self.rank) % 2**64)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, dim={self.dim}, shard=[{self.offset}, "
