@@ -528,6 +528,8 @@ def test_bad_input_errors_name_the_argument(device):
         GNCAccumulator(3, 2.5)
     with pytest.raises(ValueError, match="other: num_classes"):
         acc.merge(GNCAccumulator(K + 1, d, device=device))
+    with pytest.raises(ValueError, match="other: eps=1e-06 differs"):
+        acc.merge(GNCAccumulator(K, d, device=device, eps=1e-6))
 
 
 def test_bad_input_cpu_state_untouched_on_late_error():
@@ -628,3 +630,326 @@ def test_one_sync_batch_check_used_on_cuda(dtype):
         yb[3] = bad
         with pytest.raises(ValueError, match=rf"labels: value {shown} is outside \[0, num_classes=7\)"):
             _raise_if_bad_batch(x, yb, K, True)
+
+
+# ----------------------------------------------------------------------------- bad input: state, ranges, options
+_STATE_KEYS = ("counts", "shift", "dsum", "sqsum", "scatter")
+
+
+def _assert_same_state(before, after):
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, after[k]), k
+        else:
+            assert v == after[k], k
+
+
+def test_load_state_dict_rejects_bad_tensors_and_config():
+    """Sparse, NaN/Inf state tensors and a mismatched eps/normalize/version are refused,
+    naming the key, and leave the target unchanged; strided tensors are stored as dense
+    contiguous copies, so later updates work (before: a sparse scatter made update raise
+    NotImplementedError after half-writing the state; a column-major dsum made every
+    update fail naming an internal field)."""
+    K, d = 4, 3
+    H, y = random_data(K, d, 40, seed=30)
+    src = feed(GNCAccumulator(K, d), H[:20], y[:20], [20])
+    tgt = feed(GNCAccumulator(K, d), H[20:], y[20:], [20])
+    before = tgt.state_dict()
+    cases = []
+    sd = src.state_dict()
+    sd["scatter"] = sd["scatter"].to_sparse()
+    cases.append((sd, r"state\['scatter'\]: expected a dense"))
+    for key, val in (("dsum", float("nan")), ("shift", float("inf")), ("sqsum", -float("inf")),
+                     ("scatter", float("nan"))):
+        sd = src.state_dict()
+        sd[key].view(-1)[0] = val
+        cases.append((sd, rf"state\['{key}'\]: contains NaN or Inf"))
+    sd = src.state_dict()
+    sd["sqsum"][1] = -1.0
+    cases.append((sd, r"state\['sqsum'\]: has negative"))
+    sd = src.state_dict()
+    sd["counts"][:2] = 2**62
+    cases.append((sd, r"state\['counts'\]: the total count overflows"))
+    sd = src.state_dict()
+    sd["eps"] = 5.0  # was silently ignored
+    cases.append((sd, r"state: eps=5.0 does not match"))
+    sd = src.state_dict()
+    sd["normalize"] = 1  # 1 == True passed the old check
+    cases.append((sd, r"state: normalize=1 does not match"))
+    sd = src.state_dict()
+    sd["num_classes"] = float(K)
+    cases.append((sd, r"state: num_classes=4.0 does not match"))
+    sd = src.state_dict()
+    sd["version"] = True
+    cases.append((sd, r"state: unsupported version True"))
+    sd = src.state_dict()
+    del sd["eps"]
+    cases.append((sd, r"state: missing key 'eps'"))
+    for sd, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            tgt.load_state_dict(sd)
+        _assert_same_state(before, tgt.state_dict())
+    tgt.update(H[:5], y[:5])  # still usable
+    # column-major dsum/shift: accepted as contiguous copies; updates then work and
+    # give the same result as the original accumulator
+    sd = src.state_dict()
+    sd["dsum"] = sd["dsum"].T.contiguous().T
+    sd["shift"] = sd["shift"].T.contiguous().T
+    b = GNCAccumulator(K, d).load_state_dict(sd)
+    assert b._dsum.is_contiguous() and b._shift.is_contiguous()
+    a = GNCAccumulator(K, d).load_state_dict(src.state_dict())
+    a.update(H[20:], y[20:])
+    b.update(H[20:], y[20:])
+    np.testing.assert_array_equal(_result_vector(a.compute()), _result_vector(b.compute()))
+    # numpy scalars for the configuration are fine
+    sd = src.state_dict()
+    sd["num_classes"], sd["dim"], sd["eps"] = np.int64(K), np.int32(d), np.float64(1e-12)
+    GNCAccumulator(K, d).load_state_dict(sd)
+
+
+def test_eps_floor_and_zero_rows_never_nan_or_minus_one():
+    """normalize=True needs eps >= the smallest normal float32 (eps=0 turned an all-zero
+    row into NaN state and NCC class -1). Zero feature rows (update and query) with the
+    default eps give a finite state and real classes."""
+    for eps in (0.0, 1e-40, 1e-320):
+        with pytest.raises(ValueError, match=r"^eps: expected a number >= 1.17549e-38"):
+            GNCAccumulator(2, 3, eps=eps)
+    GNCAccumulator(2, 3, eps=0.0, normalize=False)  # eps unused without normalisation
+    GNCAccumulator(2, 3, eps=float(torch.finfo(torch.float32).tiny))
+    a = GNCAccumulator(3, 4)
+    a.update(torch.zeros(2, 4), torch.tensor([0, 0]))
+    a.update(torch.eye(4)[:2] * 3.0, torch.tensor([1, 2]))
+    sd = a.state_dict()
+    assert all(bool(torch.isfinite(sd[k]).all()) for k in ("shift", "dsum", "sqsum", "scatter"))
+    for dt in (torch.float32, torch.float64):
+        pred = a.ncc_predict(torch.zeros(3, 4, dtype=dt))
+        assert pred.tolist() == [0, 0, 0]  # the zero mean is the nearest centre
+    assert a.ncc_accuracy(torch.zeros(2, 4), torch.tensor([0, 1])) == 0.5
+    # large float32 queries are normalised in float64 like update (a float32 norm
+    # overflowed to inf, giving a zero row and the wrong class); rows below eps stay ~0
+    Q = torch.tensor([[0.0, 3e38, 0.0, 0.0], [2e19, 0.0, 0.0, 0.0], [1e-39, 0.0, 0.0, 0.0]])
+    assert a.ncc_predict(Q).tolist() == [2, 1, 0]
+
+
+def test_normalize_false_ranges_checked():
+    """normalize=False: float64 features beyond the float32 range are refused before the
+    state is written (the float32 reference points became inf); NCC scores that could
+    overflow are refused instead of returning class -1."""
+    K, d = 2, 3
+    a = GNCAccumulator(K, d, normalize=False)
+    a.update(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64), torch.tensor([0]))
+    before = a.state_dict()
+    X = torch.ones(4, d, dtype=torch.float64)
+    X[3, 1] = -1e39
+    with pytest.raises(ValueError, match=r"^features: value -1e\+39 exceeds 3.40282e\+38 .*normalize=False"):
+        a.update(X, torch.tensor([0, 1, 0, 1]))
+    _assert_same_state(before, a.state_dict())
+    a.update(torch.tensor([[3e38, 0.0, 0.0]], dtype=torch.float64), torch.tensor([1]))  # in range
+    r = a.compute()
+    assert math.isfinite(r.gnc1) and math.isfinite(r.trace_sigma_b)
+    # float32 NCC against class means of norm 3e38: the scores overflow float32
+    with pytest.raises(ValueError, match=r"^features: the class means .* too large for float32"):
+        a.ncc_predict(torch.ones(2, d))
+    assert a.ncc_predict(torch.tensor([[1.0, 2.0, 3.0], [2e38, 0.0, 0.0]], dtype=torch.float64)).tolist() == [0, 1]
+    # moderate means, float32 queries near the float32 maximum
+    b = GNCAccumulator(K, d, normalize=False)
+    b.update(torch.tensor([[1e3, 0.0, 0.0], [0.0, 1e3, 0.0]]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"^features: values up to 3e\+38 are too large"):
+        b.ncc_predict(torch.tensor([[1.0, 0.0, 0.0], [0.0, 3e38, 0.0]]))
+    with pytest.raises(ValueError, match=r"^features: contains NaN or Inf"):
+        b.ncc_predict(torch.tensor([[1.0, float("nan"), 0.0]]))
+    c = GNCAccumulator(K, d, normalize=False)
+    c.update(torch.tensor([[1e20, 0.0, 0.0], [0.0, 1e20, 0.0]]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"^features: the class means"):  # was tensor([-1, -1])
+        c.ncc_predict(torch.tensor([[1e20, 0.0, 0.0]]))
+    assert c.ncc_predict(torch.tensor([[1e20, 0.0, 0.0], [0.0, 9e19, 1.0]], dtype=torch.float64)).tolist() == [0, 1]
+
+
+def test_compute_options_strict():
+    K, d = 4, 3
+    H, y = random_data(K, d, 40, seed=31)
+    acc = feed(GNCAccumulator(K, d), H, y, [40])
+    W = torch.randn(K, d)
+    for v in (1.0, 2.0, 10):
+        with pytest.raises(ValueError, match=r"^pinv_rtol: expected a number in \[0, 1\)"):
+            acc.compute(pinv_rtol=v)
+    with pytest.raises(TypeError, match=r"^pinv_rtol: "):
+        acc.compute(pinv_rtol="0.1")
+    assert math.isfinite(acc.compute(pinv_rtol=0.5).gnc1)
+    for v in ("no", 1, None, np.bool_(True)):
+        with pytest.raises(TypeError, match=r"^centered: expected a bool"):
+            acc.compute(centered=v)
+    for v in (1, 0, torch.tensor(True), None):
+        with pytest.raises(TypeError, match=r"^gnc2: expected 'auto' or a bool"):
+            acc.compute(W, gnc2=v)
+    with pytest.raises(ValueError, match=r"^gnc2: expected 'auto', True or False"):
+        acc.compute(W, gnc2="yes")
+    assert acc.compute(W, gnc2=False).gnc2 is None
+    # Σ_B without an eigenvalue above the cutoff: gnc1 is NaN with a warning
+    z = GNCAccumulator(2, d, normalize=False)
+    z.update(torch.zeros(4, d), torch.tensor([0, 1, 0, 1]))
+    with pytest.warns(RuntimeWarning, match="no eigenvalue above the cutoff"):
+        r = z.compute()
+    assert math.isnan(r.gnc1) and r.sigma_b_rank == 0
+
+
+def test_device_argument_validated():
+    for dev, exc in (("bogus", ValueError), ("meta", ValueError), (1.5, TypeError), ([0], TypeError)):
+        with pytest.raises(exc, match=r"^device: "):
+            GNCAccumulator(4, 3, device=dev)
+        with pytest.raises(exc, match=r"^device: "):
+            evaluate(None, (torch.randn(4, 3), torch.arange(4)), device=dev, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^device: cuda requested but CUDA is not available"):
+            GNCAccumulator(4, 3, device="cuda")
+    assert GNCAccumulator(4, 3, device=torch.device("cpu")).device == torch.device("cpu")
+
+
+def test_gnc2_normalises_extreme_rows():
+    """metrics.gnc2 normalises rows of any finite magnitude (it said "pass normalize=True",
+    an argument it does not take, when a float32 norm overflowed or underflowed)."""
+    from gnc_ext.metrics import gnc2
+
+    base = torch.tensor([[1.0, 0.2], [-1.0, 0.3], [0.1, 1.0]], dtype=torch.float64)
+    want = gnc2(base)
+    for W in (base.float() * 3e38 / 1.0, base.float() * 1e-40, base * 1e300, base * 1e-300):
+        got = gnc2(W)
+        tol = 1e-9 if W.dtype == torch.float64 else 2e-4
+        assert got.rho == pytest.approx(want.rho, abs=tol)
+        np.testing.assert_allclose(got.distance.numpy(), want.distance.numpy(), atol=tol)
+    with pytest.raises(ValueError, match=r"^W: row 1 is all zeros"):
+        gnc2(torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]))
+    with pytest.raises(TypeError, match=r"^W: expected a torch.Tensor"):
+        gnc2([[1.0, 0.0], [0.0, 1.0]])
+    # GNC3 with extreme W rows matches the unit-row value
+    K, d = 3, 2
+    acc = GNCAccumulator(K, d)
+    acc.update(torch.randn(9, d, dtype=torch.float64), torch.arange(9) % K)
+    g3 = acc.compute(base, gnc2=False).gnc3
+    assert acc.compute(base * 1e200, gnc2=False).gnc3 == pytest.approx(g3, abs=1e-12)
+    assert acc.compute(base * 1e-200, gnc2=False).gnc3 == pytest.approx(g3, abs=1e-12)
+
+
+def test_evaluate_loader_must_be_reiterable_and_labels_checked_in_pass_two():
+    K, d = 4, 3
+    F, L = torch.randn(8, d), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    fn = lambda x: x  # noqa: E731
+    # a one-shot iterator gave ncc_accuracy = nan silently
+    with pytest.raises(ValueError, match=r"^loader: a one-shot iterator"):
+        evaluate(fn, iter([(F, L)]), num_classes=K, progress=False)
+    with pytest.raises(ValueError, match=r"^loader: a one-shot iterator"):
+        evaluate(fn, ((F, L) for _ in range(1)), num_classes=K, progress=False)
+
+    class Once:  # re-iterable in form, empty the second time
+        n = 0
+
+        def __iter__(self):
+            self.n += 1
+            if self.n == 1:
+                yield (F, L)
+
+    with pytest.raises(ValueError, match=r"^loader: yielded no samples on the second pass"):
+        evaluate(fn, Once(), num_classes=K, progress=False)
+
+    class Shifted:  # labels out of range only in pass 2 (were accepted: accuracy 0.0)
+        n = 0
+
+        def __iter__(self):
+            self.n += 1
+            yield (F, L if self.n == 1 else L + 10)
+
+    with pytest.raises(ValueError, match=r"^labels: value 13 is outside \[0, num_classes=4\)"):
+        evaluate(fn, Shifted(), num_classes=K, progress=False)
+    r = evaluate(fn, [(F, L)], num_classes=K, progress=False)
+    assert r.ncc_samples == 8 and 0.0 <= r.ncc_accuracy <= 1.0
+
+
+def test_evaluate_bad_arguments_name_the_argument():
+    K, d = 4, 3
+    F, L = torch.randn(8, d), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    fn = lambda x: x  # noqa: E731
+    loader = [(F, L)]
+    with pytest.raises(TypeError, match=r"^W: expected a torch.Tensor"):  # was AttributeError
+        evaluate(None, (F, L), W=[[1.0, 0.0, 0.0]] * 4, progress=False)
+    with pytest.raises(TypeError, match=r"^W: expected a torch.Tensor"):
+        evaluate(fn, loader, W=[[1.0, 0.0, 0.0]] * 4, progress=False)
+    with pytest.raises(ValueError, match=r"^W: expected 5 rows"):
+        evaluate(fn, loader, W=torch.randn(4, d), num_classes=5, progress=False)
+    with pytest.raises(ValueError, match=r"^W: expected shape \(4, 3\)"):
+        evaluate(fn, loader, W=torch.randn(4, d + 1), progress=False)
+    # precomputed labels: dtype and range checked (naming labels) before num_classes is inferred
+    with pytest.raises(ValueError, match=r"^labels: the largest label 1000000000000 would make num_classes"):
+        evaluate(None, (F, torch.tensor([0, 1, 2, 10**12, 0, 1, 2, 3])), progress=False)
+    with pytest.raises(TypeError, match=r"^labels: expected an integer tensor, got float32"):
+        evaluate(None, (F[:2], torch.tensor([0.0, float("nan")])), progress=False)
+    with pytest.raises(TypeError, match=r"^labels: expected a torch.Tensor, got list"):
+        evaluate(None, (F, L.tolist()), progress=False)
+    with pytest.raises(ValueError, match=r"^labels: value -1 is negative"):
+        evaluate(None, (F, L - 1), progress=False)
+    with pytest.raises(ValueError, match=r"^labels: value 3 is outside \[0, num_classes=3\)"):
+        evaluate(None, (F, L), num_classes=3, progress=False)
+    with pytest.raises(ValueError, match=r"^labels: expected a 1-D tensor of length 8"):
+        evaluate(None, (F, L[:5]), progress=False)
+    with pytest.warns(RuntimeWarning, match="6 of 10 classes have no samples"):
+        r = evaluate(None, (F, L), num_classes=10, progress=False)  # explicit K > N is fine
+    assert r.num_classes == 10
+    # loader / feature_fn
+    with pytest.raises(TypeError, match=r"^loader: expected an iterable"):
+        evaluate(fn, None, num_classes=K, progress=False)
+    with pytest.raises(ValueError, match=r"^feature_fn: expected it to return a 2-D \(B, d\) tensor"):
+        evaluate(lambda x: x[:, 0], loader, num_classes=K, progress=False)  # named `dim` before
+    with pytest.raises(ValueError, match=r"^feature_fn: expected it to return features of width >= 1"):
+        evaluate(lambda x: x[:, :0], loader, num_classes=K, progress=False)
+    # options validated before the first pass
+    calls = []
+
+    def counting(x):
+        calls.append(1)
+        return x
+
+    for kw, exc, name in ((dict(progress="no"), TypeError, "progress"), (dict(centered="no"), TypeError, "centered"),
+                          (dict(normalize=1), TypeError, "normalize"), (dict(gnc2=1), TypeError, "gnc2"),
+                          (dict(worst=-1), ValueError, "worst"), (dict(batch_size=0), ValueError, "batch_size"),
+                          (dict(num_classes=True), TypeError, "num_classes")):
+        kw.setdefault("num_classes", K)
+        kw.setdefault("progress", False)
+        with pytest.raises(exc, match=rf"^{name}: "):
+            evaluate(counting, loader, **kw)
+    assert not calls
+
+
+def test_update_checks_everything_before_writing():
+    """update: every check (labels, finiteness, the float32 range of normalize=False)
+    runs before the native kernel writes the state, on both the CPU path and the CUDA
+    one-synchronisation helper (exercised here on the CPU)."""
+    from gnc_ext.metrics.accumulator import _raise_if_bad_batch
+
+    x = torch.ones(4, 3, dtype=torch.float64)
+    y = torch.arange(4) % 2
+    x[2, 0] = 5e38
+    with pytest.raises(ValueError, match=r"^features: value 5e\+38 exceeds 3.40282e\+38 .*because"):
+        _raise_if_bad_batch(x, y, 2, True, 3.4028234663852886e38, "because")
+    with pytest.raises(ValueError, match=r"^features: value 5e\+38 exceeds"):
+        _raise_if_bad_batch(x, y, 2, False, 3.4028234663852886e38, "because")  # check_finite off
+    with pytest.raises(ValueError, match=r"^labels: value 2 is outside"):  # labels first
+        _raise_if_bad_batch(x, y + 1, 2, True, 1.0, "because")
+    x[2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^features: contains NaN or Inf"):
+        _raise_if_bad_batch(x, y, 2, True, 1.0, "because")
+    _raise_if_bad_batch(x, y, 2, False, 1.0, "because")  # non-finite: not the range check's business
+    # on the CPU: each bad batch leaves the state bit-identical
+    for normalize in (True, False):
+        acc = GNCAccumulator(3, 3, normalize=normalize)
+        acc.update(torch.randn(6, 3, dtype=torch.float64), torch.arange(6) % 3)
+        before = acc.state_dict()
+        bad = [(torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 3, 2])),
+               (torch.tensor([[1.0, float("inf"), 0.0]], dtype=torch.float64), torch.tensor([0]))]
+        if normalize:
+            bad.append((torch.full((2, 3), 1e200, dtype=torch.float64), torch.tensor([0, 1])))  # norm overflows
+        else:
+            bad.append((torch.full((2, 3), 1e39, dtype=torch.float64), torch.tensor([0, 1])))
+        for X, lab in bad:
+            with pytest.raises(ValueError, match=r"^(features|labels): "):
+                acc.update(X, lab)
+            _assert_same_state(before, acc.state_dict())

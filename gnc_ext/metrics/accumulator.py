@@ -60,6 +60,9 @@ __all__ = ["GNCAccumulator", "GNCResult", "GNC2Result", "gnc2"]
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 _STATE_VERSION = 1
+_F32_MAX = float(torch.finfo(torch.float32).max)
+_F32_TINY = float(torch.finfo(torch.float32).tiny)  # smallest normal float32, 2**-126
+_F64_MAX = float(torch.finfo(torch.float64).max)
 
 
 # ----------------------------------------------------------------------------- results
@@ -97,6 +100,8 @@ class GNCResult:
     Attributes:
         gnc1: (1/K')·tr(Σ_W Σ_B^†) over the K' non-empty classes (Σ_W normalised by the
             number of samples N; Σ_B uncentred as in the paper unless ``centered``).
+            NaN (with a RuntimeWarning) when Σ_B has no eigenvalue above the cutoff
+            (``sigma_b_rank == 0``, e.g. all class means zero).
         centered: whether Σ_B was centred by the mean of the class means.
         pinv_rtol: relative cutoff of the pseudo-inverse: eigenvalues of Σ_B at or below
             ``pinv_rtol · λ_max(Σ_B)`` are treated as zero.
@@ -146,20 +151,31 @@ class GNCResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _raise_if_bad_batch(features: Tensor, labels: Tensor, num_classes: int, check_x: bool) -> None:
+def _raise_if_bad_batch(features: Tensor, labels: Tensor, num_classes: int, check_x: bool,
+                        max_abs: Optional[float] = None, why: str = "") -> None:
     """Label range and feature finiteness of a batch with one device synchronisation and
-    two reductions (``aminmax`` of the labels and, if ``check_x``, of the features: NaN
-    propagates through min/max and ±Inf shows as an infinite extreme). Used where the
-    native kernels cannot raise (CUDA); device-agnostic torch, tested on the CPU."""
+    two reductions (``aminmax`` of the labels and, if ``check_x`` or ``max_abs``, of the
+    features: NaN propagates through min/max and ±Inf shows as an infinite extreme).
+    ``max_abs``: also reject finite feature values beyond ±max_abs (``why`` says why, in
+    the message; see :meth:`GNCAccumulator._feature_limit`). Used where the native
+    kernels cannot raise (CUDA) and for that range check on the CPU; device-agnostic
+    torch, tested on the CPU."""
     lo_hi = torch.stack(torch.aminmax(labels)).to(torch.float64)
-    if check_x:
+    with_x = check_x or max_abs is not None
+    if with_x:
         lo_hi = torch.cat((lo_hi, torch.stack(torch.aminmax(features)).to(torch.float64)))
     v = lo_hi.tolist()  # the one synchronisation
     if v[0] < 0 or v[1] >= num_classes:
         lo, hi = int(labels.min()), int(labels.max())  # exact (labels beyond 2**53)
         raise ValueError(f"labels: value {lo if lo < 0 else hi} is outside [0, num_classes={num_classes})")
-    if check_x and not (math.isfinite(v[2]) and math.isfinite(v[3])):
+    if not with_x:
+        return
+    finite = math.isfinite(v[2]) and math.isfinite(v[3])
+    if check_x and not finite:
         raise ValueError("features: contains NaN or Inf values")
+    if max_abs is not None and finite and max(-v[2], v[3]) > max_abs:
+        big = v[2] if -v[2] > v[3] else v[3]
+        raise ValueError(f"features: value {big:g} exceeds {max_abs:g} in magnitude ({why}); rescale the features")
 
 
 def _blocks(d: int) -> List[Tuple[int, int]]:
@@ -198,6 +214,15 @@ def _symmetrize_upper(S: Tensor) -> Tensor:
     return out
 
 
+def _unit_rows(W: Tensor, dtype: torch.dtype) -> Tensor:
+    """Rows of W divided by their L2 norms, in ``dtype``. The rows are first scaled by
+    their largest |entry| (in float64), so no norm overflows or underflows however
+    large or small the (finite, non-zero) rows are."""
+    Wd = W.detach().to(torch.float64)
+    Wd = Wd / Wd.abs().amax(dim=1, keepdim=True)
+    return torch.nn.functional.normalize(Wd, dim=1).to(dtype)
+
+
 def gnc2(W: Tensor) -> GNC2Result:
     """GNC2 of a classifier: ρ_one-vs-rest of the row-normalised W with its certificate.
 
@@ -205,19 +230,24 @@ def gnc2(W: Tensor) -> GNC2Result:
     (Thm 3.3) and, for d ≥ 2, ``gnc_ext.theory.rho_bounds(d, K)`` (Thm 3.9).
 
     Args:
-        W: (K, d) float tensor, K ≥ 2, finite, no zero rows; rows are L2-normalised here.
+        W: (K, d) float tensor, K ≥ 2, finite, no all-zero rows; rows are L2-normalised
+            here (robustly: any finite magnitude, computed in float64, then float32 unless
+            W is float64).
 
     Returns:
         :class:`GNC2Result`.
 
     Raises:
-        TypeError/ValueError: bad W.
+        TypeError/ValueError naming ``W``: not a dense float 2-D tensor, NaN/Inf, an
+        all-zero row, fewer than 2 rows.
     """
     import gnc_ext
 
     _check_W(W, None, None)
     K, d = W.shape
-    Wn = torch.nn.functional.normalize(W.double() if W.dtype == torch.float64 else W.float(), dim=1)
+    if K < 2:
+        raise ValueError(f"W: GNC2 needs at least 2 classes (rows), got shape {tuple(W.shape)}")
+    Wn = _unit_rows(W, torch.float64 if W.dtype == torch.float64 else torch.float32)
     r = gnc_ext.one_vs_rest_distance(Wn)
     distance = torch.as_tensor(r.distance).detach().double().cpu()
     lower = torch.as_tensor(r.lower).detach().double().cpu()
@@ -246,8 +276,26 @@ def _check_W(W, num_classes: Optional[int], dim: Optional[int]) -> None:
         raise ValueError(f"W: expected shape ({num_classes}, {dim}) (num_classes, dim), got {tuple(W.shape)}")
     if not bool(torch.isfinite(W).all()):
         raise ValueError("W: contains NaN or Inf values")
-    if bool((W.double().norm(dim=1) == 0).any()):
-        raise ValueError("W: contains an all-zero row, which cannot be normalised")
+    zero = (W == 0).all(dim=1)  # exact: a norm can underflow to 0 for a non-zero row
+    if bool(zero.any()):
+        raise ValueError(f"W: row {int(zero.nonzero()[0])} is all zeros and cannot be normalised")
+
+
+def _check_gnc2(gnc2: Any) -> None:
+    if isinstance(gnc2, str):
+        if gnc2 != "auto":
+            raise ValueError(f"gnc2: expected 'auto', True or False, got {gnc2!r}")
+    elif not isinstance(gnc2, bool):
+        raise TypeError(f"gnc2: expected 'auto' or a bool, got {type(gnc2).__name__}")
+
+
+def _check_pinv_rtol(pinv_rtol: Optional[float]) -> Optional[float]:
+    if pinv_rtol is None:
+        return None
+    rtol = _validate.positive_float(pinv_rtol, "pinv_rtol", allow_zero=True)
+    if rtol >= 1.0:
+        raise ValueError(f"pinv_rtol: expected a number in [0, 1) (relative to λ_max), got {rtol}")
+    return rtol
 
 
 # ----------------------------------------------------------------------------- accumulator
@@ -260,8 +308,16 @@ class GNCAccumulator:
         normalize: L2-normalise every feature row (``h / max(‖h‖, eps)``, in fp64) before
             accumulating, as in the paper (features on the unit sphere). Also decides
             whether NCC normalises the query features.
-        device: where the state lives (features must be on this device). Default CPU.
-        eps: norm floor used by ``normalize``.
+        device: where the state lives (features must be on this device): None (CPU), a
+            cpu or (usable) cuda device.
+        eps: norm floor used by ``normalize``. With ``normalize=True`` it must be at least
+            2**-126 ≈ 1.18e-38 (the smallest normal float32), so that an all-zero row maps
+            to zero (not NaN) in the float64 update and in the float32 NCC queries alike;
+            with ``normalize=False`` it is unused (any value >= 0).
+
+    Ranges: with ``normalize=False``, float64 features must lie within the float32 range
+    (|x| ≤ 3.4e38, the class reference points are float32); :meth:`update` raises
+    ValueError naming ``features`` otherwise.
 
     Methods: :meth:`update`, :meth:`merge`, :meth:`sync`, :meth:`compute`,
     :meth:`ncc_predict`, :meth:`ncc_accuracy`, :meth:`state_dict`,
@@ -274,13 +330,12 @@ class GNCAccumulator:
                  device: Optional[Any] = None, eps: float = 1e-12):
         self.num_classes = _validate.integer(num_classes, "num_classes", minimum=1)
         self.dim = _validate.integer(dim, "dim", minimum=1)
-        if not isinstance(normalize, bool):
-            raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
-        self.normalize = normalize
+        self.normalize = _validate.boolean(normalize, "normalize")
         self.eps = _validate.positive_float(eps, "eps", allow_zero=True)
-        dev = torch.device("cpu" if device is None else device)
-        if dev.type not in ("cpu", "cuda"):
-            raise ValueError(f"device: expected a cpu or cuda device, got {dev}")
+        if normalize and self.eps < _F32_TINY:
+            raise ValueError(f"eps: expected a number >= {_F32_TINY:g} (the smallest normal float32) with "
+                             f"normalize=True (an all-zero feature row would become NaN), got {self.eps:g}")
+        dev = _validate.device(device, "device")
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         self.device = dev
@@ -326,32 +381,61 @@ class GNCAccumulator:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> "GNCAccumulator":
-        """Restore a :meth:`state_dict` (configuration must match this accumulator)."""
+        """Restore a :meth:`state_dict`.
+
+        The configuration (``num_classes``, ``dim``, ``normalize`` and ``eps``) must equal
+        this accumulator's: a state is not converted, and ``eps`` is checked, not
+        restored (a state accumulated with another norm floor is rejected). The tensors
+        must be dense, of the dtypes and shapes :meth:`state_dict` gives, finite, with
+        non-negative counts and square sums; they are copied (contiguous, on this
+        accumulator's device).
+
+        Raises:
+            TypeError: ``state`` is not a dict. ValueError naming ``state`` or
+            ``state['<key>']``: a missing key, another configuration or a bad tensor. On
+            error this accumulator is unchanged.
+        """
         if not isinstance(state, dict):
             raise TypeError(f"state: expected a dict, got {type(state).__name__}")
-        for key in ("version", "num_classes", "dim", "normalize", "counts", "shift", "dsum", "sqsum", "scatter"):
+        for key in ("version", "num_classes", "dim", "normalize", "eps", "counts", "shift", "dsum", "sqsum",
+                    "scatter"):
             if key not in state:
                 raise ValueError(f"state: missing key {key!r}")
-        if state["version"] != _STATE_VERSION:
-            raise ValueError(f"state: unsupported version {state['version']}")
-        for key in ("num_classes", "dim", "normalize"):
-            if state[key] != getattr(self, key):
+        v = state["version"]
+        if not (_validate._is_integral(v) and v == _STATE_VERSION):
+            raise ValueError(f"state: unsupported version {v!r}")
+        for key, ok in (("num_classes", _validate._is_integral), ("dim", _validate._is_integral),
+                        ("normalize", lambda x: isinstance(x, bool)), ("eps", _validate._is_real)):
+            if not (ok(state[key]) and state[key] == getattr(self, key)):
                 raise ValueError(f"state: {key}={state[key]!r} does not match this accumulator's {getattr(self, key)!r}")
         K, d = self.num_classes, self.dim
         spec = {"counts": ((K,), torch.int64), "shift": ((K, d), torch.float32),
                 "dsum": ((K, d), torch.float64), "sqsum": ((K,), torch.float64),
                 "scatter": ((d, d), torch.float64)}
+        new = {}
         for key, (shape, dt) in spec.items():
             t = state[key]
+            name = f"state[{key!r}]"
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dt:
-                raise ValueError(f"state: {key!r} must be a {str(dt).replace('torch.', '')} tensor of shape {shape}")
-        if bool((state["counts"] < 0).any()):
-            raise ValueError("state: 'counts' has negative entries")
-        self._counts = state["counts"].to(self.device).clone()
-        self._shift = state["shift"].to(self.device).clone()
-        self._dsum = state["dsum"].to(self.device).clone()
-        self._sqsum = state["sqsum"].to(self.device).clone()
-        self._scatter = state["scatter"].to(self.device).clone()
+                raise ValueError(f"{name}: must be a {str(dt).replace('torch.', '')} tensor of shape {shape}")
+            if t.layout != torch.strided:
+                raise ValueError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
+            if t.device.type not in ("cpu", "cuda"):
+                raise ValueError(f"{name}: expected a cpu or cuda tensor, got device {t.device}")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}: contains NaN or Inf values")
+            new[key] = t
+        if bool((new["counts"] < 0).any()):
+            raise ValueError("state['counts']: has negative entries")
+        if float(new["counts"].double().sum()) >= 2.0**63:
+            raise ValueError("state['counts']: the total count overflows int64")
+        if bool((new["sqsum"] < 0).any()):
+            raise ValueError("state['sqsum']: has negative entries (it is a sum of squares)")
+        # dense, contiguous copies on this device (nothing is assigned until all exist)
+        new = {k: torch.empty(t.shape, dtype=t.dtype, device=self.device).copy_(t.detach())
+               for k, t in new.items()}
+        self._counts, self._shift, self._dsum = new["counts"], new["shift"], new["dsum"]
+        self._sqsum, self._scatter = new["sqsum"], new["scatter"]
         self._ncc_cache = None
         return self
 
@@ -391,7 +475,22 @@ class GNCAccumulator:
         self._ncc_cache = None
 
     # -- update ------------------------------------------------------------------------
-    def _check_batch(self, features, labels, *, need_labels: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+    def _feature_limit(self, features: Tensor) -> Tuple[Optional[float], str]:
+        """Largest |value| :meth:`update` takes from ``features`` (None: any finite value)
+        and why. Without normalisation the class reference points are float32, so
+        float64 features must fit the float32 range. With it, the CPU kernel reports a row
+        whose float64 squared norm overflows; the CUDA kernel cannot, so there float64
+        values are bounded by sqrt(max/(2·dim)) (no row's squared norm can overflow)."""
+        if features.dtype != torch.float64:
+            return None, ""  # float32/float16/bfloat16 values fit both
+        if not self.normalize:
+            return _F32_MAX, "normalize=False keeps the class reference points in float32"
+        if self.device.type == "cuda":
+            return math.sqrt(_F64_MAX / (2 * self.dim)), "its row's squared norm could overflow float64"
+        return None, ""
+
+    def _check_batch(self, features, labels, *, need_labels: bool = True,
+                     update: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         _validate.tensor(features, "features", ndim=2, allow_empty=True)
         if features.shape[1] != self.dim:
             raise ValueError(f"features: expected width dim={self.dim}, got shape {tuple(features.shape)}")
@@ -408,9 +507,17 @@ class GNCAccumulator:
         if labels.device != self.device:
             raise ValueError(f"labels: expected a tensor on {self.device}, got {labels.device}")
         labels = labels.to(torch.int64)
-        if labels.numel() and self.device.type == "cuda":  # the CUDA kernels cannot raise
-            _raise_if_bad_batch(features, labels, self.num_classes,
-                                _validate.config.check_finite and features.numel() > 0)
+        limit, why = self._feature_limit(features) if update else (None, "")
+        if labels.numel() and (self.device.type == "cuda" or limit is not None):
+            # the CUDA kernels cannot raise; on the CPU the kernel checks labels and
+            # finiteness itself, and only the range check needs this pass
+            check_x = self.device.type == "cuda" and _validate.config.check_finite and features.numel() > 0
+            _raise_if_bad_batch(features, labels, self.num_classes, check_x, limit, why)
+        elif labels.numel() and self.device.type == "cpu" and not update:
+            lo, hi = int(labels.min()), int(labels.max())  # the NCC path: no native check
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(f"labels: value {lo if lo < 0 else hi} is outside "
+                                 f"[0, num_classes={self.num_classes})")
         return features, labels
 
     @torch.no_grad()
@@ -424,12 +531,15 @@ class GNCAccumulator:
 
         Raises:
             TypeError/ValueError naming ``features``/``labels``: wrong width, dtype,
-            device or length; labels out of range; NaN/Inf features. On error the state
-            is unchanged.
+            device or length; labels out of range; NaN/Inf features or a row whose
+            squared norm overflows float64 (on CUDA: float64 values above
+            sqrt(1.8e308/(2·dim))); with ``normalize=False``, float64 values beyond the
+            float32 range. Everything is checked before the state is written: on error
+            the state is unchanged.
 
         Cost: O(B·d) native work + a symmetric rank-B fp64 update of the d×d scatter.
         """
-        features, labels = self._check_batch(features, labels)
+        features, labels = self._check_batch(features, labels, update=True)
         B = features.shape[0]
         if B == 0:
             return self
@@ -449,7 +559,7 @@ class GNCAccumulator:
     def _check_compatible(self, other: "GNCAccumulator") -> None:
         if not isinstance(other, GNCAccumulator):
             raise TypeError(f"other: expected a GNCAccumulator, got {type(other).__name__}")
-        for key in ("num_classes", "dim", "normalize"):
+        for key in ("num_classes", "dim", "normalize", "eps"):
             if getattr(other, key) != getattr(self, key):
                 raise ValueError(f"other: {key}={getattr(other, key)!r} differs from this accumulator's {getattr(self, key)!r}")
 
@@ -458,7 +568,8 @@ class GNCAccumulator:
         """Add another accumulator's samples to this one (Chan's pairwise formula, fp64).
 
         The result equals (to fp64 rounding) accumulating both streams in one. ``other``
-        is not modified; it may live on another device.
+        is not modified; it may live on another device. Its configuration
+        (``num_classes``, ``dim``, ``normalize``, ``eps``) must equal this one's.
         """
         self._check_compatible(other)
         if other is self:
@@ -524,29 +635,34 @@ class GNCAccumulator:
 
         Args:
             W: optional (num_classes, dim) classifier; rows are L2-normalised for GNC2/GNC3.
-            centered: centre Σ_B by the mean of the class means (default False: the
+            centered: bool; centre Σ_B by the mean of the class means (default False: the
                 paper's uncentred Σ_B = (1/K')Σ_k h̄_k h̄_kᵀ).
-            pinv_rtol: relative cutoff of Σ_B^†: eigenvalues ≤ pinv_rtol·λ_max are
-                dropped. Default ``max(d, K')·2.2e-16`` (numpy/torch ``pinv``'s default).
+            pinv_rtol: relative cutoff of Σ_B^†, in [0, 1): eigenvalues ≤
+                pinv_rtol·λ_max are dropped. Default ``max(d, K')·2.2e-16`` (numpy/torch
+                ``pinv``'s default).
             worst: how many worst classes to list (by spread and by one-vs-rest distance).
             gnc2: ``"auto"`` or True (compute GNC2 when W is given), False (skip it; it is
-                the expensive part at large K).
+                the expensive part at large K). Only these three values (no other truthy
+                value).
 
         Returns:
             :class:`GNCResult`. Empty classes are excluded from every average (with a
-            warning) and listed in ``empty_classes``.
+            warning) and listed in ``empty_classes``. ``gnc1`` is NaN, with a
+            RuntimeWarning, when no eigenvalue of Σ_B is above the cutoff.
 
         Raises:
             RuntimeError: nothing accumulated yet.
-            ValueError/TypeError naming ``W``, ``pinv_rtol``, ``worst`` or ``gnc2``.
+            ValueError/TypeError naming ``W``, ``centered``, ``pinv_rtol``, ``worst`` or
+            ``gnc2``.
 
         Cost: two K×d×d fp64 GEMMs (scatter correction, Σ_B) and one d×d eigendecomposition.
         """
         K, d = self.num_classes, self.dim
         if W is not None:
             _check_W(W, K, d)
-        if gnc2 not in ("auto", True, False):
-            raise ValueError(f"gnc2: expected 'auto', True or False, got {gnc2!r}")
+        centered = _validate.boolean(centered, "centered")
+        rtol = _check_pinv_rtol(pinv_rtol)
+        _check_gnc2(gnc2)
         worst = _validate.integer(worst, "worst", minimum=0)
         counts, means, M2, within = self._canonical()
         N = int(counts.sum())
@@ -560,10 +676,8 @@ class GNCAccumulator:
             warnings.warn(f"GNCAccumulator.compute: {empty.numel()} of {K} classes have no samples and are "
                           f"excluded (first: {shown}{', ...' if empty.numel() > 10 else ''})", RuntimeWarning,
                           stacklevel=3)
-        if pinv_rtol is None:
+        if rtol is None:
             rtol = max(d, Kp) * torch.finfo(torch.float64).eps
-        else:
-            rtol = _validate.positive_float(pinv_rtol, "pinv_rtol", allow_zero=True)
         Mz = means[nz]
         if centered:
             Mz = Mz - Mz.mean(0, keepdim=True)
@@ -578,7 +692,13 @@ class GNCAccumulator:
         keep = lam > cutoff
         Vk = V[:, keep]
         quad = ((SWc @ Vk) * Vk).sum(0)  # v_jᵀ Σ_W v_j
-        gnc1 = float((quad / lam[keep]).sum()) / Kp if bool(keep.any()) else float("nan")
+        if bool(keep.any()):
+            gnc1 = float((quad / lam[keep]).sum()) / Kp
+        else:
+            gnc1 = float("nan")
+            warnings.warn(f"GNCAccumulator.compute: Σ_B has no eigenvalue above the cutoff {cutoff:g} "
+                          f"(pinv_rtol={rtol:g} · λ_max={lmax:g}), so gnc1 is NaN (class means all zero "
+                          "or indistinguishable from zero)", RuntimeWarning, stacklevel=3)
 
         n = counts.double()
         nan = torch.full((), float("nan"), dtype=torch.float64, device=self.device)
@@ -596,7 +716,7 @@ class GNCAccumulator:
             worst_by_spread=worst_spread, normalize=self.normalize,
         )
         if W is not None:
-            Wn = torch.nn.functional.normalize(W.to(self.device, torch.float64), dim=1)
+            Wn = _unit_rows(W.to(self.device), torch.float64)
             dots = (Wn * means).sum(1)
             res.gnc3 = float((1.0 - dots[nz]).sum()) / Kp
             if gnc2 is not False:
@@ -607,6 +727,8 @@ class GNCAccumulator:
 
     # -- nearest class centre --------------------------------------------------------------
     def _ncc_tables(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        """(means, bias) in ``dtype``, cached; the cache also keeps the largest class-mean
+        norm (``self._ncc_cache[3]``, for the score bound of :meth:`_check_query_range`)."""
         key = dtype
         if self._ncc_cache is not None and self._ncc_cache[0] == key:
             return self._ncc_cache[1], self._ncc_cache[2]
@@ -614,12 +736,35 @@ class GNCAccumulator:
         if int(counts.sum()) == 0:
             raise RuntimeError("ncc: no samples accumulated yet (call update(features, labels) first)")
         nz = counts > 0
-        bias = torch.where(nz, -0.5 * (means * means).sum(1),
-                           torch.full((), -math.inf, dtype=torch.float64, device=self.device))
+        sq = (means * means).sum(1)
+        mnorm = math.sqrt(float(sq[nz].max()))
+        if not 0.5 * mnorm * mnorm <= torch.finfo(dtype).max / 4:
+            raise ValueError(f"features: the class means (norm up to {mnorm:g}) are too large for "
+                             f"{str(dtype).replace('torch.', '')} nearest-class-centre scores (they would "
+                             "overflow); pass float64 features")
+        bias = torch.where(nz, -0.5 * sq, torch.full((), -math.inf, dtype=torch.float64, device=self.device))
         M = means.to(dtype).contiguous()
         b = bias.to(dtype).contiguous()
-        self._ncc_cache = (key, M, b)
+        self._ncc_cache = (key, M, b, mnorm)
         return M, b
+
+    def _check_query_range(self, A: Tensor) -> None:
+        """Without normalisation the NCC scores ⟨a, h̄_k⟩ − ‖h̄_k‖²/2 are bounded by
+        √d·max|a|·max‖h̄_k‖ + max‖h̄_k‖²/2 (every partial sum of the GEMM too): refuse a
+        block whose bound could overflow the score dtype (an overflowing score would give
+        NaN ties or class -1). One ``aminmax`` reduction, also the finiteness check."""
+        v = torch.stack(torch.aminmax(A)).to(torch.float64).tolist()
+        if not (math.isfinite(v[0]) and math.isfinite(v[1])):
+            if _validate.config.check_finite:
+                raise ValueError("features: contains NaN or Inf values")
+            return
+        mnorm = self._ncc_cache[3]
+        amax = max(-v[0], v[1])
+        if math.sqrt(self.dim) * amax * mnorm + 0.5 * mnorm * mnorm > torch.finfo(A.dtype).max / 4:
+            raise ValueError(f"features: values up to {amax:g} are too large for "
+                             f"{str(A.dtype).replace('torch.', '')} nearest-class-centre scores against class "
+                             f"means of norm up to {mnorm:g} (they could overflow); pass float64 features or "
+                             "rescale them")
 
     def _canonical_means(self) -> Tuple[Tensor, Tensor]:
         """(counts, means) without the d×d scatter (cheap: O(K·d))."""
@@ -634,9 +779,10 @@ class GNCAccumulator:
     def ncc_predict(self, features: Tensor, *, row_block: int = 8192) -> Tensor:
         """Nearest-class-centre prediction: argmin_k ‖ĥ − h̄_k‖ over non-empty classes.
 
-        ĥ is the feature L2-normalised when the accumulator's ``normalize`` is set (the
-        means are those of normalised features and are *not* re-normalised, so this is
-        the Euclidean nearest class mean in the space GNC1 is measured in). Computed as
+        ĥ is the feature L2-normalised (in float64, as in :meth:`update`) when the
+        accumulator's ``normalize`` is set (the means are those of normalised features
+        and are *not* re-normalised, so this is the Euclidean nearest class mean in the
+        space GNC1 is measured in). Computed as
         argmax_k (⟨ĥ, h̄_k⟩ − ‖h̄_k‖²/2) by the similarity-reduce engine: per block of
         rows, a GEMM per tile of classes (fp32; fp64 for fp64 features) and the native
         argmax epilogue, so no (B × K) matrix exists beyond one tile (64 MiB budget).
@@ -648,10 +794,18 @@ class GNCAccumulator:
 
         Args:
             features: (B, dim) float tensor on the accumulator's device, finite.
-            row_block: rows per block (memory: one row_block × tile fp32 tile).
+            row_block: rows per block (memory: one row_block × tile fp32 tile, plus a
+                row_block × dim float64 block when ``normalize``).
 
         Returns:
-            (B,) int64 predicted classes on the accumulator's device.
+            (B,) int64 predicted classes in [0, num_classes) (never an empty class) on
+            the accumulator's device.
+
+        Raises:
+            TypeError/ValueError naming ``features``/``row_block``: bad input, NaN/Inf,
+            or (``normalize=False``) values or class means so large that the scores
+            could overflow (float32 features: pass float64 ones). RuntimeError before
+            any update.
         """
         features, _ = self._check_batch(features, None, need_labels=False)
         row_block = _validate.integer(row_block, "row_block", minimum=1)
@@ -664,9 +818,12 @@ class GNCAccumulator:
         bounds = class_bounds(M, bias) if screen else None  # once for all row blocks
         for r0 in range(0, B, row_block):
             A = features[r0:r0 + row_block].to(cdt)
-            _validate.finite(A, "features")  # per block: no (B × d) temporary
             if self.normalize:
-                A = torch.nn.functional.normalize(A, dim=1, eps=self.eps) if A.shape[0] else A
+                _validate.finite(A, "features")  # per block: no (B × d) temporary
+                # in float64 like update (a float32 norm overflows beyond |x| ~ 1e19)
+                A = torch.nn.functional.normalize(A.double(), dim=1, eps=self.eps).to(cdt)
+            else:
+                self._check_query_range(A)
             R = A.shape[0]
             if screen and R:
                 # TF32 tiles screened, candidates re-scored exactly in float64
@@ -689,17 +846,14 @@ class GNCAccumulator:
         Raises ValueError/TypeError naming ``features``/``labels`` for bad input and
         RuntimeError before any update.
         """
-        features, labels = self._check_batch(features, labels)
+        features, labels = self._check_batch(features, labels)  # labels range-checked too
         if features.shape[0] == 0:
             raise ValueError("features: expected at least one row")
-        if self.device.type == "cpu" and labels.numel():
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(f"labels: value {lo if lo < 0 else hi} is outside [0, num_classes={self.num_classes})")
         pred = self.ncc_predict(features)
         return float((pred == labels).double().mean())
 
     def _ncc_correct(self, features: Tensor, labels: Tensor) -> int:
+        """Correct NCC predictions in a batch (labels checked like :meth:`ncc_accuracy`)."""
         features, labels = self._check_batch(features, labels)
         if features.shape[0] == 0:
             return 0

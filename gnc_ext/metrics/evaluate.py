@@ -1,13 +1,14 @@
 """Two-pass evaluation of a model: class statistics (GNC1/2/3), then NCC accuracy."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Callable, Iterable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _validate
-from .accumulator import GNCAccumulator, GNCResult, _check_W
+from .accumulator import _INT_DTYPES, GNCAccumulator, GNCResult, _check_gnc2, _check_W
 
 __all__ = ["evaluate"]
 
@@ -40,42 +41,83 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
     Args:
         feature_fn: maps a batch's inputs to (B, d) features (run under ``torch.no_grad``),
             e.g. the model's penultimate layer. ``None`` with precomputed features.
-        loader: an iterable of ``(inputs, labels)`` batches (or dicts with input/label
-            keys) that can be iterated twice (a DataLoader is), or a precomputed
-            ``(features, labels)`` pair of tensors, streamed in ``batch_size`` rows.
-        W: optional (K, d) classifier for GNC2/GNC3; also gives K.
-        progress: show a tqdm progress bar per pass.
-        num_classes: K. Required for a loader unless W is given; inferred from the labels
-            (max + 1) for precomputed tensors.
+        loader: a re-iterable of ``(inputs, labels)`` batches (or dicts with input/label
+            keys): it is iterated twice, so a list or a DataLoader, not a generator or
+            another one-shot iterator (refused up front; a second pass that yields no
+            batch is an error too). Or a precomputed ``(features, labels)`` pair: a
+            (N, d) float tensor and a (N,) integer tensor, streamed in ``batch_size``
+            rows.
+        W: optional (K, d) classifier for GNC2/GNC3 (a tensor); also gives K.
+        progress: bool; show a tqdm progress bar per pass.
+        num_classes: K. Required for a loader unless W is given; inferred from
+            precomputed labels (max + 1, at most the number of samples: pass
+            ``num_classes`` for more).
         normalize, device: passed to :class:`GNCAccumulator` (device defaults to the
             device of the first feature batch).
         batch_size: rows per step for precomputed tensors.
         centered, gnc2, worst: passed to :meth:`GNCAccumulator.compute`.
 
+    Every argument is checked before the first pass; batches are checked as they come
+    (labels in both passes).
+
     Returns:
         :class:`GNCResult` with ``ncc_accuracy`` and ``ncc_samples`` filled in.
 
     Raises:
-        ValueError/TypeError naming the argument (``loader``, ``num_classes``, ``W``,
-        ``features``, ``labels``, ...); RuntimeError when the loader yields nothing.
+        ValueError/TypeError naming the argument (``loader``, ``feature_fn``,
+        ``num_classes``, ``W``, ``features``, ``labels``, ...), e.g. ValueError naming
+        ``loader`` for a one-shot iterator or a second pass without samples;
+        RuntimeError when the loader yields no samples at all.
     """
     batch_size = _validate.integer(batch_size, "batch_size", minimum=1)
-    precomputed = isinstance(loader, (tuple, list)) and len(loader) == 2 and all(
-        isinstance(t, torch.Tensor) for t in loader)
+    progress = _validate.boolean(progress, "progress")
+    normalize = _validate.boolean(normalize, "normalize")
+    centered = _validate.boolean(centered, "centered")
+    _check_gnc2(gnc2)
+    worst = _validate.integer(worst, "worst", minimum=0)
+    if device is not None:
+        device = _validate.device(device, "device")
+    if W is not None:
+        _check_W(W, None, None)
+    if num_classes is not None:
+        num_classes = _validate.integer(num_classes, "num_classes", minimum=1)
+    precomputed = isinstance(loader, (tuple, list)) and len(loader) == 2 and isinstance(loader[0], torch.Tensor)
     if precomputed:
         feats, labs = loader
         _validate.tensor(feats, "features", ndim=2)
-        if not isinstance(labs, torch.Tensor) or labs.dim() != 1 or labs.shape[0] != feats.shape[0]:
-            raise ValueError(f"labels: expected a 1-D tensor of length {feats.shape[0]}")
         if feature_fn is not None:
             raise ValueError("feature_fn: must be None when loader is a precomputed (features, labels) pair")
+        if not isinstance(labs, torch.Tensor):
+            raise TypeError(f"labels: expected a torch.Tensor, got {type(labs).__name__}")
+        if labs.dtype not in _INT_DTYPES:
+            raise TypeError(f"labels: expected an integer tensor, got {str(labs.dtype).replace('torch.', '')}")
+        if labs.dim() != 1 or labs.shape[0] != feats.shape[0]:
+            raise ValueError(f"labels: expected a 1-D tensor of length {feats.shape[0]}, got shape "
+                             f"{tuple(labs.shape)}")
+        lo, hi = int(labs.min()), int(labs.max())
+        if lo < 0:
+            raise ValueError(f"labels: value {lo} is negative")
+        if num_classes is None and W is not None:
+            num_classes = W.shape[0]
         if num_classes is None:
-            num_classes = W.shape[0] if W is not None else int(labs.max()) + 1
+            if hi >= feats.shape[0]:
+                raise ValueError(f"labels: the largest label {hi} would make num_classes {hi + 1}, more than "
+                                 f"the {feats.shape[0]} samples; pass num_classes explicitly")
+            num_classes = hi + 1
+        elif hi >= num_classes:
+            raise ValueError(f"labels: value {hi} is outside [0, num_classes={num_classes})")
         total = (feats.shape[0] + batch_size - 1) // batch_size
 
         def batches():
             return _batches_of(feats, labs, batch_size)
     else:
+        if isinstance(loader, Iterator):
+            raise ValueError(f"loader: a one-shot iterator ({type(loader).__name__}) cannot be iterated twice; "
+                             "pass a re-iterable such as a list or a DataLoader")
+        if not (hasattr(type(loader), "__iter__") or hasattr(type(loader), "__getitem__")) or isinstance(
+                loader, (str, bytes, dict)):
+            raise TypeError(f"loader: expected an iterable of (inputs, labels) batches or a (features, labels) "
+                            f"pair of tensors, got {type(loader).__name__}")
         if feature_fn is None or not callable(feature_fn):
             raise TypeError("feature_fn: expected a callable mapping inputs to (B, d) features")
         if num_classes is None:
@@ -94,12 +136,12 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
                     h = feature_fn(x)
                 if not isinstance(h, torch.Tensor):
                     raise TypeError(f"feature_fn: expected it to return a torch.Tensor, got {type(h).__name__}")
+                if h.dim() != 2:
+                    raise ValueError(f"feature_fn: expected it to return a 2-D (B, d) tensor, got shape "
+                                     f"{tuple(h.shape)}")
                 yield h, y
-    num_classes = _validate.integer(num_classes, "num_classes", minimum=1)
-    if W is not None:
-        _validate.tensor(W, "W", ndim=2)
-        if W.shape[0] != num_classes:
-            raise ValueError(f"W: expected {num_classes} rows (num_classes), got shape {tuple(W.shape)}")
+    if W is not None and W.shape[0] != num_classes:
+        raise ValueError(f"W: expected {num_classes} rows (num_classes), got shape {tuple(W.shape)}")
 
     def bar(it, desc):
         if not progress:
@@ -111,18 +153,19 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
     acc: Optional[GNCAccumulator] = None
     for h, y in bar(batches(), "GNC pass 1/2 (class statistics)"):
         if acc is None:
-            acc = GNCAccumulator(num_classes, h.shape[1] if h.dim() == 2 else -1, normalize=normalize,
+            if h.shape[1] < 1:
+                raise ValueError(f"feature_fn: expected it to return features of width >= 1, got shape "
+                                 f"{tuple(h.shape)}")
+            acc = GNCAccumulator(num_classes, h.shape[1], normalize=normalize,
                                  device=device if device is not None else h.device)
         if isinstance(y, torch.Tensor) and y.device != acc.device:
             y = y.to(acc.device)
         if h.device != acc.device:
             h = h.to(acc.device)
         acc.update(h, y)
-    if acc is None:
-        raise RuntimeError("loader: yielded no batches")
-    if W is not None:
-        _check_W(W, acc.num_classes, acc.dim)
-    result = acc.compute(W, centered=centered, gnc2=gnc2, worst=worst)
+    if acc is None or acc.num_samples == 0:
+        raise RuntimeError("loader: yielded no " + ("batches" if acc is None else "samples"))
+    result = acc.compute(W, centered=centered, gnc2=gnc2, worst=worst)  # checks W's width
     correct = 0
     seen = 0
     for h, y in bar(batches(), "GNC pass 2/2 (nearest class centre)"):
@@ -130,8 +173,11 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
             y = y.to(acc.device)
         if h.device != acc.device:
             h = h.to(acc.device)
-        correct += acc._ncc_correct(h, y)
+        correct += acc._ncc_correct(h, y)  # checks the labels (range too) like update
         seen += h.shape[0]
-    result.ncc_accuracy = correct / seen if seen else float("nan")
+    if seen == 0:
+        raise ValueError("loader: yielded no samples on the second pass (it must be re-iterable: a list or a "
+                         "DataLoader, not a generator or iterator)")
+    result.ncc_accuracy = correct / seen
     result.ncc_samples = seen
     return result
