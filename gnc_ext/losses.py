@@ -114,7 +114,7 @@ def spherical_cross_entropy(
     Raises:
         TypeError/ValueError naming the argument: wrong types/dtypes, shapes or devices,
         B = 0, K < 2, NaN/Inf in H or W (when ``gnc_ext.config.check_finite``), labels
-        outside [0, K) other than ignore_index, τ ≤ 0, ε ∉ [0, 1], margin out of range.
+        outside [0, K) other than ignore_index, τ < 1e-6, ε ∉ [0, 1], margin out of range.
     """
     tau = _validate.temperature(tau, "tau")
     reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
