@@ -1,9 +1,11 @@
 """Worker for test_metrics.py::test_sync_gloo_two_processes (not a test module).
 
-    python _metrics_dist_worker.py RANK WORLD PORT DATA.pt OUT.pt
+    python _metrics_dist_worker.py RANK WORLD PORT DATA.pt OUT.pt [mismatch]
 Rank r accumulates the rows i with (7919·i mod 5) in its share (rank 0: residues 0-1,
 rank 1: residues 2-4, so shards are uneven and interleaved), calls sync() on the gloo
-backend, then rank 0 saves compute() results and the synced state.
+backend, then rank 0 saves compute() results and the synced state. With "mismatch",
+rank 1 builds its accumulator with normalize=False and each rank writes the message of
+the ValueError that sync() must raise to OUT.pt.RANK instead.
 """
 import os
 import sys
@@ -20,12 +22,22 @@ def main():
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         H, y, K = data["H"], data["y"], data["K"]
-        acc = GNCAccumulator(K, H.shape[1])
+        mismatch = len(sys.argv) > 6 and sys.argv[6] == "mismatch"
+        acc = GNCAccumulator(K, H.shape[1], normalize=not (mismatch and rank == 1))
         res = (torch.arange(H.shape[0]) * 7919) % 5
         mine = torch.nonzero(res < 2 if rank == 0 else res >= 2).flatten()
         for s in range(0, mine.numel(), 37):
             b = mine[s:s + 37]
             acc.update(H[b], y[b])
+        if mismatch:
+            try:
+                acc.sync()
+                msg = "no error"
+            except ValueError as e:
+                msg = str(e)
+            with open(f"{sys.argv[5]}.{rank}", "w") as f:
+                f.write(msg)
+            return
         acc.sync()
         r = acc.compute()
         if rank == 0:

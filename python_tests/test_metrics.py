@@ -258,6 +258,31 @@ def test_sync_gloo_two_processes(tmp_path):
     np.testing.assert_allclose(_result_vector(synced), _result_vector(single), rtol=1e-6)
 
 
+def test_sync_refuses_mismatched_ranks(tmp_path):
+    """Rank 1 builds its accumulator with normalize=False: sync() raises the same
+    ValueError on both ranks (and neither hangs) before any state is exchanged."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    H, y = collapsed_data(6, 4, 5, 1e-3, seed=1)
+    torch.save({"H": H, "y": y, "K": 6}, tmp_path / "data.pt")
+    port = _free_port()
+    worker = os.path.join(os.path.dirname(__file__), "_metrics_dist_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    procs = [subprocess.Popen([sys.executable, worker, str(r), "2", str(port), str(tmp_path / "data.pt"),
+                               str(tmp_path / "out"), "mismatch"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+    for r in range(2):
+        msg = (tmp_path / f"out.{r}").read_text()
+        assert msg.startswith("sync: the ranks' accumulators differ (normalize ranges over [0, 1])"), msg
+
+
 def test_sync_without_process_group_is_noop():
     K, d = 5, 4
     H, y = random_data(K, d, 50, seed=10)

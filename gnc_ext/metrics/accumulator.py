@@ -601,11 +601,29 @@ class GNCAccumulator:
         within-class scatter re-centred at the global means (d×d fp64) and the per-class
         spreads (K fp64), so the reduction is as cancellation-free as :meth:`merge`. The
         backend must support the state's device (gloo for CPU, nccl for CUDA).
+
+        Raises:
+            ValueError on every rank (before any state is exchanged) when the ranks'
+            accumulators differ in num_classes, dim, normalize or eps.
         """
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return self
+        # every rank must hold the same kind of state: compare (K, dim, normalize, eps)
+        # by a MIN and a MAX all-reduce (two 4-element reductions) and fail on every rank
+        # alike, before any state is exchanged (mismatched shapes would make the state
+        # all-reduces fail or hang)
+        cfg = torch.tensor([float(self.num_classes), float(self.dim), float(self.normalize), self.eps],
+                           dtype=torch.float64, device=self.device)
+        lo, hi = cfg.clone(), cfg.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN, group=group)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=group)
+        if not torch.equal(lo, hi):
+            names = ("num_classes", "dim", "normalize", "eps")
+            diff = [f"{k} ranges over [{a:g}, {b:g}]" for k, a, b in zip(names, lo.tolist(), hi.tolist()) if a != b]
+            raise ValueError("sync: the ranks' accumulators differ (" + "; ".join(diff) + "); every rank "
+                             "must build GNCAccumulator with the same num_classes, dim, normalize and eps")
         counts, means, M2, within = self._canonical()
         g_counts = counts.clone()
         dist.all_reduce(g_counts, group=group)
