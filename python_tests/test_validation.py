@@ -124,3 +124,9 @@ def test_validate_helpers_directly():
         _validate.device(3.5)
     assert _validate.device(None) == torch.device("cpu")
     assert _validate.seed(None) is None and _validate.seed(np.uint64(2**64 - 1)) == 2**64 - 1
+
+
+def test_train_ufm_learning_rate_bound():
+    with pytest.raises(ValueError, match=r"lr: expected a learning rate in \(0, 1e6\]"):
+        solvers.train_ufm(2, 3, 1, steps=3, progress=False, lr=1e300, seed=0)
+    assert solvers.train_ufm(2, 3, 1, steps=3, progress=False, lr=1e6, seed=0).loss > 0

@@ -126,7 +126,7 @@ def train_ufm(
         d: feature dimension (>= 1).  K: classes (>= 2).  n: features per class (>= 1).
         tau: temperature >= 1e-6 for ``loss="ce"`` (default 0.05); must be None for HardMax.
         loss: ``"ce"`` or ``"hardmax"``.
-        steps: optimisation steps (>= 1).  lr: peak learning rate (> 0).
+        steps: optimisation steps (>= 1).  lr: peak learning rate, in (0, 1e6].
         anneal: temperature continuation / CE warm start (see above).
         seed: integer seed of the initialisation (None: nondeterministic).
         device: torch device (default CPU).  dtype: float32 or float64 (default).
@@ -155,6 +155,8 @@ def train_ufm(
         raise ValueError("tau: the HardMax loss has no temperature; pass tau=None with loss='hardmax'")
     steps = _validate.integer(steps, "steps", minimum=1)
     lr = _validate.positive_float(lr, "lr")
+    if lr > 1e6:  # Adam steps of that size on unit rows overflow (1e300 gave zero rows)
+        raise ValueError(f"lr: expected a learning rate in (0, 1e6] (rows are unit vectors), got {lr:g}")
     seed = _validate.seed(seed)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
