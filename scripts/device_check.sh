@@ -81,7 +81,7 @@ if [ "$BENCH" != "0" ]; then
   if [ "$BENCH" = "final" ]; then  # a short last run: the headline case of each family
     benches="bench_hull|45|python3 benchmarks/bench_hull.py --device cuda --cap 5 --cases 10000x512,100000x512 --out $OUT
 softmax_large|60|python3 benchmarks/bench_softmax_large.py --device cuda --d 512 --K 10000 --restarts 2 --max-iter 300 --time-limit 30 --out $OUT
-bench_metrics|35|python3 benchmarks/bench_metrics.py --device cuda --only ncc --out $OUT
+bench_metrics|50|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
 bench_loss|60|python3 benchmarks/bench_loss.py --device cuda --only 'CE B=512, d=512, K=1000000, bfloat16;HardMax B=512, d=512, K=1000000, float32' --out $OUT"
   elif [ "$BENCH" = "quick" ]; then
     benches="gpu_profile|40|python3 scripts/gpu_profile.py --out $OUT
