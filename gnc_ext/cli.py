@@ -67,8 +67,9 @@ def load_array(path: str, name: str, *, ndim: int, dtype=None):
             raise CLIError(f"{name}: unsupported file type {ext!r} (use .npy, .npz or .pt)")
     except CLIError:
         raise
-    except Exception as exc:  # unreadable / corrupt file
-        raise CLIError(f"{name}: cannot read {path}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # unreadable / corrupt file: the reason's first line only
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CLIError(f"{name}: cannot read {path}: {type(exc).__name__}: {first}") from None
     if t.dim() != ndim:
         raise CLIError(f"{name}: expected a {ndim}-D array, got shape {tuple(t.shape)} in {path}")
     if dtype == "float":
@@ -114,8 +115,8 @@ def _cmd_distance(args) -> int:
         W = W.to(args.device)
     try:
         r = gnc_ext.one_vs_rest_distance(W, normalize=args.normalize, rattler_tol=args.rattler_tol)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+    except ValueError as exc:  # the library's advice in the CLI's terms
+        raise CLIError(str(exc).replace("pass normalize=True", "pass --normalize")) from None
     K, d = W.shape
     rows: Dict[str, Any] = {
         "classes K": K, "dim d": d,

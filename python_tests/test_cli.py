@@ -143,3 +143,12 @@ def test_metrics_json(tmp_path):
     rep = json.loads(out.stdout)
     assert rep["NCC accuracy"] == 1.0
     assert 0 <= rep["GNC1"] < 0.1 and 0 <= rep["GNC3"] < 0.1 and rep["GNC2 rho(W)"] > 0
+
+
+def test_corrupt_file_and_non_unit_rows_one_line_in_cli_terms(tmp_path):
+    (tmp_path / "bad.pt").write_text("garbage")
+    _one_line_error(run(["distance", "bad.pt"], tmp_path), "W: cannot read", "bad.pt")
+    np.save(tmp_path / "w.npy", np.diag([2.0, 1.0, 1.0]))
+    out = run(["distance", "w.npy"], tmp_path)
+    _one_line_error(out, "W: rows must have unit L2 norm", "pass --normalize")
+    assert "normalize=True" not in out.stderr
