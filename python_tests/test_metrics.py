@@ -223,6 +223,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _run_two_ranks(tmp_path, out_name, *extra):
+    """Run _metrics_dist_worker.py as ranks 0 and 1 (gloo) on tmp_path/data.pt; both must exit 0."""
+    port = _free_port()
+    worker = os.path.join(os.path.dirname(__file__), "_metrics_dist_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    procs = [subprocess.Popen([sys.executable, worker, str(r), "2", str(port), str(tmp_path / "data.pt"),
+                               str(tmp_path / out_name), *extra], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+
+
 def test_sync_gloo_two_processes(tmp_path):
     import torch.distributed as dist
 
@@ -232,17 +247,7 @@ def test_sync_gloo_two_processes(tmp_path):
     H, y = collapsed_data(K, d, n, 1e-6, seed=9)
     y[y == 3] = 4  # class 3 empty on every rank
     torch.save({"H": H, "y": y, "K": K}, tmp_path / "data.pt")
-    port = _free_port()
-    worker = os.path.join(os.path.dirname(__file__), "_metrics_dist_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    procs = [subprocess.Popen([sys.executable, worker, str(r), "2", str(port), str(tmp_path / "data.pt"),
-                               str(tmp_path / "out.pt")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err[-3000:]
+    _run_two_ranks(tmp_path, "out.pt")
     got = torch.load(tmp_path / "out.pt")
     ref = ref_gnc(H, y, K)
     assert torch.equal(got["counts"], torch.as_tensor(ref["counts"]))
@@ -267,17 +272,7 @@ def test_sync_refuses_mismatched_ranks(tmp_path):
         pytest.skip("torch.distributed is not available")
     H, y = collapsed_data(6, 4, 5, 1e-3, seed=1)
     torch.save({"H": H, "y": y, "K": 6}, tmp_path / "data.pt")
-    port = _free_port()
-    worker = os.path.join(os.path.dirname(__file__), "_metrics_dist_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    procs = [subprocess.Popen([sys.executable, worker, str(r), "2", str(port), str(tmp_path / "data.pt"),
-                               str(tmp_path / "out"), "mismatch"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err[-3000:]
+    _run_two_ranks(tmp_path, "out", "mismatch")
     for r in range(2):
         msg = (tmp_path / f"out.{r}").read_text()
         assert msg.startswith("sync: the ranks' accumulators differ (normalize ranges over [0, 1])"), msg
