@@ -40,6 +40,7 @@ from torch import Tensor
 from .. import _validate
 from .._engine import certified_argmax, chunk_size, class_bounds, similarity_chunks
 from .._native import native, stream_of, view
+from ..ops.normalize import unit_rows_f64
 
 # Nearest-class-centre scoring for float32 features: "auto" (default) screens the class
 # tiles with TF32 tensor-core GEMMs on CUDA and re-scores the candidates exactly in
@@ -214,15 +215,6 @@ def _symmetrize_upper(S: Tensor) -> Tensor:
     return out
 
 
-def _unit_rows(W: Tensor, dtype: torch.dtype) -> Tensor:
-    """Rows of W divided by their L2 norms, in ``dtype``. The rows are first scaled by
-    their largest |entry| (in float64), so no norm overflows or underflows however
-    large or small the (finite, non-zero) rows are."""
-    Wd = W.detach().to(torch.float64)
-    Wd = Wd / Wd.abs().amax(dim=1, keepdim=True)
-    return torch.nn.functional.normalize(Wd, dim=1).to(dtype)
-
-
 def gnc2(W: Tensor) -> GNC2Result:
     """GNC2 of a classifier: ρ_one-vs-rest of the row-normalised W with its certificate.
 
@@ -247,7 +239,7 @@ def gnc2(W: Tensor) -> GNC2Result:
     K, d = W.shape
     if K < 2:
         raise ValueError(f"W: GNC2 needs at least 2 classes (rows), got shape {tuple(W.shape)}")
-    Wn = _unit_rows(W, torch.float64 if W.dtype == torch.float64 else torch.float32)
+    Wn = unit_rows_f64(W, "W").to(torch.float64 if W.dtype == torch.float64 else torch.float32)
     r = gnc_ext.one_vs_rest_distance(Wn)
     distance = torch.as_tensor(r.distance).detach().double().cpu()
     lower = torch.as_tensor(r.lower).detach().double().cpu()
@@ -734,7 +726,7 @@ class GNCAccumulator:
             worst_by_spread=worst_spread, normalize=self.normalize,
         )
         if W is not None:
-            Wn = _unit_rows(W.to(self.device), torch.float64)
+            Wn = unit_rows_f64(W.to(self.device), "W")
             dots = (Wn * means).sum(1)
             res.gnc3 = float((1.0 - dots[nz]).sum()) / Kp
             if gnc2 is not False:

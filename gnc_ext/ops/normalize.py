@@ -114,3 +114,16 @@ def normalize_rows(X: Tensor, eps: float = 1e-12) -> Tensor:
     _validate.tensor(X, "X", ndim=2)
     eps = _validate.positive_float(eps, "eps", allow_zero=True)
     return torch.ops.gnc_ext.normalize_rows(X, eps)[0]
+
+
+def unit_rows_f64(X: Tensor, name: str) -> Tensor:
+    """Float64 copy of a finite (K, d) tensor (on X's device, detached) with unit rows,
+    robust to rows whose plain norm would overflow or underflow: each row is first
+    divided by its largest magnitude. An all-zero row is a ValueError naming ``name``.
+    For the small float64 post-processing of the metrics and solvers (not a training op)."""
+    A = X.detach().to(torch.float64)
+    m = A.abs().amax(dim=1, keepdim=True)
+    if bool((m == 0).any()):
+        raise ValueError(f"{name}: row {int(torch.nonzero(m.flatten() == 0)[0])} is zero (it has no direction)")
+    A = A / m
+    return A / A.norm(dim=1, keepdim=True)

@@ -21,18 +21,6 @@ def normalize(X: torch.Tensor, eps: float = 1e-300) -> torch.Tensor:
     return X / X.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
-def unit_rows64(X: torch.Tensor, name: str) -> torch.Tensor:
-    """Float64 CPU copy of a (K, d) tensor with each row scaled to unit norm, robust to
-    rows whose plain norm would overflow or underflow (each row is first divided by its
-    largest magnitude). Raises ValueError naming ``name`` for an all-zero row."""
-    A = X.detach().to("cpu", torch.float64)
-    m = A.abs().amax(dim=1, keepdim=True)
-    if bool((m == 0).any()):
-        raise ValueError(f"{name}: row {int(torch.nonzero(m.flatten() == 0)[0])} is zero (it has no direction)")
-    A = A / m
-    return A / A.norm(dim=1, keepdim=True)
-
-
 def random_points(
     batch: int, K: int, d: int, *, generator: Optional[torch.Generator] = None,
     device=None, dtype: torch.dtype = torch.float64,

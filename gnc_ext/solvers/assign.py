@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from .. import _validate
-from . import _sphere
+from ..ops.normalize import unit_rows_f64
 
 
 @dataclasses.dataclass
@@ -70,8 +70,8 @@ def assign_classes(class_means: torch.Tensor, code: torch.Tensor) -> AssignmentR
         raise ValueError(f"code: expected at least K={K} rows (one code vector per class), got {M}")
     _validate.finite(class_means, "class_means")
     _validate.finite(code, "code")
-    A = _sphere.unit_rows64(class_means, "class_means")  # robust to huge/tiny rows
-    B = _sphere.unit_rows64(code, "code")
+    A = unit_rows_f64(class_means.cpu(), "class_means")  # robust to huge/tiny rows
+    B = unit_rows_f64(code.cpu(), "code")
     S = A @ B.T  # (K, M) cosines
     try:
         from scipy.optimize import linear_sum_assignment

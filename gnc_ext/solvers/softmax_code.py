@@ -71,6 +71,7 @@ import torch
 
 from .. import _validate
 from .. import theory as _theory
+from ..ops.normalize import unit_rows_f64
 from . import _sphere
 
 __all__ = ["SoftmaxCodeResult", "softmax_code", "certify_code"]
@@ -175,7 +176,7 @@ def certify_code(W, *, rattler_tol: float = 1e-7):
         raise ValueError(f"W: expected a (K, d) matrix with K >= 2, got shape {tuple(W.shape)}")
     _validate.finite(W, "W")
     rattler_tol = _validate.positive_float(rattler_tol, "rattler_tol", allow_zero=True)
-    Wn = _sphere.unit_rows64(W, "W")
+    Wn = unit_rows_f64(W.cpu(), "W")
     Wa = Wn.numpy()
     r = _ovr(Wa)
     C = Wa @ Wa.T
