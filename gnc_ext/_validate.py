@@ -67,8 +67,12 @@ def same_device(*pairs) -> None:
 
 
 def finite(x: torch.Tensor, name: str) -> None:
-    if config.check_finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or Inf values")
+    """NaN/Inf scan (``config.check_finite``): one ``aminmax`` reduction (NaN propagates
+    through min/max, ±Inf shows as an extreme), no full-size temporary."""
+    if config.check_finite and x.is_floating_point() and x.numel() > 0:
+        lo, hi = torch.aminmax(x)
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            raise ValueError(f"{name}: contains NaN or Inf values")
 
 
 def _is_real(v) -> bool:

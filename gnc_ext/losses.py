@@ -24,6 +24,13 @@ def _choice(v, name, options):
     return v
 
 
+def _check_label_smoothing(v) -> float:
+    v = _validate.real(v, "label_smoothing")
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {v}")
+    return v
+
+
 def _check_margin(margin, margin_type) -> tuple:
     margin_type = _choice(margin_type, "margin_type", tuple(_ops.MARGIN_CODES))
     margin = _validate.real(margin, "margin")
@@ -119,9 +126,7 @@ def spherical_cross_entropy(
     tau = _validate.temperature(tau, "tau")
     reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
     ignore_index = _validate.integer(ignore_index, "ignore_index")
-    label_smoothing = _validate.real(label_smoothing, "label_smoothing")
-    if not (0.0 <= label_smoothing <= 1.0):
-        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
+    label_smoothing = _check_label_smoothing(label_smoothing)
     margin, mcode = _check_margin(margin, margin_type)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")

@@ -40,7 +40,7 @@ from torch import Tensor
 from .. import _validate
 from .._engine import chunk_size
 from ..ops import hull as _hull_ops
-from ..ops.normalize import normalize_rows
+from ..ops.normalize import normalize_rows_named
 
 __all__ = ["OneVsRestResult", "one_vs_rest_distance", "check_unit_rows", "validate_weights", "normalized"]
 
@@ -129,11 +129,7 @@ def normalized(W: Tensor, name: str = "W") -> Tensor:
     zero = torch.linalg.vector_norm(W.detach().double(), dim=1) == 0
     if bool(zero.any()):
         raise ValueError(f"{name}: row {int(zero.nonzero()[0])} is all zeros and cannot be normalised")
-    try:
-        return normalize_rows(W)
-    except ValueError as e:  # normalize_rows names its argument X: name the caller's
-        msg = str(e)
-        raise ValueError(f"{name}:{msg[2:]}" if msg.startswith("X:") else msg) from None
+    return normalize_rows_named(W, name)
 
 
 def _candidates(Wc: Tensor, m: int, progress: bool) -> Tensor:

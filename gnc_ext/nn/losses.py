@@ -17,20 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from .. import _validate
-from ..losses import _HM_REDUCTIONS, _SCE_REDUCTIONS, _check_margin, _choice, hardmax_loss, spherical_cross_entropy
+from ..losses import (_HM_REDUCTIONS, _SCE_REDUCTIONS, _check_label_smoothing, _check_margin, _choice,
+                      hardmax_loss, spherical_cross_entropy)
 from ..ops import loss as _ops
-from ..ops.normalize import normalize_rows
+from ..ops.normalize import normalize_rows_named
 
 
 # Constructor checks shared by the nn modules: the rules spherical_cross_entropy applies
 # at call time, applied where the module is built.
-
-def _check_label_smoothing(v) -> float:
-    v = _validate.real(v, "label_smoothing")
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {v}")
-    return v
-
 
 def _check_dtype(dtype, allowed=_validate.FLOAT_DTYPES, allow_none: bool = True) -> Optional[torch.dtype]:
     """``dtype`` of a module's weights: one of ``allowed`` (or None: torch's default)."""
@@ -44,27 +38,6 @@ def _check_dtype(dtype, allowed=_validate.FLOAT_DTYPES, allow_none: bool = True)
 def _check_device(device) -> Optional[torch.device]:
     """``device`` of a module's weights: cpu or usable cuda (None: torch's default device)."""
     return None if device is None else _validate.device(device, "device")
-
-
-def _check_finite(x: Tensor, name: str) -> None:
-    """Raise ValueError naming ``x`` if it holds NaN/Inf (``gnc_ext.config.check_finite``):
-    one aminmax reduction (NaN propagates through it), no full-size temporary, and finite
-    values of any magnitude pass."""
-    if _validate.config.check_finite and x.numel() > 0:
-        lo, hi = torch.aminmax(x)
-        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
-            raise ValueError(f"{name}: contains NaN or Inf values")
-
-
-def _normalized(x: Tensor, name: str) -> Tensor:
-    """``normalize_rows(x)`` with its errors naming ``name`` (it calls its input ``X``)."""
-    try:
-        return normalize_rows(x)
-    except (TypeError, ValueError) as e:
-        msg = str(e)
-        if msg.startswith("X:"):
-            raise type(e)(name + msg[1:]) from None
-        raise
 
 
 class _WeightedLoss(nn.Module):
@@ -111,7 +84,7 @@ class _WeightedLoss(nn.Module):
         if features.shape[1] != self.embedding_dim:
             raise ValueError(f"features: expected {self.embedding_dim} columns, got shape {tuple(features.shape)}")
         chunk = _validate.integer(chunk, "chunk", minimum=0)
-        _check_finite(features.detach(), "features")
+        _validate.finite(features.detach(), "features")
         _ops.check_finite_rows(W.detach(), "weight")
         return torch.ops.gnc_ext.argmax_cosine_nw(features.detach(), W.detach(), chunk)
 
@@ -124,8 +97,8 @@ class _WeightedLoss(nn.Module):
         if features.shape[1] != self.embedding_dim:
             raise ValueError(f"features: expected {self.embedding_dim} columns, got shape {tuple(features.shape)}")
         acc = torch.float64 if features.dtype == torch.float64 else torch.float32
-        Hn = _normalized(features.detach(), "features").to(acc)
-        Wn = _normalized(W.detach(), "weight")
+        Hn = normalize_rows_named(features.detach(), "features").to(acc)
+        Wn = normalize_rows_named(W.detach(), "weight")
         K = Wn.shape[0]
         c = _ops.col_chunk(Hn.shape[0], K) if chunk is None else _validate.integer(chunk, "chunk", minimum=1)
         out = torch.empty((Hn.shape[0], K), dtype=acc, device=Hn.device)

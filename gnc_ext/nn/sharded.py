@@ -39,10 +39,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import _validate
-from ..losses import _check_margin, _choice
+from ..losses import _check_label_smoothing, _check_margin, _choice
 from ..ops.loss import _finish, _fold_state, _grad_tiles, check_finite_rows, col_chunk
 from ..ops.normalize import normalize_rows
-from .losses import _check_device, _check_dtype, _check_label_smoothing
+from .losses import _check_device, _check_dtype
 
 _REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
 

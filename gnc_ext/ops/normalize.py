@@ -116,6 +116,18 @@ def normalize_rows(X: Tensor, eps: float = 1e-12) -> Tensor:
     return torch.ops.gnc_ext.normalize_rows(X, eps)[0]
 
 
+def normalize_rows_named(X: Tensor, name: str) -> Tensor:
+    """:func:`normalize_rows` with its errors naming the caller's argument ``name``
+    (normalize_rows calls its input ``X``)."""
+    try:
+        return normalize_rows(X)
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        if msg.startswith("X:"):
+            raise type(e)(name + msg[1:]) from None
+        raise
+
+
 def unit_rows_f64(X: Tensor, name: str) -> Tensor:
     """Float64 copy of a finite (K, d) tensor (on X's device, detached) with unit rows,
     robust to rows whose plain norm would overflow or underflow: each row is first
