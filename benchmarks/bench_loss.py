@@ -5,10 +5,9 @@ Cut Cross-Entropy and Liger's fused linear CE where importable. One training ste
 
     python benchmarks/bench_loss.py [--device cpu|cuda] [--only TEXT] [--out DIR]
 
-On GPU, "gnc_ext" is the default (chunked) CUDA path and "gnc_ext fused" the opt-in
-fused kernels (gnc_ext.ops.loss.CUDA_FORWARD = CUDA_BACKWARD = "fused"); for float32
-also "gnc_ext 3xtf32" (error-compensated TF32 GEMMs, fp32 accuracy) and "gnc_ext tf32"
-(the fast TF32 mode), gnc_ext.ops.loss.CUDA_FP32_MODE.
+On GPU, "gnc_ext" is the default CUDA path; for float32 also "gnc_ext tf32" (the fast
+TF32 mode, gnc_ext.config.cuda_fp32_mode = "tf32") and, for HardMax, "gnc_ext
+TF32-screened" (gnc_ext.config.hardmax_screen = "on").
 
 The eager recipe: F.normalize(H), F.normalize(W), matmul, / tau, F.cross_entropy.
 Peers without fused normalisation (linear_cross_entropy, CCE, Liger) get the
@@ -65,45 +64,13 @@ def gnc_hardmax(h, w, y):
     return gnc_ext.hardmax_loss(h, w, y, reduction="max")
 
 
-def gnc_sce_fused(h, w, y):
-    """gnc_ext with the opt-in fused CUDA kernels (forward and backward; see
-    gnc_ext.ops.loss.CUDA_FORWARD / CUDA_BACKWARD). The flags are read when the ops run,
-    so they are held for the whole step (the backward runs inside .backward())."""
-    return gnc_ext.spherical_cross_entropy(h, w, y, tau=TAU)
-
-
-def _step_flags(loss_fn, *flags):
-    """gnc_ext with module flags ``(module, name, value)`` held for the whole step."""
+def _step_config(loss_fn, **settings):
+    """gnc_ext with ``gnc_ext.config`` settings held for the whole step (the backward
+    runs inside .backward(), so the settings must outlive the forward)."""
     def run(inp):
-        old = [(m, k, getattr(m, k)) for m, k, _ in flags]
-        for m, k, v in flags:
-            setattr(m, k, v)
-        try:
+        with gnc_ext.config.override(**settings):
             return _step(loss_fn)(inp)
-        finally:
-            for m, k, v in old:
-                setattr(m, k, v)
     return run
-
-
-def _step_fused(loss_fn):
-    """The opt-in fused CUDA forward and backward kernels."""
-    from gnc_ext.ops import loss as L
-    return _step_flags(loss_fn, (L, "CUDA_FORWARD", "fused"), (L, "CUDA_BACKWARD", "fused"))
-
-
-def _step_fp32_mode(loss_fn, mode):
-    """gnc_ext.ops.loss.CUDA_FP32_MODE = mode ("tf32" or the error-compensated "3xtf32")."""
-    from gnc_ext.ops import loss as L
-    return _step_flags(loss_fn, (L, "CUDA_FP32_MODE", mode))
-
-
-def _step_screened_splits(loss_fn):
-    """HardMax forward TF32-screened (exact re-scoring) with the certified epilogue's
-    column splits chosen automatically: the configuration meant for small batches."""
-    from gnc_ext import _engine
-    from gnc_ext.ops import loss as L
-    return _step_flags(loss_fn, (L, "HARDMAX_SCREEN", "on"), (_engine, "CERTIFIED_SPLITS", "auto"))
 
 
 _compiled = {}
@@ -152,10 +119,8 @@ def _sce_impls(device_peers):
 
 def _sce_impls_gpu(device_peers, fp32=False):
     impls = _sce_impls(device_peers)
-    impls["gnc_ext fused"] = _step_fused(gnc_sce_fused)  # opt-in fused CUDA forward + backward
-    if fp32:  # the fp32 GEMM modes of the chunked path (opt-in)
-        impls["gnc_ext 3xtf32"] = _step_fp32_mode(gnc_sce, "3xtf32")
-        impls["gnc_ext tf32"] = _step_fp32_mode(gnc_sce, "tf32")
+    if fp32:  # the fast fp32 GEMM mode (opt-in)
+        impls["gnc_ext tf32"] = _step_config(gnc_sce, cuda_fp32_mode="tf32")
     return impls
 
 
@@ -176,7 +141,7 @@ if torch.cuda.is_available():  # GPU cases (the harness skips them on --device c
         CASES.append(Case(f"HardMax B=512, d=512, K=1000000, {str(dt)[6:]}", _setup(512, 512, 1_000_000, dt),
                           {"torch eager": _step(eager_hardmax), "torch.compile": _step(compiled(eager_hardmax)),
                            "gnc_ext": _step(gnc_hardmax),
-                           **({"gnc_ext TF32-screened, column splits": _step_screened_splits(gnc_hardmax)}
+                           **({"gnc_ext TF32-screened": _step_config(gnc_hardmax, hardmax_screen="on")}
                               if dt == torch.float32 else {})},
                           baseline="torch eager", devices=("cuda",)))
 

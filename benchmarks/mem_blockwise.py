@@ -12,7 +12,6 @@ import sys
 import torch
 
 import gnc_ext
-from gnc_ext.ops import loss as L
 
 
 def main(kind: str, path: str) -> None:
@@ -23,9 +22,11 @@ def main(kind: str, path: str) -> None:
     y = torch.randint(0, K, (B,))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if kind == "ce":
-        if path == "whole":
-            L.w_blockwise = lambda H: False  # the pre-2026-11-30 path: normalize_rows(W) first
-        gnc_ext.spherical_cross_entropy(H, W, y, reduction="none").sum().backward()
+        if path == "whole":  # normalize_rows(W) first (the path before 2026-11-30)
+            Hn, Wn = gnc_ext.normalize_rows(H), gnc_ext.normalize_rows(W)
+            gnc_ext.spherical_cross_entropy(Hn, Wn, y, reduction="none", normalize=False).sum().backward()
+        else:
+            gnc_ext.spherical_cross_entropy(H, W, y, reduction="none").sum().backward()
     else:
         Hn = gnc_ext.normalize_rows(H)
         if path == "whole":

@@ -237,28 +237,6 @@ void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col
   GNC_DISPATCH_DEVICE(tile, gnc::cpu::masked_argmax_fold(tile, y, col0, best, arg, tgt),
                       gnc::cuda::masked_argmax_fold(tile, y, col0, best, arg, tgt, stream));
 }
-void sce_fused_forward(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& state,
-                       double tau, int margin_type, double margin, int64_t ignore_index, std::uintptr_t stream) {
-  check_loss_devices(Hn, {{&Wn, "Wn"}, {&y, "y"}, {&state, "state"}}, "Hn");
-  if (margin_type < 0 || margin_type > 2) gnc::fail("margin_type: expected 0, 1 or 2");
-  GNC_DISPATCH_DEVICE(Hn,
-                      throw std::invalid_argument("sce_fused_forward: CUDA only (the CPU path is the chunked engine)"),
-                      gnc::cuda::sce_fused_forward(Hn, Wn, y, state, tau, margin_type, margin, ignore_index, stream));
-}
-void sce_fused_backward(const TensorView& Hn, const TensorView& Wn, const TensorView& y, const TensorView& lse,
-                        const TensorView& q, const TensorView& scale, const TensorView& dH, const TensorView& dW,
-                        const TensorView& ws_h, const TensorView& ws_w, int64_t num_classes, double tau,
-                        int margin_type, double margin, double label_smoothing, int64_t ignore_index,
-                        std::uintptr_t stream) {
-  check_loss_devices(Hn, {{&Wn, "Wn"}, {&y, "y"}, {&lse, "lse"}, {&q, "q"}, {&scale, "scale"}, {&dH, "dH"}, {&dW, "dW"},
-                          {&ws_h, "ws_h"}, {&ws_w, "ws_w"}},
-                     "Hn");
-  if (margin_type < 0 || margin_type > 2) gnc::fail("margin_type: expected 0, 1 or 2");
-  GNC_DISPATCH_DEVICE(Hn,
-                      throw std::invalid_argument("sce_fused_backward: CUDA only (the CPU path is the chunked engine)"),
-                      gnc::cuda::sce_fused_backward(Hn, Wn, y, lse, q, scale, dH, dW, ws_h, ws_w, num_classes, tau,
-                                                    margin_type, margin, label_smoothing, ignore_index, stream));
-}
 // ---- end [loss] -------------------------------------------------------------
 
 // ---- [metrics] bindings (GNC accumulators, NCC) ------------------------------
@@ -324,17 +302,12 @@ void ncc_argmax_update(const TensorView& tile, const TensorView& bias, int64_t c
 // Certified argmax fold: approximate fp32 tile + exact fp64 re-scoring (see
 // cpu/metrics.h). Empty bias / y / checked (numel 0) mean "none"; they are never read,
 // so they may live on any device. A and B need unit column stride (any row stride).
-// splits / workspace: CUDA only (one warp per (row, column split), merged in order; the
-// workspace is float64 with >= 4 * splits * rows elements, checked natively when
-// splits > 1); the CPU kernel parallelises over rows and ignores them.
 void certified_argmax_fold(const TensorView& tile, const TensorView& A, const TensorView& B,
                            const TensorView& bias, const TensorView& y, int64_t col0,
                            const TensorView& eps, const TensorView& approx_max,
                            const TensorView& best_val, const TensorView& best_idx,
-                           const TensorView& checked, int64_t splits, const TensorView& workspace,
-                           std::uintptr_t stream) {
+                           const TensorView& checked, std::uintptr_t stream) {
   gnc::check_dim(tile, 2, "tile");
-  if (splits < 1 || splits > 65535) gnc::fail("splits: expected a value in [1, 65535]");
   gnc::check_dtype(tile, gnc::DType::F32, "tile");
   const int64_t R = tile.size(0), c = tile.size(1);
   if (c > 1 && R > 0 && tile.stride(1) != 1) gnc::fail("tile: rows must be contiguous (column stride 1)");
@@ -390,7 +363,7 @@ void certified_argmax_fold(const TensorView& tile, const TensorView& A, const Te
                       gnc::cpu::certified_argmax_fold(tile, A, B, bias, y, col0, eps, approx_max, best_val,
                                                       best_idx, checked),
                       gnc::cuda::certified_argmax_fold(tile, A, B, bias, y, col0, eps, approx_max, best_val,
-                                                       best_idx, checked, splits, workspace, stream));
+                                                       best_idx, checked, stream));
 }
 // ---- end [metrics] ----------------------------------------------------------
 
@@ -484,14 +457,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("stream") = 0, nogil);
   m.def("masked_argmax_fold", &masked_argmax_fold, py::arg("tile"), py::arg("y"), py::arg("col0"),
         py::arg("best"), py::arg("arg"), py::arg("tgt"), py::arg("stream") = 0, nogil);
-  m.def("sce_fused_forward", &sce_fused_forward, py::arg("Hn"), py::arg("Wn"), py::arg("y"), py::arg("state"),
-        py::arg("tau"), py::arg("margin_type"), py::arg("margin"), py::arg("ignore_index"), py::arg("stream") = 0,
-        nogil);
-  m.def("sce_fused_backward", &sce_fused_backward, py::arg("Hn"), py::arg("Wn"), py::arg("y"), py::arg("lse"),
-        py::arg("q"), py::arg("scale"), py::arg("dH"), py::arg("dW"), py::arg("ws_h"), py::arg("ws_w"), py::arg("num_classes"),
-        py::arg("tau"),
-        py::arg("margin_type"), py::arg("margin"), py::arg("label_smoothing"), py::arg("ignore_index"),
-        py::arg("stream") = 0, nogil);
   // end [loss]
   // [metrics] module definitions
   m.def("metrics_update_batch", &metrics_update_batch, py::arg("features"), py::arg("labels"),
@@ -501,8 +466,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("best_val"), py::arg("best_idx"), py::arg("stream") = 0, nogil);
   m.def("certified_argmax_fold", &certified_argmax_fold, py::arg("tile"), py::arg("A"), py::arg("B"),
         py::arg("bias"), py::arg("y"), py::arg("col0"), py::arg("eps"), py::arg("approx_max"),
-        py::arg("best_val"), py::arg("best_idx"), py::arg("checked"), py::arg("splits"), py::arg("workspace"),
-        py::arg("stream") = 0, nogil);
+        py::arg("best_val"), py::arg("best_idx"), py::arg("checked"), py::arg("stream") = 0, nogil);
   // end [metrics]
   // [solvers] module definitions
   // end [solvers]

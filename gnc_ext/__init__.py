@@ -12,7 +12,8 @@ Public API (see README.md for a tour):
   Tammes, UFM and HardMax solvers.
 - :func:`normalize_rows` — fused, differentiable row L2 normalisation (CPU/CUDA).
 - :func:`build_info` — what was compiled (OpenMP, CUDA archs) and what is usable now.
-- :data:`config` — global switches (``config.check_finite``).
+- :data:`config` — every setting, validated when set (keys in ``gnc_ext.settings``;
+  ``config.override(...)`` for a block).
 - ``gnc_ext.plot`` (needs matplotlib) and the ``gnc`` command (``gnc_ext.cli``).
 """
 __version__ = "0.1.0"

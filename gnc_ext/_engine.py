@@ -8,8 +8,7 @@ through torch (BLAS on CPU, cuBLAS on CUDA), then a native epilogue that folds t
 from __future__ import annotations
 
 import math
-import os
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 
@@ -62,35 +61,6 @@ TF32_UNIT = 2.0 ** -10
 # B = 512, K = 1M, fp32: 30.8 ms screened vs 22.1 ms with plain fp32 tiles). Below this
 # many rows the callers keep their fp32 path; NCC row blocks (8192) are above it.
 SCREEN_MIN_ROWS = 4096
-# Column splits of the CUDA certified epilogue: with S > 1 each row's tile columns are
-# shared by S warps (their results merged in order by a second kernel), so that a few
-# rows still give the GPU enough warps. "auto" picks S from the row count and the SM
-# count (about 64 warps per SM); an int fixes it; 1 (the default) is one warp per row,
-# the configuration measured on an H200. Written without a GPU at hand: the split kernel
-# passes the CPU-side checks only by construction; its CUDA tests (every fold test runs
-# with 1, 4 and 33 splits) have not run yet, hence not the default.
-CERTIFIED_SPLITS = os.environ.get("GNC_CERTIFIED_SPLITS", "1")
-
-
-def certified_splits(rows: int, cols: int, device: torch.device) -> int:
-    """Column splits for :func:`certified_argmax` on ``device`` (1 off CUDA)."""
-    v = CERTIFIED_SPLITS
-    if device.type != "cuda":
-        return 1
-    if isinstance(v, str) and v != "auto":
-        try:
-            v = int(v)
-        except ValueError:
-            raise ValueError(f"gnc_ext._engine.CERTIFIED_SPLITS: expected 'auto' or an integer >= 1, got {v!r}") from None
-    if v == "auto":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        v = -(-64 * sms // max(rows, 1))
-        v = min(v, max(1, cols // 256))  # at least 256 columns per split
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"gnc_ext._engine.CERTIFIED_SPLITS: expected 'auto' or an integer >= 1, got {v!r}")
-    return int(min(v, 65535, max(cols, 1)))
-
-
 class tf32_on:
     """Context manager: TF32 tensor-core GEMMs on for fp32 CUDA matmuls, restored after.
     The flag is process-global: other threads issuing fp32 CUDA matmuls meanwhile see it."""
@@ -137,7 +107,8 @@ def tf32_row_bounds(A: torch.Tensor, B: torch.Tensor, bias: Optional[torch.Tenso
 
 def certified_argmax(A: torch.Tensor, B: torch.Tensor, bias: Optional[torch.Tensor] = None,
                      y: Optional[torch.Tensor] = None, *, chunk: Optional[int] = None,
-                     bounds: Optional[Tuple[float, float]] = None):
+                     bounds: Optional[Tuple[float, float]] = None, normalize_b: bool = False,
+                     on_block_norms: Optional[Callable[[torch.Tensor], None]] = None):
     """Exact ``argmax_k (⟨a_i, b_k⟩ + bias_k)`` over k ≠ y_i, screened with TF32 GEMMs.
 
     Args:
@@ -146,6 +117,12 @@ def certified_argmax(A: torch.Tensor, B: torch.Tensor, bias: Optional[torch.Tens
             [0, K) mask nothing) or None.
         chunk: classes per tile (default: a 64 MiB fp32 tile, as :func:`chunk_size`).
         bounds: :func:`class_bounds` of (B, bias), to compute them once across calls.
+        normalize_b: score against the rows of B divided by ``max(‖b_k‖, 1e-12)`` (then B
+            may have any floating dtype; the unit rows are cast to float32): each block of
+            ``chunk`` classes is normalised (native ``normalize_rows``) when its tile is
+            formed and re-scored from that block, so no K × d copy exists.
+        on_block_norms: with ``normalize_b``, called with each block's (rows,) norms
+            (e.g. to check them for NaN/Inf).
 
     Returns:
         ``(best_val, best_idx, checked)``: (R,) float64 exact best scores (-inf where
@@ -162,17 +139,41 @@ def certified_argmax(A: torch.Tensor, B: torch.Tensor, bias: Optional[torch.Tens
     checked = torch.zeros(R, dtype=torch.int64, device=dev)
     if R == 0 or K == 0:
         return best_val, best_idx, checked
+    if normalize_b and bounds is None:  # unit rows (zero rows stay zero): norms <= 1 up to rounding
+        bounds = (1.0 + 1e-4, class_bounds(B[:0], bias)[1])
     eps = tf32_row_bounds(A, B, bias, bounds)
     empty_f = A.new_empty(0)
     yv = y if y is not None else torch.empty(0, dtype=torch.int64, device=dev)
     c = chunk or chunk_size(R, K)
     st = stream_of(A)
-    splits = certified_splits(R, min(c, K), dev)
-    ws = torch.empty(4 * splits * R if splits > 1 else 0, dtype=torch.float64, device=dev)
     with tf32_on():
         for s in range(0, K, c):
-            tile = tf32_tile(A, B[s:s + c], None if bias is None else bias[s:s + c])
-            native.certified_argmax_fold(view(tile), view(A), view(B), view(bias if bias is not None else empty_f),
-                                         view(yv), s, view(eps), view(approx), view(best_val), view(best_idx),
-                                         view(checked), splits, view(ws), st)
+            bias_c = None if bias is None else bias[s:s + c]
+            if not normalize_b:
+                tile = tf32_tile(A, B[s:s + c], bias_c)
+                native.certified_argmax_fold(view(tile), view(A), view(B), view(bias if bias is not None else empty_f),
+                                             view(yv), s, view(eps), view(approx), view(best_val), view(best_idx),
+                                             view(checked), st)
+                continue
+            # one block of unit rows, folded as classes [0, c) of its own (the running approx
+            # max carries over: one eps bound holds for every block), then merged: a later
+            # block wins only with a strictly larger value (ties keep the lower class index)
+            Bc = B[s:s + c]
+            Bn = torch.empty(Bc.shape, dtype=Bc.dtype, device=dev)
+            n_c = torch.empty(Bc.shape[0], dtype=torch.float64 if Bc.dtype == torch.float64 else torch.float32,
+                              device=dev)
+            native.normalize_rows_forward(view(Bc), view(Bn), view(n_c), 1e-12, st)
+            Bn = Bn.to(A.dtype)  # no copy when B is float32
+            if on_block_norms is not None:
+                on_block_norms(n_c)
+            bv = torch.full((R,), -math.inf, dtype=torch.float64, device=dev)
+            bi = torch.full((R,), -1, dtype=torch.int64, device=dev)
+            yb = yv - s if y is not None else yv
+            tile = tf32_tile(A, Bn, bias_c)
+            native.certified_argmax_fold(view(tile), view(A), view(Bn), view(bias_c if bias_c is not None else empty_f),
+                                         view(yb), 0, view(eps), view(approx), view(bv), view(bi), view(checked), st)
+            upd = bv > best_val
+            best_val = torch.where(upd, bv, best_val)
+            best_idx = torch.where(upd, bi + s, best_idx)
+            tile = Bn = None
     return best_val, best_idx, checked

@@ -9,21 +9,10 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from .settings import config  # noqa: F401  (the settings object; keys in gnc_ext.settings)
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-
-class _Config:
-    """Global switches.
-
-    ``check_finite``: scan inputs for NaN/Inf and raise (default True). On CUDA the
-    scan costs a device synchronisation; training loops that already guard against
-    non-finite values can switch it off.
-    """
-
-    check_finite: bool = True
-
-
-config = _Config()
 
 
 def _dtype_list(dtypes: Iterable[torch.dtype]) -> str:

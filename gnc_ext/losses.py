@@ -1,7 +1,8 @@
 """Public loss functions: spherical cross-entropy (with CosFace/ArcFace margins and label
 smoothing) and the HardMax loss, fused so that the B × K logits never exist.
 
-See :mod:`gnc_ext.ops.loss` for the ops, strategies and memory model.
+See :mod:`gnc_ext.ops.sce` and :mod:`gnc_ext.ops.hardmax` for the ops, strategies and
+memory model; :func:`sce_strategy` says which strategy a call takes.
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torch
 from torch import Tensor
 
 from . import _validate
-from .ops import loss as _ops
+from .ops import sce as _sce_ops
 from .ops.normalize import normalize_rows
+from .ops.tiles import validate_inputs
 
 _SCE_REDUCTIONS = ("mean", "sum", "none")
 _HM_REDUCTIONS = ("max", "mean", "sum", "none")
@@ -32,16 +34,45 @@ def _check_label_smoothing(v) -> float:
 
 
 def _check_margin(margin, margin_type) -> tuple:
-    margin_type = _choice(margin_type, "margin_type", tuple(_ops.MARGIN_CODES))
+    margin_type = _choice(margin_type, "margin_type", tuple(_sce_ops.MARGIN_CODES))
     margin = _validate.real(margin, "margin")
     hi = 1.0 if margin_type == "cosface" else math.pi / 2
     if not (math.isfinite(margin) and 0.0 <= margin <= hi):
         raise ValueError(f"margin: expected 0 <= margin <= {hi:g} for margin_type={margin_type!r}, got {margin}")
-    return margin, (_ops.MARGIN_CODES[margin_type] if margin > 0 else 0)
+    return margin, (_sce_ops.MARGIN_CODES[margin_type] if margin > 0 else 0)
 
 
 def _needs(t) -> bool:
     return torch.is_grad_enabled() and bool(getattr(t, "requires_grad", False))
+
+
+SCE_STRATEGIES = ("recompute", "grad_in_forward", "stored")
+
+
+def sce_strategy(H: Tensor, W: Tensor, *, reduction: str = "mean") -> str:
+    """The strategy :func:`spherical_cross_entropy` takes for these inputs now, from
+    ``gnc_ext.config.sce_strategy``:
+
+    * "grad_in_forward" where it applies: reduction mean/sum, autograd needs a gradient of
+      H or W, float32/float64 inputs (3 GEMM passes: each row block's tile is turned into
+      its gradient in the forward); "recompute" elsewhere.
+    * "recompute": always (4 GEMM passes, the backward recomputes the tiles).
+    * "auto": "grad_in_forward" where it applies on the CPU, "recompute" otherwise (and
+      always on CUDA).
+    """
+    reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
+    _validate.tensor(H, "H", ndim=2)
+    _validate.tensor(W, "W", ndim=2)
+    choice = _validate.config.sce_strategy
+    if choice == "stored":
+        raise NotImplementedError("gnc_ext.config.sce_strategy: the 'stored' strategy is not available yet")
+    gif = (reduction != "none" and (_needs(H) or _needs(W)) and W.dtype == H.dtype
+           and H.dtype in (torch.float32, torch.float64))
+    if choice == "recompute" or not gif:
+        return "recompute"
+    if choice == "auto" and H.device.type != "cpu":
+        return "recompute"
+    return "grad_in_forward"
 
 
 def spherical_cross_entropy(
@@ -100,23 +131,22 @@ def spherical_cross_entropy(
     target's gradient as ``p_y − 1 = −Σ_{k≠y} p_k``: small losses keep full relative
     accuracy (at τ = 0.01 a loss of 1e-19 is exact to 1e-14 in fp64, where
     ``F.cross_entropy`` returns 0 and a zero target gradient); fp32 accumulation
-    of dĤ and dŴ. Complexity: 3 GEMM passes (6·B·K·d flops) for mean/sum with
-    gradients on CPU (gradient computed in the forward on row blocks that see all K
-    classes), 4 otherwise (the backward recomputes tiles). Memory: O(B) state plus one
-    fp32 tile (recompute: ``gnc_ext.ops.loss.TILE_BYTES`` = 32 MiB of B × chunk;
-    gradient-in-forward: ``FUSED_TILE_BYTES`` = 256 MiB of rows × K) plus the gradients
-    (the recompute path normalises W one block of classes at a time, so no K × d copy Ŵ or
-    dŴ exists: beyond the gradients, per block two chunk × d blocks); never a B × K tensor
-    (unless B × K fits one tile). Deterministic (no floating-point atomics). On
-    CUDA the chunked path (cuBLAS + native epilogues) runs by default; a fused forward
-    kernel (logits tile kept in shared memory, WMMA tensor cores for bf16/fp16, fp32
-    FMA for fp32) is opt-in via ``gnc_ext.ops.loss.CUDA_FORWARD = "fused"``, and a fused
-    backward (cosine tiles recomputed and turned into dL/dS in shared memory, two
-    deterministic kernels for dĤ and dŴ) via ``gnc_ext.ops.loss.CUDA_BACKWARD = "fused"``. For
-    float32 on CUDA, ``gnc_ext.ops.loss.CUDA_FP32_MODE`` = "tf32" (fast, ~1e-3) or
-    "3xtf32" (error-compensated TF32, fp32 accuracy) switches the chunked path's GEMMs to
-    tensor cores (default "ieee"). The CUDA paths pass their tests on an H200; timings
-    are in benchmarks/RESULTS.md.
+    of dĤ and dŴ. Complexity (:func:`sce_strategy` says which strategy a call takes;
+    ``gnc_ext.config.sce_strategy`` sets it): 3 GEMM passes (6·B·K·d flops) with
+    "grad_in_forward" (the CPU default for float32/float64 mean/sum with gradients: row
+    blocks that see all K classes turn their tile into the gradient in the forward), 4
+    with "recompute" (the backward recomputes tiles; the default otherwise, and on
+    CUDA). Memory: O(B) state plus one fp32 tile (recompute:
+    ``gnc_ext.ops.tiles.TILE_BYTES`` = 32 MiB of B × chunk, 128 MiB on CUDA;
+    gradient-in-forward: ``gnc_ext.ops.sce.FUSED_TILE_BYTES`` = 256 MiB of rows × K)
+    plus the gradients; no K × d copy of Ŵ or dŴ on any path (W is normalised one block
+    of classes at a time, or its normalisation is folded into the tile as a column
+    scale), and never a B × K tensor (unless B × K fits one tile). Deterministic (no
+    floating-point atomics). On CUDA: cuBLAS GEMMs and the native epilogue kernels; with
+    16-bit inputs the backward's products run on the tensor cores
+    (``gnc_ext.config.lowp_grad_gemm``); float32 GEMMs follow
+    ``gnc_ext.config.cuda_fp32_mode`` ("ieee" default, "tf32" fast with ~1e-3 error in
+    the cosines). Timings: benchmarks/RESULTS.md.
 
     Raises:
         TypeError/ValueError naming the argument: wrong types/dtypes, shapes or devices,
@@ -131,26 +161,21 @@ def spherical_cross_entropy(
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
     need_h, need_w = _needs(H), _needs(W)
-    strategy = _ops.STRATEGY
-    use_fused = reduction != "none" and (need_h or need_w) and (
-        strategy == "grad_in_forward" or (strategy == "auto" and getattr(H, "device", None) == torch.device("cpu")))
     # with normalize=True every path computes ‖w_k‖ anyway (the fused op for all of W, the
     # recompute op block by block) and rejects non-finite W from those norms
-    blockwise = normalize and not use_fused and isinstance(H, torch.Tensor) and _ops.w_blockwise(H)
-    _ops.validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index,
-                         check_W=not ((use_fused or blockwise) and normalize))
+    validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index, check_W=not normalize)
+    use_fused = sce_strategy(H, W, reduction=reduction) == "grad_in_forward"
     if use_fused:
         loss, _, _ = torch.ops.gnc_ext.spherical_ce_fused(
             H, W, y, tau, ignore_index, label_smoothing, margin, mcode, normalize,
             0 if reduction == "mean" else 1, need_h, need_w, 0)
         return loss
     Hn = normalize_rows(H) if normalize else H
-    if blockwise:  # Ŵ is formed one block of classes at a time, never stored
+    if normalize:  # Ŵ is formed one block of classes at a time, never stored
         rows, _ = torch.ops.gnc_ext.spherical_ce_rows_nw(Hn, W, y, tau, ignore_index, label_smoothing, margin,
                                                           mcode, 0)
     else:
-        Wn = normalize_rows(W) if normalize else W
-        rows, _ = torch.ops.gnc_ext.spherical_ce_rows(Hn, Wn, y, tau, ignore_index, label_smoothing, margin,
+        rows, _ = torch.ops.gnc_ext.spherical_ce_rows(Hn, W, y, tau, ignore_index, label_smoothing, margin,
                                                        mcode, 0)
     if reduction == "none":
         return rows
@@ -182,9 +207,9 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
 
     Complexity: one GEMM pass with a masked max/argmax epilogue (2·B·K·d flops); the
     backward is sparse (O(B·d)), plus the normalisation backward (O((B+K)·d)).
-    Memory: O(B) state plus one fp32 tile and one normalised block of W (no K × d copy Ŵ;
-    on CUDA with ≥ 4096 fp32 rows the TF32-screened forward normalises W whole, a
-    temporary), plus the gradients. The backward sums repeated classes deterministically.
+    Memory: O(B) state plus one fp32 tile and one normalised block of W (no K × d copy Ŵ,
+    also on the TF32-screened float32 path, ``gnc_ext.config.hardmax_screen``), plus the
+    gradients. The backward sums repeated classes deterministically.
 
     Raises:
         TypeError/ValueError naming the argument (as spherical_cross_entropy).
@@ -193,7 +218,7 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
     # normalize=True: the op rejects non-finite W from the norms of its blocks
-    _ops.validate_inputs(H, W, y, allow_ignore=False, check_W=not normalize)
+    validate_inputs(H, W, y, allow_ignore=False, check_W=not normalize)
     Hn = normalize_rows(H) if normalize else H
     if normalize:  # Ŵ formed one block of classes at a time; a sparse backward through it
         v, _ = torch.ops.gnc_ext.hardmax_rows_nw(Hn, W, y, 0)

@@ -76,23 +76,8 @@ def _approx(S, eps_nom, mode, rng, y=None):
     return T, eps
 
 
-# CUDA: one warp per (row, column split) when splits > 1, merged in order by a second
-# kernel; every test of the fold runs with one split and with several (uneven ones, and
-# more splits than some tiles have columns). The CPU kernel ignores splits.
-_SPLITS = [1]
-
-
-@pytest.fixture(params=[1, 4, 33], ids=lambda s: f"splits{s}", autouse=True)
-def fold_splits(request):
-    _SPLITS[0] = request.param
-    yield request.param
-    _SPLITS[0] = 1
-
-
-def _fold(T, A, B, bias, y, eps, tiles, device, use_checked=True, a_dtype=None, splits=None):
+def _fold(T, A, B, bias, y, eps, tiles, device, use_checked=True, a_dtype=None):
     R = A.shape[0]
-    splits = _SPLITS[0] if splits is None else splits
-    ws = torch.empty(4 * splits * R if splits > 1 else 0, dtype=torch.float64, device=device)
     dt = torch.float32 if A.dtype == np.float32 else torch.float64
     tile_full = torch.from_numpy(T).to(device)
     At = torch.from_numpy(A).to(device)
@@ -110,7 +95,7 @@ def _fold(T, A, B, bias, y, eps, tiles, device, use_checked=True, a_dtype=None, 
     for c0, c1 in tiles:
         tile = tile_full[:, c0:c1]  # row stride K, column stride 1
         native.certified_argmax_fold(view(tile), view(At), view(Bt), view(biast), view(yt), c0, view(epst),
-                                     view(am), view(bv), view(bi), view(ch), splits, view(ws), st)
+                                     view(am), view(bv), view(bi), view(ch), st)
     return (am.cpu().numpy(), bv.cpu().numpy(), bi.cpu().numpy(),
             ch.cpu().numpy() if use_checked else None)
 
@@ -301,15 +286,10 @@ def test_checked_counts(device):
     assert (T.astype(np.float64) == S).all()
     y = g.integers(-2, K + 2, size=R)
     tiles = _tiles(K, [13, 8, 29])
-    _, bv, bi, ch = _fold(T, A, B, None, y, np.zeros(R), tiles, device, splits=1)
+    _, bv, bi, ch = _fold(T, A, B, None, y, np.zeros(R), tiles, device)
     _assert_exact(bv, bi, S, y)
     np.testing.assert_array_equal(ch, _expected_checked(T, np.zeros(R), tiles, y))
     assert (ch >= 1).all()
-    # column splits (CUDA) use each split's own running max: a superset of the re-scorings
-    _, bv_s, bi_s, ch_s = _fold(T, A, B, None, y, np.zeros(R), tiles, device)
-    np.testing.assert_array_equal(bi_s, bi)
-    np.testing.assert_array_equal(bv_s, bv)
-    assert (ch_s >= ch).all()
     distinct = np.array([len(np.unique(S[i])) == K for i in range(R)])
     assert (ch[distinct] <= len(tiles)).all()  # at most one (the new max) per tile
     # huge eps: every unmasked column is re-scored
@@ -341,7 +321,6 @@ def _call(a, views=None):
     vs.update(views or {})
     return native.certified_argmax_fold(vs["tile"], vs["A"], vs["B"], vs["bias"], vs["y"], vs["col0"], vs["eps"],
                                         vs["approx_max"], vs["best_val"], vs["best_idx"], vs["checked"],
-                                        vs.get("splits", 1), vs.get("workspace", view(a["eps"][:0])),
                                         stream_of(a["tile"]))
 
 
@@ -366,21 +345,7 @@ BAD = [
     ("best_idx", lambda a: a.update(best_idx=a["best_idx"].double())),
     ("checked", lambda a: a.update(checked=a["checked"].double())),
     ("checked", lambda a: a.update(checked=a["checked"][:1])),
-    ("splits", lambda a: a.update(splits=0)),
-    ("splits", lambda a: a.update(splits=70000)),
 ]
-
-
-def test_cuda_split_workspace_checked(cuda_device):
-    a = _args(cuda_device)
-    a["splits"] = 3
-    for ws in (torch.empty(4 * 3 * 4 - 1, dtype=torch.float64, device=cuda_device),
-               torch.empty(4 * 3 * 4, dtype=torch.float32, device=cuda_device)):
-        a["workspace"] = ws
-        with pytest.raises(ValueError, match=r"\bworkspace\b"):
-            _call(a)
-    a["workspace"] = torch.empty(4 * 3 * 4, dtype=torch.float64, device=cuda_device)
-    _call(a)
 
 
 @pytest.mark.parametrize("name,mutate", BAD, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BAD)])

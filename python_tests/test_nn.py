@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import gnc_ext
-from gnc_ext.ops import loss as L
+from gnc_ext.ops import tiles as TILES
 
 
 def _brute_cos(H, W):
@@ -26,8 +26,8 @@ def test_spherical_ce_module_forward_matches_function():
 
 
 def test_predict_equals_bruteforce_argmax(monkeypatch):
-    monkeypatch.setattr(L, "TILE_BYTES", 4096)  # several ragged tiles
-    monkeypatch.setattr(L, "CUDA_TILE_BYTES", 4096)
+    monkeypatch.setattr(TILES, "TILE_BYTES", 4096)  # several ragged tiles
+    monkeypatch.setattr(TILES, "CUDA_TILE_BYTES", 4096)
     torch.manual_seed(1)
     crit = gnc_ext.nn.SphericalCELoss(1003, 8)
     H = torch.randn(50, 8) * 5
@@ -45,7 +45,7 @@ def test_predict_equals_bruteforce_argmax(monkeypatch):
 def test_predict_mixed_dtypes_and_bad_weights(monkeypatch):
     """predict normalises W block by block (argmax_cosine_nw): bf16 features against fp32
     weights give the argmax of the bf16-rounded cosines; NaN weights are rejected by name."""
-    monkeypatch.setattr(L, "TILE_BYTES", 4096)
+    monkeypatch.setattr(TILES, "TILE_BYTES", 4096)
     torch.manual_seed(4)
     crit = gnc_ext.nn.SphericalCELoss(700, 16)
     H = torch.randn(30, 16)

@@ -65,13 +65,6 @@ if [ "${TESTS:-1}" = "1" ]; then
     rc=$?
     note "cuda tests $f: rc=$rc, $(tail -1 "$OUT/tests_cuda_$f.log")"
   done
-  # the loss family's CUDA tests again with the opt-in fused forward/backward kernels as
-  # the defaults (gnc_ext.ops.loss.CUDA_FORWARD / CUDA_BACKWARD); FUSED_TESTS=0 skips
-  [ "${FUSED_TESTS:-1}" = "1" ] && GNC_LOSS_CUDA_FORWARD=fused GNC_LOSS_CUDA_BACKWARD=fused timeout "$(cap 90)" $PYP -m pytest -q -rfE --tb=short \
-    $PYT_TIMEOUT python_tests/test_loss.py python_tests/test_nn.py -k "cuda" -p no:cacheprovider \
-    > "$OUT/tests_cuda_loss_fused.log" 2>&1
-  rc=$?
-  [ "${FUSED_TESTS:-1}" = "1" ] && note "cuda loss tests (fused kernels as default): rc=$rc, $(tail -1 "$OUT/tests_cuda_loss_fused.log")"
 fi
 
 # name | seconds cap | command line. BENCH=0: none; BENCH=quick: the headline cases

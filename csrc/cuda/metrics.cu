@@ -196,18 +196,11 @@ void ncc_argmax_update(const TensorView& tile, const TensorView& bias, int64_t c
 
 namespace {
 
-// One warp per (row, column split) (grid-stride over rows, blockIdx.y = split). Pass 1:
-// warp max of the unmasked tile entries of its columns; pass 2: ballot the columns with
-// s~ >= m - 2 eps in groups of 32 and, for each, the whole warp computes the fp64 dot
-// product (lanes stride over t, xor-shuffle tree: every lane ends with the bit-identical
-// sum, so the running best is kept uniformly in all lanes and lane 0 writes it).
-// With one split the row state is updated in place. With S > 1 splits (few rows: more
-// warps in flight) each split starts from the row's state, uses its own running max m
-// (<= the max over the whole row, so its threshold re-scores a superset of what the
-// whole row's would: the true argmax is still re-scored), and writes (approx max, best
-// value, best index, re-scorings) to the workspace; certified_merge_kernel then folds the
-// splits into the row state in split order (ties to the lowest class index, as the
-// sequential scan). Deterministic, no atomics.
+// One warp per row (grid-stride over rows). Pass 1: warp max of the unmasked tile
+// entries; pass 2: ballot the columns with s~ >= m - 2 eps in groups of 32 and, for
+// each, the whole warp computes the fp64 dot product (lanes stride over t, xor-shuffle
+// tree: every lane ends with the bit-identical sum, so the running best is kept
+// uniformly in all lanes and lane 0 writes it). Deterministic, no atomics.
 template <typename T>
 __global__ void certified_argmax_kernel(const float* __restrict__ tile, int64_t R, int64_t c, int64_t ts0,
                                         const T* __restrict__ A, int64_t as0, const T* __restrict__ B,
@@ -217,20 +210,9 @@ __global__ void certified_argmax_kernel(const float* __restrict__ tile, int64_t 
                                         double* __restrict__ approx_max, int64_t ams,
                                         double* __restrict__ best_val, int64_t bvs,
                                         int64_t* __restrict__ best_idx, int64_t bis,
-                                        int64_t* __restrict__ checked, int64_t chs, int64_t splits,
-                                        double* __restrict__ ws) {
+                                        int64_t* __restrict__ checked, int64_t chs) {
   const int lane = threadIdx.x & 31;
   const int64_t warps_total = static_cast<int64_t>(gridDim.x) * kWarps;
-  const int64_t split = blockIdx.y;
-  const int64_t per = (c + splits - 1) / splits;
-  const int64_t lo = split * per < c ? split * per : c;
-  const int64_t hi = lo + per < c ? lo + per : c;
-  // workspace (splits > 1): four (splits x R) planes: approx max, best value (doubles),
-  // best index, re-scorings (int64 stored in the same 8-byte slots)
-  double* ws_am = ws;
-  double* ws_bv = ws + splits * R;
-  int64_t* ws_bi = reinterpret_cast<int64_t*>(ws + 2 * splits * R);
-  int64_t* ws_ck = reinterpret_cast<int64_t*>(ws + 3 * splits * R);
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); i < R; i += warps_total) {
     const float* row = tile + i * ts0;
     int64_t jm = -1;
@@ -239,7 +221,7 @@ __global__ void certified_argmax_kernel(const float* __restrict__ tile, int64_t 
       if (yi >= 0 && yi < K && yi >= col0 && yi - col0 < c) jm = yi - col0;
     }
     double m = -HUGE_VAL;
-    for (int64_t j = lo + lane; j < hi; j += 32) {
+    for (int64_t j = lane; j < c; j += 32) {
       const double s = static_cast<double>(row[j]);
       if (j != jm && s > m) m = s;  // NaN never counts
     }
@@ -247,81 +229,41 @@ __global__ void certified_argmax_kernel(const float* __restrict__ tile, int64_t 
     for (int o = 16; o > 0; o >>= 1) m = fmax(m, __shfl_xor_sync(0xffffffffu, m, o));
     const double prev = approx_max[i * ams];
     if (prev > m) m = prev;  // a NaN running max never counts (as on the CPU)
+    if (lane == 0) approx_max[i * ams] = m;
+    if (!(m > -HUGE_VAL)) continue;  // warp-uniform
+    const double thr = m - 2.0 * eps[i * es];
     double bv = best_val[i * bvs];
     int64_t bi = best_idx[i * bis];
     int64_t nchk = 0;
-    if (m > -HUGE_VAL) {  // warp-uniform
-      const double thr = m - 2.0 * eps[i * es];
-      const T* arow = A + i * as0;
-      for (int64_t base = lo; base < hi; base += 32) {
-        const int64_t j = base + lane;
-        const bool q = j < hi && j != jm && static_cast<double>(row[j < hi ? j : lo]) >= thr;
-        unsigned mask = __ballot_sync(0xffffffffu, q);
-        nchk += __popc(mask);
-        while (mask != 0u) {
-          const int b = __ffs(mask) - 1;
-          mask &= mask - 1u;
-          const int64_t k = col0 + base + b;
-          const T* brow = B + k * bs0;
-          double acc = 0.0;
-          for (int64_t t = lane; t < d; t += 32)
-            acc += static_cast<double>(arow[t]) * static_cast<double>(brow[t]);
+    const T* arow = A + i * as0;
+    for (int64_t base = 0; base < c; base += 32) {
+      const int64_t j = base + lane;
+      const bool q = j < c && j != jm && static_cast<double>(row[j < c ? j : 0]) >= thr;
+      unsigned mask = __ballot_sync(0xffffffffu, q);
+      nchk += __popc(mask);
+      while (mask != 0u) {
+        const int b = __ffs(mask) - 1;
+        mask &= mask - 1u;
+        const int64_t k = col0 + base + b;
+        const T* brow = B + k * bs0;
+        double acc = 0.0;
+        for (int64_t t = lane; t < d; t += 32)
+          acc += static_cast<double>(arow[t]) * static_cast<double>(brow[t]);
 #pragma unroll
-          for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-          if (bias != nullptr) acc += static_cast<double>(bias[k * bias_s]);
-          if (acc > bv || (acc == bv && k < bi)) {
-            bv = acc;
-            bi = k;
-          }
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (bias != nullptr) acc += static_cast<double>(bias[k * bias_s]);
+        if (acc > bv || (acc == bv && k < bi)) {
+          bv = acc;
+          bi = k;
         }
       }
     }
     if (lane == 0) {
-      if (splits == 1) {
-        approx_max[i * ams] = m;
-        best_val[i * bvs] = bv;
-        best_idx[i * bis] = bi;
-        if (checked != nullptr) checked[i * chs] += nchk;
-      } else {
-        const int64_t w = split * R + i;
-        ws_am[w] = m;
-        ws_bv[w] = bv;
-        ws_bi[w] = bi;
-        ws_ck[w] = nchk;
-      }
+      best_val[i * bvs] = bv;
+      best_idx[i * bis] = bi;
+      if (checked != nullptr) checked[i * chs] += nchk;
     }
   }
-}
-
-// Folds the splits' results into the row state, in split order (one thread per row).
-__global__ void certified_merge_kernel(int64_t R, int64_t splits, const double* __restrict__ ws,
-                                       double* __restrict__ approx_max, int64_t ams,
-                                       double* __restrict__ best_val, int64_t bvs,
-                                       int64_t* __restrict__ best_idx, int64_t bis,
-                                       int64_t* __restrict__ checked, int64_t chs) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= R) return;
-  const double* ws_am = ws;
-  const double* ws_bv = ws + splits * R;
-  const int64_t* ws_bi = reinterpret_cast<const int64_t*>(ws + 2 * splits * R);
-  const int64_t* ws_ck = reinterpret_cast<const int64_t*>(ws + 3 * splits * R);
-  double am = approx_max[i * ams], bv = best_val[i * bvs];
-  int64_t bi = best_idx[i * bis], nchk = 0;
-  for (int64_t s = 0; s < splits; ++s) {
-    const int64_t w = s * R + i;
-    if (ws_am[w] > am) am = ws_am[w];
-    const double v = ws_bv[w];
-    const int64_t k = ws_bi[w];
-    if (v > bv || (v == bv && k < bi)) {
-      bv = v;
-      bi = k;
-    }
-    nchk += ws_ck[w];
-  }
-  approx_max[i * ams] = am;
-  best_val[i * bvs] = bv;
-  best_idx[i * bis] = bi;
-  if (checked != nullptr) checked[i * chs] += nchk;
 }
 
 }  // namespace
@@ -330,24 +272,14 @@ void certified_argmax_fold(const TensorView& tile, const TensorView& A, const Te
                            const TensorView& bias, const TensorView& y, int64_t col0,
                            const TensorView& eps, const TensorView& approx_max,
                            const TensorView& best_val, const TensorView& best_idx,
-                           const TensorView& checked, int64_t splits, const TensorView& workspace,
-                           std::uintptr_t stream) {
+                           const TensorView& checked, std::uintptr_t stream) {
   const int64_t R = tile.size(0), c = tile.size(1), d = A.size(1), K = B.size(0);
   if (tile.dtype != DType::F32) fail(std::string("tile: expected float32, got ") + dtype_name(tile.dtype));
   if (R == 0 || c == 0) return;
-  if (splits < 1 || splits > 65535) fail("splits: expected a value in [1, 65535]");
-  if (splits > c) splits = c;  // every split gets at least one column
-  if (splits > 1) {
-    if (workspace.dtype != DType::F64 || workspace.numel() < 4 * splits * R)
-      fail("workspace: expected a float64 tensor with at least 4 * splits * rows elements");
-    if (workspace.device != tile.device) fail("workspace: must be on the same device as tile");
-  }
   DeviceGuard g(tile.device);
   const int64_t blocks_needed = (R + kWarps - 1) / kWarps;
-  const dim3 grid(static_cast<unsigned>(blocks_needed < (1 << 20) ? blocks_needed : (1 << 20)),
-                  static_cast<unsigned>(splits));
+  const unsigned grid = static_cast<unsigned>(blocks_needed < (1 << 20) ? blocks_needed : (1 << 20));
   const bool has_bias = bias.numel() > 0, has_y = y.numel() > 0, has_chk = checked.numel() > 0;
-  double* ws = splits > 1 ? workspace.data<double>() : nullptr;
   auto launch = [&](auto tag) {
     using T = decltype(tag);
     certified_argmax_kernel<T><<<grid, kWarps * 32, 0, as_stream(stream)>>>(
@@ -356,7 +288,7 @@ void certified_argmax_fold(const TensorView& tile, const TensorView& A, const Te
         has_y ? y.data<int64_t>() : nullptr, has_y ? y.stride(0) : 0, K, col0, eps.data<double>(),
         eps.stride(0), approx_max.data<double>(), approx_max.stride(0), best_val.data<double>(),
         best_val.stride(0), best_idx.data<int64_t>(), best_idx.stride(0),
-        has_chk ? checked.data<int64_t>() : nullptr, has_chk ? checked.stride(0) : 0, splits, ws);
+        has_chk ? checked.data<int64_t>() : nullptr, has_chk ? checked.stride(0) : 0);
   };
   if (A.dtype == DType::F32)
     launch(float{});
@@ -365,14 +297,6 @@ void certified_argmax_fold(const TensorView& tile, const TensorView& A, const Te
   else
     fail(std::string("A: expected float32 or float64, got ") + dtype_name(A.dtype));
   check_launch("certified_argmax_fold");
-  if (splits > 1) {
-    const int threads = 256;
-    certified_merge_kernel<<<static_cast<unsigned>((R + threads - 1) / threads), threads, 0, as_stream(stream)>>>(
-        R, splits, ws, approx_max.data<double>(), approx_max.stride(0), best_val.data<double>(),
-        best_val.stride(0), best_idx.data<int64_t>(), best_idx.stride(0),
-        has_chk ? checked.data<int64_t>() : nullptr, has_chk ? checked.stride(0) : 0);
-    check_launch("certified_argmax_fold (merge)");
-  }
 }
 
 }  // namespace cuda

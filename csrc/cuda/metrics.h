@@ -20,9 +20,7 @@ void ncc_argmax_update(const TensorView& tile, const TensorView& bias, int64_t c
                        const TensorView& best_val, const TensorView& best_idx,
                        std::uintptr_t stream);
 
-// Twin of cpu::certified_argmax_fold. One warp per row, or per (row, column split) with
-// splits > 1 (then workspace: float64, >= 4 * splits * rows elements, on the tile's
-// device; the splits are merged in order by a second kernel). The fp64 dot product is summed
+// Twin of cpu::certified_argmax_fold. One warp per row; the fp64 dot product is summed
 // lane-strided then by a shuffle tree, so v can differ from the CPU twin in the last
 // bits (exact ties such as duplicate rows of B still tie). eps values (finite, >= 0)
 // are the caller's contract: they are NOT checked here (that would need a sync).
@@ -30,8 +28,7 @@ void certified_argmax_fold(const TensorView& tile, const TensorView& A, const Te
                            const TensorView& bias, const TensorView& y, int64_t col0,
                            const TensorView& eps, const TensorView& approx_max,
                            const TensorView& best_val, const TensorView& best_idx,
-                           const TensorView& checked, int64_t splits, const TensorView& workspace,
-                           std::uintptr_t stream);
+                           const TensorView& checked, std::uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace gnc

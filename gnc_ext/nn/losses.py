@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .. import _validate
 from ..losses import (_HM_REDUCTIONS, _SCE_REDUCTIONS, _check_label_smoothing, _check_margin, _choice,
                       hardmax_loss, spherical_cross_entropy)
-from ..ops import loss as _ops
+from ..ops import tiles as _tiles
 from ..ops.normalize import normalize_rows_named
 
 
@@ -85,7 +85,7 @@ class _WeightedLoss(nn.Module):
             raise ValueError(f"features: expected {self.embedding_dim} columns, got shape {tuple(features.shape)}")
         chunk = _validate.integer(chunk, "chunk", minimum=0)
         _validate.finite(features.detach(), "features")
-        _ops.check_finite_rows(W.detach(), "weight")
+        _tiles.check_finite_rows(W.detach(), "weight")
         return torch.ops.gnc_ext.argmax_cosine_nw(features.detach(), W.detach(), chunk)
 
     @torch.no_grad()
@@ -100,7 +100,7 @@ class _WeightedLoss(nn.Module):
         Hn = normalize_rows_named(features.detach(), "features").to(acc)
         Wn = normalize_rows_named(W.detach(), "weight")
         K = Wn.shape[0]
-        c = _ops.col_chunk(Hn.shape[0], K) if chunk is None else _validate.integer(chunk, "chunk", minimum=1)
+        c = _tiles.col_chunk(Hn.shape[0], K) if chunk is None else _validate.integer(chunk, "chunk", minimum=1)
         out = torch.empty((Hn.shape[0], K), dtype=acc, device=Hn.device)
         for s in range(0, K, c):
             torch.mm(Hn, Wn[s : s + c].to(acc).T, out=out[:, s : s + c])

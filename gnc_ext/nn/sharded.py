@@ -40,7 +40,8 @@ from torch import Tensor, nn
 
 from .. import _validate
 from ..losses import _check_label_smoothing, _check_margin, _choice
-from ..ops.loss import _finish, _fold_state, _grad_tiles, check_finite_rows, col_chunk
+from ..ops.sce import finish_state, fold_state, grad_tiles  # the recompute strategy's documented steps
+from ..ops.tiles import check_finite_rows, col_chunk
 from ..ops.normalize import normalize_rows
 from .losses import _check_device, _check_dtype
 
@@ -77,7 +78,7 @@ class _ShardedCE(torch.autograd.Function):
         distributed = len(counts) > 1
         Hn_all = _all_gather_rows(Hn_local.detach(), counts, group) if distributed else Hn_local.detach()
         # W: this rank's raw class weights, normalised block by block inside (no Ŵ copy)
-        state = _fold_state(Hn_all, W.detach(), y_loc, tau, ignore_index, margin, margin_type, chunk, norm_w=True)
+        state = fold_state(Hn_all, W.detach(), y_loc, tau, ignore_index, margin, margin_type, chunk, norm_w=True)
         M = state[:, 0].clone()
         if distributed:
             dist.all_reduce(M, op=dist.ReduceOp.MAX, group=group)
@@ -91,8 +92,8 @@ class _ShardedCE(torch.autograd.Function):
         gstate = torch.stack([torch.where(torch.isfinite(M), M, torch.zeros_like(M)), S, rest[:, 0], rest[:, 1]], 1)
         valid = y_all != ignore_index
         gstate[:, 1] = torch.where(valid, gstate[:, 1], torch.ones_like(S))  # ignored rows: log(1) = 0
-        loss_rows, stats = _finish(gstate, y_all, num_classes, tau, ignore_index, label_smoothing, margin,
-                                   margin_type)
+        loss_rows, stats = finish_state(gstate, y_all, num_classes, tau, ignore_index, label_smoothing, margin,
+                                        margin_type)
         start = sum(counts[:rank])
         n_valid = int(valid.sum())
         ctx.save_for_backward(Hn_all, W.detach(), y_loc, stats)
@@ -123,8 +124,8 @@ class _ShardedCE(torch.autograd.Function):
             if reduction == 0:
                 gs = gs / max(n_valid, 1)
             scale = gs.expand(B).contiguous()
-        dH_all, dW = _grad_tiles(Hn_all, W, y_loc, stats, scale, tau, ignore_index, ls, margin, mt, chunk,
-                                 need_h, need_w, num_classes=K, norm_w=True)
+        dH_all, dW = grad_tiles(Hn_all, W, y_loc, stats, scale, tau, ignore_index, ls, margin, mt, chunk,
+                                need_h, need_w, num_classes=K, norm_w=True)
         dH = None
         if need_h:
             if distributed:
