@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from gnc_ext import solvers
 
+DATA = Path(__file__).resolve().parent / "data"
 FAST = dict(restarts=16, batch=16, hops=0, progress=False)
 
 
@@ -105,12 +107,7 @@ def test_device(device):
 
 
 def test_sloane_124_file_reference():
-    import os
-
-    path = "/work/shared/data/sloane_pack_3_124.npy"
-    if not os.path.exists(path):
-        pytest.skip("shared data not present")
-    W = torch.from_numpy(np.load(path))
+    W = torch.from_numpy(np.load(DATA / "sloane_pack_3_124.npy"))
     c = _max_cos_independent(W)
     assert math.sqrt(2 - 2 * c) == pytest.approx(0.32926, abs=5e-6)
 
