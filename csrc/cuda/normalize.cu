@@ -60,10 +60,6 @@ __global__ void normalize_bwd_kernel(const T* __restrict__ x, const typename Acc
   }
 }
 
-inline unsigned grid_for(int64_t rows) {
-  return static_cast<unsigned>((rows + kWarps - 1) / kWarps);
-}
-
 }  // namespace
 
 void normalize_rows_forward(const TensorView& x, const TensorView& y, const TensorView& norm,
@@ -74,7 +70,7 @@ void normalize_rows_forward(const TensorView& x, const TensorView& y, const Tens
   dispatch_float(x.dtype, "x", [&](auto tag) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
-    normalize_fwd_kernel<T><<<grid_for(rows), kWarps * 32, 0, as_stream(stream)>>>(
+    normalize_fwd_kernel<T><<<grid_for(rows, kWarps), kWarps * 32, 0, as_stream(stream)>>>(
         x.data<T>(), y.data<T>(), norm.data<A>(), rows, cols, x.stride(0), x.stride(1),
         y.stride(0), y.stride(1), eps);
     return 0;
@@ -90,7 +86,7 @@ void normalize_rows_backward(const TensorView& x, const TensorView& norm, const 
   dispatch_float(x.dtype, "x", [&](auto tag) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
-    normalize_bwd_kernel<T><<<grid_for(rows), kWarps * 32, 0, as_stream(stream)>>>(
+    normalize_bwd_kernel<T><<<grid_for(rows, kWarps), kWarps * 32, 0, as_stream(stream)>>>(
         x.data<T>(), norm.data<A>(), dy.data<T>(), dx.data<T>(), rows, cols, x.stride(0),
         x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1), eps);
     return 0;
