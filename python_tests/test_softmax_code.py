@@ -147,8 +147,8 @@ def test_d3_K30_against_independent_bounds_in_60s():
 
 
 def test_high_dimension_smoothed_phase_improves_random_codes():
-    """Regression (found on an H200 at d=512, K=10,000, where the result was worse than a
-    random code): in high dimension the smoothed phase alone (no continuation, no LP)
+    """Regression (found at d=512, K=10,000, where the result was worse than a random
+    code; see benchmarks/RESULTS.md): in high dimension the smoothed phase alone (no continuation, no LP)
     must clearly improve on random codes. With Adam's per-coordinate steps not scaled
     for d, this configuration gave 0.842 from a random 0.793."""
     g = torch.Generator().manual_seed(3)

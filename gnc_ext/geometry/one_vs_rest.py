@@ -296,11 +296,11 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
 
     width = max(1, int((support >= 0).sum(1).max().item()))  # entries are packed to the left
     support, weights = support[:, :width].contiguous(), weights[:, :width].contiguous()
-    counts = torch.bincount(status_all, minlength=3).tolist()
+    counts = torch.bincount(status_all, minlength=len(_hull_ops.SOLVE_STATUS)).tolist()
     stats = {
         "candidates": m, "max_add": q, "tol": tol, "rounds": rounds, "classes_solved_per_round": resolved,
         "violators_added": added_total, "converged": converged,
-        "solver_status": {"converged": counts[0], "iteration_cap": counts[1], "degenerate_stop": counts[2]},
+        "solver_status": dict(zip(_hull_ops.SOLVE_STATUS, counts)),
         "wolfe_iterations_max": int(iters_all.max().item()), "max_support": int((support >= 0).sum(1).max().item()),
         "time_candidates_s": t_cand, "time_solve_s": t_solve, "time_pricing_s": t_price,
         "time_total_s": time.perf_counter() - t0,

@@ -203,9 +203,8 @@ def _expected_rho(d: int, K: int) -> float:
 # Adam normalises each coordinate's step, so a step's norm grows like lr·sqrt(d - 1):
 # the learning rate is divided by sqrt((d - 1)/LR_DIM_REF) above d = LR_DIM_REF + 1,
 # keeping the step a fixed fraction of the point spacing. Without it, d = 512 steps
-# were of norm ~0.9 and the smoothed phase made a random code worse (measured: d = 512,
-# K = 2000, 100 iterations: certified rho 0.886 -> 0.850; d = 512, K = 10,000 on an H200:
-# 0.864 (random) -> 0.816).
+# have norm ~0.9 and the smoothed phase makes a random code worse (the measurements are
+# in benchmarks/RESULTS.md, 2026-12-04 section).
 LR_DIM_REF = 15
 
 
