@@ -33,6 +33,25 @@ constexpr int kWarpsPerBlock = 4;
 template <typename V>
 __device__ __forceinline__ V neg_inf() { return -std::numeric_limits<V>::infinity(); }
 
+// Inserts into a row's min-heap (vals hv / ids hi, m entries; root hv[0]) every lane's
+// (v, id) whose pred holds and that still beats the root, in lane order; lane 0 writes.
+// Returns the heap's new root in every lane.
+template <typename V>
+__device__ V warp_heap_insert(V* hv, int64_t* hi, int64_t m, bool pred, V v, int64_t id, V root, int lane) {
+  unsigned mask = __ballot_sync(kFull, pred);
+  while (mask) {
+    const int src = __ffs(mask) - 1;
+    const V vv = __shfl_sync(kFull, v, src);
+    const long long jj = __shfl_sync(kFull, static_cast<long long>(id), src);
+    if (lane == 0 && vv > hv[0]) heap_replace_root(hv, hi, m, vv, static_cast<int64_t>(jj));
+    __syncwarp();
+    root = hv[0];
+    mask &= mask - 1;
+    mask &= __ballot_sync(kFull, pred && v > root);
+  }
+  return root;
+}
+
 template <typename V>
 __global__ void topm_kernel(const V* __restrict__ tile, int64_t ts, const int64_t* __restrict__ rid,
                             int64_t rs, int64_t R, int64_t c, int64_t col0, V* vals, int64_t vs,
@@ -48,18 +67,7 @@ __global__ void topm_kernel(const V* __restrict__ tile, int64_t ts, const int64_
   for (int64_t j0 = 0; j0 < c; j0 += 32) {
     const int64_t j = j0 + lane;
     const V v = j < c ? row[j] : neg_inf<V>();
-    const bool pred = j < c && v > root && (col0 + j) != self;
-    unsigned mask = __ballot_sync(kFull, pred);
-    while (mask) {
-      const int src = __ffs(mask) - 1;
-      const V vv = __shfl_sync(kFull, v, src);
-      const long long jj = __shfl_sync(kFull, static_cast<long long>(col0 + j), src);
-      if (lane == 0 && vv > hv[0]) heap_replace_root(hv, hi, m, vv, static_cast<int64_t>(jj));
-      __syncwarp();
-      root = hv[0];
-      mask &= mask - 1;
-      mask &= __ballot_sync(kFull, pred && v > root);
-    }
+    root = warp_heap_insert(hv, hi, m, j < c && v > root && (col0 + j) != self, v, col0 + j, root, lane);
   }
 }
 
@@ -83,18 +91,7 @@ __global__ void price_kernel(const double* __restrict__ tile, int64_t ts, const 
     const bool ok = j < c && (col0 + j) != self;
     const double v = ok ? row[j] : neg_inf<double>();
     if (ok && v > best) { best = v; besti = col0 + j; }
-    const bool pred = ok && v > thr && v > root;
-    unsigned mask = __ballot_sync(kFull, pred);
-    while (mask) {
-      const int src = __ffs(mask) - 1;
-      const double vv = __shfl_sync(kFull, v, src);
-      const long long jj = __shfl_sync(kFull, static_cast<long long>(col0 + j), src);
-      if (lane == 0 && vv > hv[0]) heap_replace_root(hv, hi, q, vv, static_cast<int64_t>(jj));
-      __syncwarp();
-      root = hv[0];
-      mask &= mask - 1;
-      mask &= __ballot_sync(kFull, pred && v > root);
-    }
+    root = warp_heap_insert(hv, hi, q, ok && v > thr && v > root, v, col0 + j, root, lane);
   }
   // warp max/argmax (ties: smaller index), merged with the running value
   for (int o = 16; o > 0; o >>= 1) {
