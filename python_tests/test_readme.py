@@ -49,13 +49,14 @@ def test_extraction_finds_the_blocks():
         assert "cuda" not in code_only, f"README.md:{line}: python blocks must run on a CPU"
 
 
-def test_readme_python_blocks_run():
+def test_readme_python_blocks_run(tmp_path):
+    """Runs in an empty folder with the test session's environment, so it imports the
+    gnc_ext the tests use (the installed package, or PYTHONPATH's in-tree build), never
+    the uncompiled source tree by accident; files the blocks write land there too."""
     blocks = python_blocks(README.read_text(encoding="utf-8"))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-    repo = str(README.parent)
-    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     out = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(blocks), capture_output=True,
-                         text=True, timeout=TIMEOUT_S, cwd=repo, env=env)
+                         text=True, timeout=TIMEOUT_S, cwd=tmp_path, env=env)
     done = [json.loads(l) for l in out.stdout.splitlines() if l.startswith('{"line"')]
     failed = [r for r in done if "error" in r]
     assert not failed, f"README.md:{failed[0]['line']}: the block fails:\n{failed[0]['error']}"
