@@ -313,6 +313,8 @@ def _cmd_solve(args) -> int:
         kw["max_iter"] = args.max_iter
     if args.time_limit is not None:
         kw["time_limit"] = args.time_limit
+    if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+        raise CLIError(f"save: cannot write {args.save}: no such directory")  # before the search
     if args.init:
         W0 = load_array(args.init, "init", ndim=2, dtype="float")
         if tuple(W0.shape) != (args.classes, args.dim):
