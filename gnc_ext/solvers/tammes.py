@@ -153,7 +153,7 @@ def _polish(W: np.ndarray, *, max_iter: int, tol: float, stop_at: float = -math.
     delta = 0.05 * max(math.sqrt(max(2.0 - 2.0 * cmax, 0.0)), 1e-3)
     it_done = 0
     # Primal simplex: these LPs are highly degenerate (many box-bound variables); HiGHS's
-    # default dual simplex needs ~10x more pivots on them (measured at d = 16, K = 24).
+    # default dual simplex needs many more pivots on them (benchmarks/RESULTS.md).
     opts = {"simplex_strategy": 4}
     for it in range(max_iter):
         if cmax <= stop_at:
