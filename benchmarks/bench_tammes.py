@@ -11,8 +11,9 @@ Reference values (maximal minimal angle, degrees, 7 decimals):
   the angles below are as transcribed in two public repositories (identical for
   K = 4..40; K = 41..50 and 55, 60, ..., 130 from one of them). A 7-decimal angle
   pins the minimal chord to ~1e-9, enough for the 1e-6 comparison made here.
-* ``S-npy`` — K = 124 from the bundled coordinates /work/shared/data/sloane_pack_3_124.npy
-  (Sloane's pack.3.124; min chord 0.32926 per data/README.md), evaluated here.
+* ``S-npy`` — K = 124 from the coordinates vendored with the tests,
+  ``python_tests/data/sloane_pack_3_124.npy`` (Sloane's pack.3.124; min chord 0.32926 per
+  ``python_tests/data/README.md``), evaluated here.
 * Proven optimal among these: K = 4..14 and 24 (Fejes Toth 1943; Schuette & van der
   Waerden 1951; Danzer 1963; Robinson 1961; Musin & Tarasov 2012/2015). The others are
   best known (putatively optimal), so a solver can in principle beat them ("above").
@@ -51,7 +52,8 @@ SLOANE_DEG = {
     110: 20.1113276, 115: 19.6239931, 120: 19.3240201, 125: 18.8448151, 130: 18.5103522,
 }
 PROVEN = set(range(4, 15)) | {24}
-NPY = "/work/shared/data/sloane_pack_3_124.npy"
+NPY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python_tests", "data",
+                   "sloane_pack_3_124.npy")
 
 
 def chord(deg: float) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -104,7 +105,8 @@ def train(rank: int, world: int, args, init_file: str | None = None) -> None:
     t0 = time.time()
     for ep in range(1, args.epochs + 1):
         perm = torch.randperm(X.shape[0], generator=g)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {ep}", disable=rank != 0 or not args.progress, leave=False)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {ep}", disable=rank != 0 or not args.progress,
+                   leave=False)
         for it in bar:
             idx = perm[(it * world + rank) * args.batch_size : (it * world + rank + 1) * args.batch_size]
             if idx.numel() < 2:
@@ -151,9 +153,13 @@ def main() -> None:
     p.add_argument("--torchrun", action="store_true", help="launched by torchrun: read RANK/WORLD_SIZE")
     p.add_argument("--eval-every", type=int, default=2)
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show progress bars (default: only when stderr is a terminal)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.progress is None:
+        args.progress = sys.stderr.isatty()
     if args.torchrun:
         train(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args)
     elif args.world_size > 1:

@@ -1,6 +1,5 @@
 """The ``gnc`` command. Subcommands print readable tables by default and JSON with
-``--json``; ``--plot FILE.png`` draws a picture where one helps. Errors are one clear
-line on stderr and a non-zero exit code (1 for bad input, 2 for bad usage).
+``--json``; ``--plot FILE.png`` draws a picture where one helps.
 
     gnc info                                   build information
     gnc demo [--out DIR]                       GNC on the bundled digits (d=2), with plots
@@ -8,6 +7,41 @@ line on stderr and a non-zero exit code (1 for bad input, 2 for bad usage).
     gnc metrics --features F --labels Y [--weights W]
     gnc solve softmax-code|tammes --dim d --classes K [--init code.npy] [--save code.npy]
     gnc design --classes K --margin RHO [--plot design.png]
+
+Input files: ``.npy``, ``.npz`` or ``.pt``/``.pth``. A ``.npz`` (or a ``.pt`` dict) that
+holds several arrays needs the key: ``FILE.npz:KEY`` (a path that exists as written is
+always taken as a path, so file names containing ``:`` still work).
+
+Exit codes: 0 success; 1 bad input (one line on stderr, ``gnc CMD: error: ...``, naming
+the file or argument); 2 bad usage (argparse's message); 141 (128 + SIGPIPE) when the
+reader of stdout went away (``gnc distance W.npy --json | head``): no message then.
+
+JSON output (``--json``): one object per run, keys in snake_case, numbers as JSON
+numbers (a non-finite value as ``null``), lists as JSON arrays, absent values as
+``null``. Every object starts with ``"command"`` and ``"schema_version"`` (now 1); a key
+is never renamed or removed within a schema version, new keys may be added. The full
+schema of each subcommand is in docs/CLI.md; in short:
+
+* ``info``: ``gnc_ext.build_info()`` (version, compiler, cxx_standard, openmp,
+  omp_threads, cuda_compiled, cuda_archs, cuda_device_count, torch_version, torch_cuda,
+  gpu_usable, omp_num_threads_env).
+* ``demo``: rho_opt, seconds, runs (list of {tau, final: {metric: number}, gnc2_over_opt}),
+  files (list of str).
+* ``distance``: classes, dim, normalized, rho, rho_lower, max_gap, argmin_class,
+  rattler_tol, rattlers (list of int), one_vs_one_min_distance, theory (object: see
+  below), distance and lower (lists of K numbers).
+* ``metrics``: samples, classes, dim, normalized, gnc1, ncc_accuracy, gnc2 (object
+  {rho, rho_lower, gap, rattlers} or null without weights), gnc3 (number or null),
+  theory (object or null without weights). The key ``nc`` is reserved for a nested
+  object of further neural-collapse measures.
+* ``solve``: problem, dim, classes, rho, rho_lower, one_vs_one_min_distance,
+  min_angle_cosine, rattlers (list of int), theory, saved (str or null).
+* ``design``: classes, margin, dim, dim_source (the construction or bound that gives d),
+  theory (at that d).
+
+``theory`` objects: {closed_form (number or null: Thm 3.3), lower, upper, lower_source,
+upper_source, thm39_valid} from :func:`gnc_ext.theory.rho_bounds` (for d = 1 the bounds
+are the closed form and ``thm39_valid`` is false).
 """
 from __future__ import annotations
 
@@ -18,50 +52,140 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
+SCHEMA_VERSION = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by SIGPIPE
+
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
 
 
-def _print_table(rows: Dict[str, Any]) -> None:
-    width = max(len(k) for k in rows) if rows else 0
+def _jsonable(v: Any) -> Any:
+    """Numbers as numbers (non-finite floats as None), lists as lists, nested dicts kept."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    try:  # numpy / torch scalars
+        import numbers
+
+        if isinstance(v, numbers.Integral):
+            return int(v)
+        if isinstance(v, numbers.Real):
+            return _jsonable(float(v))
+    except Exception:  # pragma: no cover
+        pass
+    if hasattr(v, "tolist"):
+        return _jsonable(v.tolist())
+    return str(v)
+
+
+def _table_rows(rows: Dict[str, Any], prefix: str = "") -> List[tuple]:
+    out = []
     for k, v in rows.items():
-        if isinstance(v, float):
-            v = f"{v:.6g}"
+        if k in ("command", "schema_version"):
+            continue
+        key = prefix + k
+        if isinstance(v, dict):
+            out.extend(_table_rows(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out.append((key, ", ".join(map(str, v)) if len(v) <= 8 else f"[{len(v)} values]"))
+        elif isinstance(v, float):
+            out.append((key, f"{v:.6g}"))
+        else:
+            out.append((key, "-" if v is None else v))
+    return out
+
+
+def _emit(args, rows: Dict[str, Any], table: Optional[Dict[str, Any]] = None) -> None:
+    """JSON (``--json``: ``rows`` with ``command`` and ``schema_version`` first) or a
+    two-column table (``table`` when given, else ``rows``; nested keys as ``a.b``)."""
+    if getattr(args, "json", False):
+        doc = {"command": args.command, "schema_version": SCHEMA_VERSION, **rows}
+        print(json.dumps(_jsonable(doc), indent=2, allow_nan=False))
+        return
+    lines = _table_rows(table if table is not None else rows)
+    width = max((len(k) for k, _ in lines), default=0)
+    for k, v in lines:
         print(f"{k.ljust(width)}  {v}")
 
 
-def _emit(args, rows: Dict[str, Any]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(rows, indent=2, sort_keys=False, default=str))
-    else:
-        _print_table(rows)
+def _theory(d: int, K: int) -> Dict[str, Any]:
+    """The ``theory`` object of the JSON schema."""
+    from . import theory
+
+    cf = theory.rho_closed_form(d, K)
+    if d < 2:
+        return {"closed_form": cf, "lower": cf, "upper": cf, "lower_source": "exact (d = 1)",
+                "upper_source": "exact (d = 1)", "thm39_valid": False}
+    b = theory.rho_bounds(d, K)
+    return {"closed_form": cf, "lower": b.lower, "upper": b.upper, "lower_source": b.lower_source,
+            "upper_source": b.upper_source, "thm39_valid": b.valid}
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _split_key(path: str):
+    """``FILE:KEY`` -> (FILE, KEY) when FILE exists and ``path`` itself does not."""
+    if os.path.exists(path) or ":" not in path:
+        return path, None
+    base, key = path.rsplit(":", 1)
+    if key and os.path.isfile(base):
+        return base, key
+    return path, None
+
+
+def _pick(name: str, path: str, keys: List[str], key: Optional[str], what: str):
+    if key is not None:
+        if key not in keys:
+            raise CLIError(f"{name}: {path} has no {what} {key!r} (it holds: {', '.join(keys)})")
+        return key
+    if len(keys) == 1:
+        return keys[0]
+    if not keys:
+        raise CLIError(f"{name}: {path} holds no {what}")
+    shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
+    raise CLIError(f"{name}: {path} holds {len(keys)} {what}s ({shown}); name one as {path}:KEY")
 
 
 def load_array(path: str, name: str, *, ndim: int, dtype=None):
-    """Load a .npy / .npz (first array) / .pt tensor as a torch tensor, checked."""
+    """Load a .npy / .npz / .pt tensor as a torch tensor, checked. ``FILE.npz:KEY`` (or
+    ``FILE.pt:KEY`` for a dict of tensors) picks one array of several."""
     import numpy as np
     import torch
 
     if not path:
         raise CLIError(f"{name}: no file given")
+    path, key = _split_key(path)
     if not os.path.isfile(path):
         raise CLIError(f"{name}: no such file: {path}")
     ext = os.path.splitext(path)[1].lower()
+    if key is not None and ext == ".npy":
+        raise CLIError(f"{name}: {path} is a .npy file (one array); drop the ':{key}'")
     try:
         if ext == ".npy":
+            with open(path, "rb") as f:
+                if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                    raise CLIError(f"{name}: {path} is not a NumPy .npy array file (no NPY header)")
             t = torch.from_numpy(np.load(path, allow_pickle=False))
         elif ext == ".npz":
+            import zipfile
+
+            if not zipfile.is_zipfile(path):
+                raise CLIError(f"{name}: {path} is not a NumPy .npz archive (not a zip file)")
             with np.load(path, allow_pickle=False) as z:
-                if not z.files:
-                    raise CLIError(f"{name}: {path} holds no array")
-                t = torch.from_numpy(z[z.files[0]])
+                t = torch.from_numpy(z[_pick(name, path, list(z.files), key, "array")])
         elif ext in (".pt", ".pth"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict) and len(obj) == 1:
-                obj = next(iter(obj.values()))
+            if isinstance(obj, dict):
+                obj = obj[_pick(name, path, [str(k) for k in obj], key, "entry")] if obj else None
             if not isinstance(obj, torch.Tensor):
-                raise CLIError(f"{name}: {path} does not hold a single tensor")
+                raise CLIError(f"{name}: {path} does not hold a tensor")
             t = obj
         else:
             raise CLIError(f"{name}: unsupported file type {ext!r} (use .npy, .npz or .pt)")
@@ -98,8 +222,7 @@ def _cmd_demo(args) -> int:
     s = run_demo(args.out, taus=taus, epochs=args.epochs, seed=args.seed, device=args.device,
                  plots=not args.no_plot, log=(lambda *a, **k: None) if args.json else print)
     if args.json:
-        s = {k: v for k, v in s.items() if k != "histories"}
-        print(json.dumps(s, indent=2, default=str))
+        _emit(args, {k: v for k, v in s.items() if k != "histories"})
     return 0
 
 
@@ -118,30 +241,21 @@ def _cmd_distance(args) -> int:
     except ValueError as exc:  # the library's advice in the CLI's terms
         raise CLIError(str(exc).replace("pass normalize=True", "pass --normalize")) from None
     K, d = W.shape
-    rows: Dict[str, Any] = {
-        "classes K": K, "dim d": d,
-        "rho (min distance)": float(r.rho), "rho certified lower bound": float(r.rho_lower),
-        "max certificate gap": float(r.gap),
-        "argmin class": int(torch.argmin(r.distance)),
-        f"rattlers (lower > rho + {args.rattler_tol:g})": int(len(r.rattlers)),
-    }
-    cf = gnc_ext.theory.rho_closed_form(d, K)
-    if cf is not None:
-        rows["closed-form optimum (Thm 3.3)"] = cf
-    if d >= 2:
-        b = gnc_ext.theory.rho_bounds(d, K)
-        rows["Thm 3.9 bounds on max rho"] = (f"[{b.lower:.6g}, {b.upper:.6g}]"
-                                             + ("" if b.valid else " (K below the theorem's validity range)"))
     nn = gnc_ext.one_vs_one_distance(W if not args.normalize else gnc_ext.normalize_rows(W))
-    rows["one-vs-one min distance"] = float(nn.min)
-    if args.json:
-        rows["distance"] = r.distance.cpu().tolist()
-        rows["lower"] = r.lower.cpu().tolist()
-        rows["rattler_ids"] = r.rattlers.cpu().tolist()
-    else:
-        worst = torch.argsort(r.distance)[: min(5, K)].cpu().tolist()
-        rows["closest classes"] = ", ".join(f"{k} ({float(r.distance[k]):.4g})" for k in worst)
-    _emit(args, rows)
+    rows: Dict[str, Any] = {
+        "classes": K, "dim": d, "normalized": bool(args.normalize),
+        "rho": float(r.rho), "rho_lower": float(r.rho_lower), "max_gap": float(r.gap),
+        "argmin_class": int(torch.argmin(r.distance)),
+        "rattler_tol": float(args.rattler_tol), "rattlers": r.rattlers.cpu().tolist(),
+        "one_vs_one_min_distance": float(nn.min),
+        "theory": _theory(d, K),
+        "distance": r.distance.cpu().tolist(), "lower": r.lower.cpu().tolist(),
+    }
+    worst = torch.argsort(r.distance)[: min(5, K)].cpu().tolist()
+    table = {k: v for k, v in rows.items() if k not in ("distance", "lower", "rattlers")}
+    table["rattlers"] = len(rows["rattlers"])
+    table["closest classes"] = ", ".join(f"{k} ({float(r.distance[k]):.4g})" for k in worst)
+    _emit(args, rows, table)
     if args.plot:
         from . import plot
 
@@ -174,11 +288,15 @@ def _cmd_metrics(args) -> int:
         ncc = float(acc.ncc_accuracy(H, y))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    rows: Dict[str, Any] = {"samples": H.shape[0], "classes K": K, "dim d": H.shape[1], "GNC1": float(res.gnc1),
-                            "NCC accuracy": ncc}
-    if W is not None:
-        rows["GNC2 rho(W)"] = float(res.gnc2.rho) if hasattr(res.gnc2, "rho") else res.gnc2
-        rows["GNC3"] = float(res.gnc3)
+    g2 = res.gnc2
+    rows: Dict[str, Any] = {
+        "samples": H.shape[0], "classes": K, "dim": H.shape[1], "normalized": not args.no_normalize,
+        "gnc1": float(res.gnc1), "ncc_accuracy": ncc,
+        "gnc2": None if g2 is None else {"rho": float(g2.rho), "rho_lower": float(g2.rho_lower),
+                                         "gap": float(g2.gap), "rattlers": g2.rattlers.cpu().tolist()},
+        "gnc3": None if res.gnc3 is None else float(res.gnc3),
+        "theory": _theory(H.shape[1], K) if W is not None else None,
+    }
     _emit(args, rows)
     return 0
 
@@ -188,13 +306,15 @@ def _cmd_solve(args) -> int:
 
     import gnc_ext
 
-    kw = dict(seed=args.seed, progress=not args.json)
+    kw = dict(seed=args.seed, progress=None if not args.json else False)
     if args.restarts is not None:
         kw["restarts"] = args.restarts
     if args.max_iter is not None:
         kw["max_iter"] = args.max_iter
     if args.time_limit is not None:
         kw["time_limit"] = args.time_limit
+    if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+        raise CLIError(f"save: cannot write {args.save}: no such directory")  # before the search
     if args.init:
         W0 = load_array(args.init, "init", ndim=2, dtype="float")
         if tuple(W0.shape) != (args.classes, args.dim):
@@ -213,22 +333,23 @@ def _cmd_solve(args) -> int:
     W = r.W.detach().cpu().double()
     cert = gnc_ext.one_vs_rest_distance(W)
     nn = gnc_ext.one_vs_one_distance(W)
-    rows: Dict[str, Any] = {"problem": args.problem, "dim d": args.dim, "classes K": args.classes,
-                            "one-vs-rest rho": float(cert.rho), "rho certified lower bound": float(cert.rho_lower),
-                            "one-vs-one min distance": float(nn.min),
-                            "min angle cosine": 1.0 - float(nn.min) ** 2 / 2.0,
-                            "rattlers": int(len(cert.rattlers))}
-    cf = gnc_ext.theory.rho_closed_form(args.dim, args.classes)
-    if cf is not None:
-        rows["closed-form rho (Thm 3.3)"] = cf
     if args.save:
-        if args.save.endswith(".pt"):
-            import torch
+        try:
+            if args.save.endswith(".pt"):
+                import torch
 
-            torch.save(W, args.save)
-        else:
-            np.save(args.save, W.numpy())
-        rows["saved"] = args.save
+                torch.save(W, args.save)
+            else:
+                np.save(args.save, W.numpy())
+        except OSError as exc:
+            raise CLIError(f"save: cannot write {args.save}: {exc.strerror or exc}") from None
+    rows: Dict[str, Any] = {
+        "problem": args.problem, "dim": args.dim, "classes": args.classes,
+        "rho": float(cert.rho), "rho_lower": float(cert.rho_lower),
+        "one_vs_one_min_distance": float(nn.min), "min_angle_cosine": 1.0 - float(nn.min) ** 2 / 2.0,
+        "rattlers": cert.rattlers.cpu().tolist(), "theory": _theory(args.dim, args.classes),
+        "saved": args.save,
+    }
     _emit(args, rows)
     return 0
 
@@ -237,19 +358,16 @@ def _cmd_design(args) -> int:
     import gnc_ext
 
     try:
-        d = gnc_ext.theory.min_feature_dim(args.classes, args.margin)
+        des = gnc_ext.theory.design_dim(args.classes, args.margin)
     except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc)) from None
-    b = gnc_ext.theory.rho_bounds(d, args.classes)
-    rows = {"classes K": args.classes, "target margin rho": args.margin,
-            "min feature dim d (Thm 3.9 lower bound reaches rho)": d,
-            "bounds on max rho at that d": f"[{b.lower:.6g}, {b.upper:.6g}]",
-            "Thm 3.9 valid (K >= sqrt(2 pi sqrt(e) d))": bool(b.valid)}
+        raise CLIError(str(exc).replace("rho:", "--margin:", 1)) from None
+    rows = {"classes": args.classes, "margin": args.margin, "dim": des.d, "dim_source": des.source,
+            "theory": _theory(des.d, args.classes)}
     _emit(args, rows)
     if args.plot:
         from . import plot
 
-        hi = max(8, int(d * 1.6) + 2)
+        hi = max(8, int(des.d * 1.6) + 2)
         plot.plot_design_curve(args.classes, args.margin, dims=range(2, hi + 1), path=args.plot)
         if not args.json:
             print(f"wrote {args.plot}")
@@ -295,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("distance", help="one-vs-rest distances of class weights, with certificate and rattlers")
-    s.add_argument("weights", metavar="W", help="(K, d) weights as .npy, .npz or .pt")
+    s.add_argument("weights", metavar="W", help="(K, d) weights as .npy, .npz or .pt (FILE.npz:KEY picks one array)")
     s.add_argument("--normalize", action="store_true", help="normalise rows first (else rows must be unit-norm)")
     s.add_argument("--rattler-tol", type=_float, default=1e-6,
                    help="report classes whose certified distance exceeds rho by more than this (default 1e-6)")
@@ -320,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--restarts", type=_positive_int, default=None)
     s.add_argument("--max-iter", type=_positive_int, default=None)
     s.add_argument("--init", default=None, metavar="FILE",
-                   help="a (K, d) code (.npy/.pt) to polish (alone, unless --restarts is given)")
+                   help="a (K, d) code (.npy/.npz/.pt) to polish (alone, unless --restarts is given)")
     s.add_argument("--time-limit", type=_float, default=None, metavar="SECONDS")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
@@ -328,13 +446,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_solve)
 
-    s = sub.add_parser("design", help="feature dimension needed for K classes at margin rho (Thm 3.9)")
+    s = sub.add_parser("design", help="feature dimension that guarantees K classes at margin rho "
+                                      "(Thm 3.3 constructions, Thm 3.9 lower bound)")
     s.add_argument("--classes", "-K", type=_positive_int, required=True)
     s.add_argument("--margin", "-r", type=_float, required=True, metavar="RHO")
     s.add_argument("--plot", default=None, metavar="FILE.png")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_design)
     return p
+
+
+def subcommands() -> List[str]:
+    """The names of the subcommands, in the order ``gnc --help`` lists them."""
+    for a in build_parser()._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return list(a.choices)
+    return []  # pragma: no cover
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -344,16 +471,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
-    except CLIError as exc:
-        print(f"gnc {args.command}: error: {exc}", file=sys.stderr)
+        try:
+            rc = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows up here at the latest
+            return rc
+        except CLIError as exc:
+            msg = str(exc)
+        except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+            msg = str(exc)
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            msg = str(exc)
+        print(f"gnc {args.command}: error: {msg}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
-        print(f"gnc {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except ImportError as exc:
-        print(f"gnc {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): stop quietly. Point stdout at /dev/null
+        # so the interpreter's final flush cannot raise again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # pragma: no cover
+            pass
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

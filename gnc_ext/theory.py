@@ -15,7 +15,10 @@ Public functions
 ----------------
 ``rho_closed_form(d, K)``           exact ``max rho_one-vs-rest`` where Thm 3.3 gives it.
 ``one_vs_one_closed_form(d, K)``    exact Tammes optimum (minimal chord) where proven.
-``rho_bounds(d, K)``                Thm 3.9 lower/upper bounds, computed with ``lgamma``.
+``rho_bounds(d, K)``                tightest known bounds on max rho (Thm 3.3, Thm 3.9, ...),
+                                    each with its source.
+``fejes_toth_chord(K)``             Fejes Toth's bound on the Tammes optimum on S^2.
+``design_dim(K, rho)``              ``min_feature_dim`` with the construction or bound behind it.
 ``min_feature_dim(K, rho)``         smallest d for which theory guarantees a code.
 ``max_classes(d, rho)``             largest K for which theory guarantees a code.
 ``simplex_etf(K, d)``, ``cross_polytope(K, d)``, ``polygon(K)``  the optimal codes.
@@ -42,6 +45,9 @@ __all__ = [
     "RhoBounds",
     "rho_bounds",
     "bounds_min_K",
+    "fejes_toth_chord",
+    "DimDesign",
+    "design_dim",
     "min_feature_dim",
     "max_classes",
     "simplex_etf",
@@ -174,11 +180,16 @@ def one_vs_one_closed_form(d, K) -> Optional[float]:
 # ---------------------------------------------------------------------------- bounds
 @dataclasses.dataclass(frozen=True)
 class RhoBounds:
-    """Thm 3.9 bounds on ``max_W rho_one-vs-rest(W)``.
+    """Bounds on ``max_W rho_one-vs-rest(W)`` over K unit vectors in R^d.
 
-    ``lower <= max rho <= upper`` is guaranteed only when ``valid`` is True, i.e. when
-    ``K >= K_min = sqrt(2*pi*sqrt(e)*d)`` (the theorem's assumption). The numbers are
-    still computed (and returned) when it is False, but they prove nothing then.
+    ``lower <= max rho <= upper`` always holds: each is the tightest of the valid
+    bounds this module knows, and ``lower_source`` / ``upper_source`` name the one used
+    (see :func:`rho_bounds`). Where an exact value is known, ``lower == upper``.
+
+    The raw Thm 3.9 values are kept as ``thm39_lower`` / ``thm39_upper``; they are a
+    proof only when ``valid`` is True, i.e. when ``K >= K_min = sqrt(2*pi*sqrt(e)*d)``
+    (the theorem's assumption). ``valid`` describes Thm 3.9 only: ``lower`` and
+    ``upper`` never use Thm 3.9 outside that range.
     """
 
     lower: float
@@ -187,6 +198,10 @@ class RhoBounds:
     K_min: float
     d: int
     K: int
+    lower_source: str = ""
+    upper_source: str = ""
+    thm39_lower: float = math.nan
+    thm39_upper: float = math.nan
 
 
 def bounds_min_K(d) -> float:
@@ -208,23 +223,64 @@ def _log_upper(d: int, K: int) -> float:
     return math.log(2.0) + inner / (d - 1)
 
 
+def _closed_form_source(d: int, K: int) -> str:
+    if K <= d + 1:
+        return "exact: simplex ETF, K/(K-1) (Thm 3.3, K <= d+1)"
+    if K <= 2 * d:
+        return "exact: cross-polytope vertices, 1 (Thm 3.3, d+1 < K <= 2d)"
+    return "exact: regular polygon, 1 - cos(2 pi/K) (Thm 3.3, d = 2)"
+
+
+def fejes_toth_chord(K) -> float:
+    """L. Fejes Toth's (1943) upper bound on the smallest pairwise distance (chord) of K
+    points on the sphere S^2 (d = 3): ``sqrt(4 - csc^2(omega))`` with
+    ``omega = K pi / (6 (K - 2))``, for K >= 3. It is attained for K = 3, 4, 6, 12.
+
+    Since ``dist(w_k, conv{w_j : j != k}) <= ||w_k - w_j||`` for every j, the one-vs-rest
+    distance never exceeds the one-vs-one distance, so this also bounds ``max rho`` at
+    d = 3 (:func:`rho_bounds` uses it).
+    """
+    K = _validate.integer(K, "K", minimum=3)
+    omega = K * math.pi / (6.0 * (K - 2))
+    return math.sqrt(max(0.0, 4.0 - 1.0 / math.sin(omega) ** 2))
+
+
 def rho_bounds(d, K) -> RhoBounds:
-    """Thm 3.9: for ``K >= sqrt(2*pi*sqrt(e)*d)``,
+    """The tightest valid bounds this module knows on ``max_W rho_one-vs-rest(W)``.
 
-        1/2 [ (sqrt(pi)/K) G((d+1)/2)/G(d/2+1) ]^(2/(d-1))  <=  max rho_one-vs-rest
-                                                            <=  2 [ (2 sqrt(pi)/K) G((d+1)/2)/G(d/2) ]^(1/(d-1))
+    Upper bounds considered (the smallest is returned, its source in ``upper_source``):
 
-    Numerics: evaluated in the log domain with ``math.lgamma`` and ``math.log(K)``
-    (exact for Python ints of any size), so K up to 1e9 and beyond and d up to 4096 and
-    beyond neither overflow nor underflow (the bounds only underflow to 0 for
-    astronomically large K, e.g. K ~ 10^300 at d = 2). O(1) time.
+    * exact values where Thm 3.3 gives them (``K <= 2d`` or ``d = 2``; then
+      ``lower == upper``);
+    * ``1`` for ``K > d + 1`` (d >= 2): Thm 3.3 gives ``max rho = 1`` at ``K = d + 2``,
+      and ``max rho`` is non-increasing in K (dropping a vector from a code only shrinks
+      the hulls of the others). In particular no code with ``K > 2d`` exceeds 1 (< sqrt 2,
+      the bound from Rankin's theorem on the one-vs-one distance);
+    * Thm 3.9's upper bound, where the theorem holds (``K >= sqrt(2 pi sqrt(e) d)``)::
+
+          max rho <= 2 [ (2 sqrt(pi)/K) G((d+1)/2)/G(d/2) ]^(1/(d-1))
+
+    * for d = 3: Fejes Toth's bound on the one-vs-one distance (:func:`fejes_toth_chord`),
+      since ``rho_one-vs-rest <= rho_one-vs-one`` for every code.
+
+    Lower bound (``lower_source``): the exact value where known, else Thm 3.9's::
+
+          1/2 [ (sqrt(pi)/K) G((d+1)/2)/G(d/2+1) ]^(2/(d-1))  <=  max rho
+
+    (for d >= 3 every K > 2d satisfies the theorem's condition, so one of the two
+    always applies).
+
+    Numerics: Thm 3.9 is evaluated in the log domain with ``math.lgamma`` and
+    ``math.log(K)`` (exact for Python ints of any size), so K up to 1e9 and beyond and
+    d up to 4096 and beyond neither overflow nor underflow. O(1) time.
 
     Args:
-        d: feature dimension, an integer >= 2 (the exponents 1/(d-1) need d >= 2).
+        d: feature dimension, an integer >= 2 (Thm 3.9's exponents 1/(d-1) need d >= 2;
+            for d = 1 use :func:`rho_closed_form`).
         K: number of classes, an integer >= 2.
     Returns:
-        :class:`RhoBounds` with ``lower``, ``upper``, ``valid`` (whether K satisfies the
-        theorem's condition) and ``K_min``.
+        :class:`RhoBounds`: ``lower``, ``upper`` and their sources, the raw Thm 3.9 values
+        ``thm39_lower`` / ``thm39_upper``, ``valid`` (whether Thm 3.9 holds) and ``K_min``.
     Raises:
         TypeError for non-integers, ValueError for d < 2 or K < 2.
     """
@@ -232,38 +288,67 @@ def rho_bounds(d, K) -> RhoBounds:
     if d < 2:
         raise ValueError("d: Thm 3.9 needs d >= 2 (its exponents are 1/(d-1)); for d = 1 use rho_closed_form")
     kmin = bounds_min_K(d)
-    return RhoBounds(
-        lower=math.exp(_log_lower(d, K)),
-        upper=math.exp(_log_upper(d, K)),
-        valid=K >= kmin,
-        K_min=kmin,
-        d=d,
-        K=K,
-    )
+    valid = K >= kmin
+    t_lo, t_up = math.exp(_log_lower(d, K)), math.exp(_log_upper(d, K))
+    cf = rho_closed_form(d, K)
+    if cf is not None:
+        src = _closed_form_source(d, K)
+        lower, lower_src, upper, upper_src = cf, src, cf, src
+    else:  # d >= 3 and K > 2d: Thm 3.9 holds there (2d >= sqrt(2 pi sqrt(e) d) for d >= 3)
+        lower, lower_src = (t_lo, "Thm 3.9 lower bound") if valid else (0.0, "none known")
+        upper, upper_src = 1.0, "1: Thm 3.3 at K = d+2, and max rho is non-increasing in K"
+        if valid and t_up < upper:
+            upper, upper_src = t_up, "Thm 3.9 upper bound"
+        if d == 3:
+            ft = fejes_toth_chord(K)
+            if ft < upper:
+                upper, upper_src = ft, "Fejes Toth (1943) bound on the one-vs-one distance (d = 3)"
+    return RhoBounds(lower=lower, upper=upper, valid=valid, K_min=kmin, d=d, K=K,
+                     lower_source=lower_src, upper_source=upper_src, thm39_lower=t_lo, thm39_upper=t_up)
 
 
 def _bound_valid(d: int, K: int) -> bool:
     return K >= math.sqrt(2.0 * math.pi * _SQRT_E * d)
 
 
+@dataclasses.dataclass(frozen=True)
+class DimDesign:
+    """The answer of :func:`design_dim`: the smallest feature dimension ``d`` that theory
+    guarantees, and ``source``, the construction or bound that guarantees it."""
+
+    d: int
+    source: str
+
+
 def min_feature_dim(K, rho) -> int:
     """Smallest feature dimension d for which theory *guarantees* that K unit vectors
     in R^d with ``rho_one-vs-rest >= rho`` exist (i.e. ``max rho(d, K) >= rho``).
+    ``design_dim(K, rho).d``; see :func:`design_dim` for the conditions used and for
+    which of them gives the answer."""
+    return design_dim(K, rho).d
+
+
+def design_dim(K, rho) -> DimDesign:
+    """Smallest feature dimension d for which theory *guarantees* that K unit vectors
+    in R^d with ``rho_one-vs-rest >= rho`` exist, and the reason.
 
     Sufficient conditions used (the answer is the smallest d meeting any of them; since
     ``max rho`` is non-decreasing in d — a code embeds into more dimensions unchanged —
-    every larger d works too):
+    every larger d works too). ``source`` names the one that gives the answer:
 
-    * Thm 3.3 closed forms: d = 1 when K = 2 (rho = 2); d = 2 when
-      ``1 - cos(2 pi/K) >= rho``; ``d = ceil(K/2)`` when ``rho <= 1`` (cross-polytope);
-      ``d = K - 1`` when ``rho <= K/(K-1)`` (simplex ETF).
-    * Thm 3.9 **lower** bound: the smallest d with ``lower(d, K) >= rho`` among the d
+    * ``"antipodal pair (K = 2)"``: d = 1 when K = 2 (rho = 2);
+    * ``"regular polygon (Thm 3.3, d = 2)"``: d = 2 when ``1 - cos(2 pi/K) >= rho``;
+    * ``"cross-polytope construction (Thm 3.3, rho = 1)"``: ``d = ceil(K/2)`` when
+      ``rho <= 1``;
+    * ``"simplex ETF (Thm 3.3, rho = K/(K-1))"``: ``d = K - 1``;
+    * ``"Thm 3.9 lower bound"``: the smallest d with ``lower(d, K) >= rho`` among the d
       where the theorem holds (``K >= sqrt(2 pi sqrt(e) d)``). The lower bound, not the
       upper one, because only a lower bound on the optimum proves that a code reaching
       rho exists. It is increasing in d and below 1/2 for every d, so it only ever helps
-      for ``rho < 1/2``. (The upper bound gives the converse, a *necessary* dimension:
-      see the Thm 3.9 text; it is not what this function returns.)
+      for ``rho < 1/2``. (The upper bound gives the converse, a *necessary* dimension;
+      it is not what this function returns.)
 
+    When two conditions give the same d, the construction is named (it is explicit).
     This is a guarantee, not the true minimum: the true smallest d can be smaller
     because the Thm 3.9 lower bound is loose (by a factor of ~2-20 at d = 3).
 
@@ -271,7 +356,7 @@ def min_feature_dim(K, rho) -> int:
         K: number of classes, integer >= 2 (any size; O(log) time by bisection).
         rho: target one-vs-rest distance in (0, 2].
     Returns:
-        an int >= 1.
+        :class:`DimDesign` (``d`` an int >= 1, ``source`` a str).
     Raises:
         TypeError/ValueError for bad arguments; ValueError when ``rho > K/(K-1)``, the
         largest one-vs-rest distance K unit vectors can have in any dimension.
@@ -284,12 +369,14 @@ def min_feature_dim(K, rho) -> int:
             "unit vectors in any dimension (simplex ETF); no feature dimension reaches it"
         )
     if K == 2:
-        return 1
-    cands = [K - 1]  # simplex ETF: rho = K/(K-1) >= rho
-    if rho <= 1.0:
-        cands.append((K + 1) // 2)
+        return DimDesign(1, "antipodal pair (K = 2)")
+    # (d, source) candidates, constructions first so that they win ties
+    cands = []
     if 2.0 * math.sin(math.pi / K) ** 2 >= rho:
-        cands.append(2)
+        cands.append((2, "regular polygon (Thm 3.3, d = 2)"))
+    if rho <= 1.0:
+        cands.append(((K + 1) // 2, "cross-polytope construction (Thm 3.3, rho = 1)"))
+    cands.append((K - 1, "simplex ETF (Thm 3.3, rho = K/(K-1))"))
     # Thm 3.9 lower bound: valid for 2 <= d <= K^2/(2 pi sqrt(e)); the lower bound is
     # increasing in d. Dimensions >= K-1 need not be searched (the simplex is optimal
     # there), which also keeps the float rounding of K^2 harmless for huge K.
@@ -307,8 +394,9 @@ def min_feature_dim(K, rho) -> int:
                 hi = mid
             else:
                 lo = mid
-        cands.append(hi)
-    return int(min(cands))
+        cands.append((hi, "Thm 3.9 lower bound"))
+    d, source = min(cands, key=lambda c: c[0])  # min keeps the first of equal d
+    return DimDesign(int(d), source)
 
 
 def max_classes(d, rho) -> int:

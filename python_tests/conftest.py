@@ -1,6 +1,13 @@
 """Shared fixtures: every test that takes ``device`` runs once per available device.
 CUDA cases are skipped cleanly (with a reason) where gnc_ext has no CUDA kernels or
-no GPU is visible."""
+no GPU is visible.
+
+Every test that uses CUDA carries the ``cuda`` marker, so ``pytest -m cuda`` selects
+exactly the GPU cases (``scripts/device_check.sh`` does) and ``-m "not cuda"`` the rest:
+the ``cuda`` parameter of the ``device`` fixture is marked, and
+``pytest_collection_modifyitems`` marks every test that requests ``cuda_device``. A test
+that reaches the GPU some other way should take ``cuda_device`` (or be marked by hand
+with ``@pytest.mark.cuda``)."""
 from __future__ import annotations
 
 import pytest
@@ -17,7 +24,7 @@ _CUDA_REASON = (
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not CUDA_OK, reason=_CUDA_REASON)),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not CUDA_OK, reason=_CUDA_REASON)]),
 ]
 
 
@@ -35,7 +42,13 @@ def cuda_device() -> str:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
-    config.addinivalue_line("markers", "cuda: needs a GPU")
+    config.addinivalue_line("markers", "cuda: uses a GPU (select the GPU cases with -m cuda)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "cuda_device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cuda)
 
 
 def pytest_report_header(config):

@@ -55,7 +55,7 @@ def test_bad_usage_exit_code(tmp_path):
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-SLOANE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sloane_pack_3_124.npy"
+SLOANE = Path(__file__).resolve().parent / "data" / "sloane_pack_3_124.npy"
 
 
 def test_distance_json_matches_library(tmp_path):
@@ -63,18 +63,20 @@ def test_distance_json_matches_library(tmp_path):
 
     import gnc_ext
 
-    if not SLOANE.exists():
-        pytest.skip(f"bundled data not found at {SLOANE}")
     out = run(["distance", str(SLOANE), "--json", "--plot", "d.png"], tmp_path)
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     W = torch.from_numpy(np.load(SLOANE))
     r = gnc_ext.one_vs_rest_distance(W, rattler_tol=1e-6)
-    assert rep["classes K"] == 124 and rep["dim d"] == 3
-    assert abs(rep["rho (min distance)"] - r.rho) < 1e-12
-    assert rep["max certificate gap"] <= 1e-9
-    assert sorted(rep["rattler_ids"]) == sorted(r.rattlers.tolist())
-    assert abs(rep["one-vs-one min distance"] - 0.32926) < 5e-6  # data/README.md
+    assert rep["classes"] == 124 and rep["dim"] == 3
+    assert abs(rep["rho"] - r.rho) < 1e-12
+    assert rep["max_gap"] <= 1e-9
+    assert sorted(rep["rattlers"]) == sorted(r.rattlers.tolist())
+    assert abs(rep["one_vs_one_min_distance"] - 0.32926) < 5e-6  # data/README.md
+    # the theory bounds bracket this code's rho and its min chord (Fejes Toth at d = 3)
+    th = rep["theory"]
+    assert th["closed_form"] is None and th["lower"] <= th["upper"]
+    assert rep["rho"] <= rep["one_vs_one_min_distance"] <= th["upper"] and "Fejes Toth" in th["upper_source"]
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -83,8 +85,6 @@ def test_rattler_tol_is_monotone():
 
     import gnc_ext
 
-    if not SLOANE.exists():
-        pytest.skip("bundled data not found")
     W = torch.from_numpy(np.load(SLOANE))
     counts = [len(gnc_ext.one_vs_rest_distance(W, rattler_tol=t).rattlers) for t in (0.0, 1e-8, 1e-6, 1e-4, 1.0)]
     assert counts == sorted(counts, reverse=True) and counts[-1] == 0 and counts[0] > 0
@@ -98,9 +98,21 @@ def test_design_json_consistent_with_theory(tmp_path):
     out = run(["design", "--classes", "100000", "--margin", "0.3", "--json"], tmp_path)
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
-    d = rep["min feature dim d (Thm 3.9 lower bound reaches rho)"]
-    assert gnc_ext.theory.rho_bounds(d, 100000).lower >= 0.3
-    assert gnc_ext.theory.rho_bounds(d - 1, 100000).lower < 0.3
+    d = rep["dim"]
+    assert rep["dim_source"] == "Thm 3.9 lower bound"
+    assert gnc_ext.theory.rho_bounds(d, 100000).thm39_lower >= 0.3
+    assert gnc_ext.theory.rho_bounds(d - 1, 100000).thm39_lower < 0.3
+    assert rep["theory"]["lower"] >= 0.3
+
+
+def test_design_names_the_construction(tmp_path):
+    # d = 10000 for K = 20000 at rho = 0.5 comes from the cross-polytope, not from Thm 3.9
+    out = run(["design", "-K", "20000", "-r", "0.5", "--json"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["dim"] == 10000 and "cross-polytope" in rep["dim_source"]
+    out = run(["design", "-K", "20000", "-r", "0.5"], tmp_path)
+    assert "cross-polytope" in out.stdout and "Thm 3.9 lower bound reaches" not in out.stdout
 
 
 def test_solve_tammes_saves_a_code(tmp_path):
@@ -109,8 +121,9 @@ def test_solve_tammes_saves_a_code(tmp_path):
     rep = json.loads(out.stdout)
     W = np.load(tmp_path / "c.npy")
     assert W.shape == (4, 3)
-    assert abs(rep["min angle cosine"] - (-1.0 / 3.0)) < 1e-7  # regular tetrahedron
-    assert abs(rep["one-vs-rest rho"] - 4.0 / 3.0) < 1e-7      # Thm 3.3, K <= d + 1
+    assert abs(rep["min_angle_cosine"] - (-1.0 / 3.0)) < 1e-7  # regular tetrahedron
+    assert abs(rep["rho"] - 4.0 / 3.0) < 1e-7      # Thm 3.3, K <= d + 1
+    assert rep["saved"] == "c.npy"
 
 
 def test_solve_polishes_an_init_code(tmp_path):
@@ -123,7 +136,7 @@ def test_solve_polishes_an_init_code(tmp_path):
     out = run(["solve", "softmax-code", "-d", "4", "-K", "7", "--init", "w0.npy", "--json"], tmp_path)
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
-    assert abs(rep["one-vs-rest rho"] - 1.0) < 1e-7 and rep["closed-form rho (Thm 3.3)"] == 1.0
+    assert abs(rep["rho"] - 1.0) < 1e-7 and rep["theory"]["closed_form"] == 1.0
     _one_line_error(run(["solve", "tammes", "-d", "3", "-K", "7", "--init", "w0.npy"], tmp_path), "init", "(7, 3)")
     _one_line_error(run(["solve", "tammes", "-d", "4", "-K", "7", "--init", "w0.npy", "--time-limit", "-1"],
                         tmp_path), "time_limit")
@@ -141,8 +154,8 @@ def test_metrics_json(tmp_path):
     out = run(["metrics", "--features", "f.npy", "--labels", "y.npy", "--weights", "w.npy", "--json"], tmp_path)
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
-    assert rep["NCC accuracy"] == 1.0
-    assert 0 <= rep["GNC1"] < 0.1 and 0 <= rep["GNC3"] < 0.1 and rep["GNC2 rho(W)"] > 0
+    assert rep["ncc_accuracy"] == 1.0
+    assert 0 <= rep["gnc1"] < 0.1 and 0 <= rep["gnc3"] < 0.1 and rep["gnc2"]["rho"] > 0
 
 
 def test_corrupt_file_and_non_unit_rows_one_line_in_cli_terms(tmp_path):
@@ -152,3 +165,118 @@ def test_corrupt_file_and_non_unit_rows_one_line_in_cli_terms(tmp_path):
     out = run(["distance", "w.npy"], tmp_path)
     _one_line_error(out, "W: rows must have unit L2 norm", "pass --normalize")
     assert "normalize=True" not in out.stderr
+
+
+# ---- the JSON schema (docs/CLI.md), restated here --------------------------------
+NUM = (int, float)
+THEORY = {"closed_form": NUM + (type(None),), "lower": NUM, "upper": NUM, "lower_source": str,
+          "upper_source": str, "thm39_valid": bool}
+SCHEMA = {
+    "info": {"version": str, "compiler": str, "cxx_standard": int, "openmp": bool, "omp_threads": int,
+             "cuda_compiled": bool, "cuda_archs": str, "cuda_device_count": int, "torch_version": str,
+             "gpu_usable": bool},
+    "demo": {"rho_opt": NUM, "seconds": NUM, "runs": list, "files": list},
+    "distance": {"classes": int, "dim": int, "normalized": bool, "rho": NUM, "rho_lower": NUM,
+                 "max_gap": NUM, "argmin_class": int, "rattler_tol": NUM, "rattlers": list,
+                 "one_vs_one_min_distance": NUM, "theory": THEORY, "distance": list, "lower": list},
+    "metrics": {"samples": int, "classes": int, "dim": int, "normalized": bool, "gnc1": NUM,
+                "ncc_accuracy": NUM, "gnc2": {"rho": NUM, "rho_lower": NUM, "gap": NUM, "rattlers": list},
+                "gnc3": NUM, "theory": THEORY},
+    "solve": {"problem": str, "dim": int, "classes": int, "rho": NUM, "rho_lower": NUM,
+              "one_vs_one_min_distance": NUM, "min_angle_cosine": NUM, "rattlers": list, "theory": THEORY,
+              "saved": (str, type(None))},
+    "design": {"classes": int, "margin": NUM, "dim": int, "dim_source": str, "theory": THEORY},
+}
+
+
+def _check_schema(obj, spec, where):
+    assert isinstance(obj, dict), where
+    for key, typ in spec.items():
+        assert key in obj, f"{where}: missing {key!r}"
+        if isinstance(typ, dict):
+            _check_schema(obj[key], typ, f"{where}.{key}")
+        else:
+            assert isinstance(obj[key], typ) and not (typ is NUM and isinstance(obj[key], bool)), \
+                f"{where}.{key}: {obj[key]!r} is not {typ}"
+    for key in obj:  # snake_case keys only
+        assert key == key.lower() and " " not in key and "-" not in key and "(" not in key, key
+
+
+def _json_of(args, cwd):
+    out = run([*args, "--json"], cwd)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)  # strict JSON: no NaN/Infinity literals
+    assert rep["command"] == args[0] and rep["schema_version"] == 1
+    _check_schema(rep, SCHEMA[args[0]], args[0])
+    return rep
+
+
+def test_every_subcommand_json_follows_the_schema(tmp_path):
+    from gnc_ext import cli
+
+    assert set(cli.subcommands()) == set(SCHEMA)  # a new subcommand needs its schema here and in docs/CLI.md
+    rng = np.random.default_rng(0)
+    K, d = 12, 6
+    M = rng.standard_normal((K, d))
+    y = np.repeat(np.arange(K), 4)
+    np.save(tmp_path / "f.npy", (M[y] + 0.05 * rng.standard_normal((K * 4, d))).astype(np.float32))
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "w.npy", M.astype(np.float32))
+    _json_of(["info"], tmp_path)
+    rep = _json_of(["demo", "--epochs", "1", "--taus", "1", "--no-plot", "--out", "demo"], tmp_path)
+    assert [r["tau"] for r in rep["runs"]] == [1.0] and isinstance(rep["runs"][0]["final"]["gnc1"], float)
+    rep = _json_of(["distance", str(SLOANE)], tmp_path)
+    assert len(rep["distance"]) == len(rep["lower"]) == 124
+    assert all(isinstance(v, float) for v in rep["distance"]) and all(isinstance(v, int) for v in rep["rattlers"])
+    rep = _json_of(["metrics", "--features", "f.npy", "--labels", "y.npy", "--weights", "w.npy"], tmp_path)
+    assert "nc" not in rep  # reserved for a nested object of further measures
+    rep = _json_of(["solve", "tammes", "-d", "3", "-K", "6", "--restarts", "4"], tmp_path)
+    assert rep["saved"] is None and rep["theory"]["closed_form"] == 1.0
+    _json_of(["design", "-K", "1000", "-r", "0.1"], tmp_path)
+    # without weights GNC2, GNC3 and the theory are null, not missing
+    out = run(["metrics", "--features", "f.npy", "--labels", "y.npy", "--json"], tmp_path)
+    rep = json.loads(out.stdout)
+    assert rep["gnc2"] is None and rep["gnc3"] is None and rep["theory"] is None
+
+
+def test_closed_pipe_exits_quietly(tmp_path):
+    """`gnc distance W.npy --json | head`: the reader closes the pipe after one line;
+    gnc stops without a traceback or an error line (exit 141 = 128 + SIGPIPE)."""
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((3000, 8))
+    np.save(tmp_path / "big.npy", W / np.linalg.norm(W, axis=1, keepdims=True))  # ~180 kB of JSON
+    p = subprocess.Popen([sys.executable, "-m", "gnc_ext.cli", "distance", "big.npy", "--json"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline().strip() == b"{"
+    p.stdout.close()  # more than a pipe buffer is still to come
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert err == "", err
+
+
+def test_file_errors_name_the_file(tmp_path):
+    (tmp_path / "text.npy").write_text("not an array\n")
+    _one_line_error(run(["distance", "text.npy"], tmp_path), "W:", "text.npy", "not a NumPy .npy array file")
+    (tmp_path / "text.npz").write_text("not a zip\n")
+    _one_line_error(run(["distance", "text.npz"], tmp_path), "W:", "text.npz", "not a NumPy .npz archive")
+    w = np.eye(3)
+    np.savez(tmp_path / "two.npz", a=w, b=-w)
+    out = run(["distance", "two.npz"], tmp_path)
+    assert out.returncode == 1
+    _one_line_error(out, "W:", "two.npz holds 2 arrays (a, b)", "two.npz:KEY")
+    _one_line_error(run(["distance", "two.npz:c"], tmp_path), "two.npz has no array 'c'", "a, b")
+    out = run(["distance", "two.npz:b", "--json"], tmp_path)
+    assert out.returncode == 0, out.stderr and json.loads(out.stdout)["classes"] == 3
+    np.save(tmp_path / "w.npy", w)
+    _one_line_error(run(["distance", "w.npy:b"], tmp_path), "w.npy is a .npy file")
+    out = run(["metrics", "--features", "two.npz", "--labels", "y.npy"], tmp_path)
+    assert out.returncode == 1 and "features:" in out.stderr
+    # a file name that really contains ':' is still a path
+    np.save(tmp_path / "a:b.npy", w)
+    assert run(["distance", "a:b.npy"], tmp_path).returncode == 0
+    # usage errors exit 2
+    assert run(["distance"], tmp_path).returncode == 2
+    assert run(["design", "-K", "10"], tmp_path).returncode == 2
+    _one_line_error(run(["design", "-K", "10", "-r", "1.5"], tmp_path), "--margin")
+    _one_line_error(run(["solve", "tammes", "-d", "3", "-K", "4", "--restarts", "1", "--save",
+                         "no/such/dir/c.npy"], tmp_path), "save:", "no/such/dir/c.npy")

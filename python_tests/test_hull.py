@@ -13,7 +13,7 @@ from scipy.optimize import nnls
 import gnc_ext
 from gnc_ext.geometry import OneVsOneResult, OneVsRestResult
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 # ---------------------------------------------------------------- helpers
@@ -209,10 +209,7 @@ def test_nnls_reference(K, d, m):
 
 
 def test_sloane_packing_124():
-    path = DATA / "sloane_pack_3_124.npy"
-    if not path.exists():
-        pytest.skip(f"test data not found at {path}")
-    W = torch.from_numpy(np.load(path)).double()
+    W = torch.from_numpy(np.load(DATA / "sloane_pack_3_124.npy")).double()
     assert W.shape == (124, 3)
     r = gnc_ext.one_vs_rest_distance(W)
     assert r.gap <= 1e-10

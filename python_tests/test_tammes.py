@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from gnc_ext import solvers
 
+DATA = Path(__file__).resolve().parent / "data"
 FAST = dict(restarts=16, batch=16, hops=0, progress=False)
 
 
@@ -99,18 +101,32 @@ def test_seed_reproducible_and_progress_bar(capsys):
     assert torch.equal(a.W, b.W)
 
 
+def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
+    import sys
+
+    from gnc_ext import _progress
+
+    kw = dict(restarts=4, batch=4, hops=0, seed=0)
+    solvers.tammes(3, 5, **kw)  # default progress=None; pytest's stderr is not a terminal
+    assert capsys.readouterr().err == ""
+    solvers.tammes(3, 5, progress=True, **kw)  # forced
+    assert "tammes d=3 K=5" in capsys.readouterr().err
+    solvers.softmax_code(3, 5, restarts=1, batch=1, max_iter=5, polish_iter=1, seed=0, use_constructions=False)
+    assert capsys.readouterr().err == ""
+    assert _progress.enabled(None) is False and _progress.enabled(True) is True
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert _progress.enabled(None) is True and _progress.enabled(False) is False
+    with pytest.raises(TypeError, match="progress"):
+        _progress.enabled(1)
+
+
 def test_device(device):
     r = solvers.tammes(3, 6, seed=0, device=device, **FAST)
     assert abs(r.max_cosine) < 1e-7 and r.W.device.type == "cpu"
 
 
 def test_sloane_124_file_reference():
-    import os
-
-    path = "/work/shared/data/sloane_pack_3_124.npy"
-    if not os.path.exists(path):
-        pytest.skip("shared data not present")
-    W = torch.from_numpy(np.load(path))
+    W = torch.from_numpy(np.load(DATA / "sloane_pack_3_124.npy"))
     c = _max_cos_independent(W)
     assert math.sqrt(2 - 2 * c) == pytest.approx(0.32926, abs=5e-6)
 

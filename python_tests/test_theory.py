@@ -4,6 +4,7 @@ exact values), the feature-dimension design functions, constructors, bad input."
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,8 +142,8 @@ def test_bounds_against_direct_gamma():
         for K in [2, 7, 100, 10**4]:
             b = theory.rho_bounds(d, K)
             lo, up = _bounds_direct(d, K)
-            assert b.lower == pytest.approx(lo, rel=1e-12)
-            assert b.upper == pytest.approx(up, rel=1e-12)
+            assert b.thm39_lower == pytest.approx(lo, rel=1e-12)
+            assert b.thm39_upper == pytest.approx(up, rel=1e-12)
 
 
 def test_bounds_finite_ordered_monotone():
@@ -151,20 +152,20 @@ def test_bounds_finite_ordered_monotone():
         prev = None
         for K in KS:
             b = theory.rho_bounds(d, K)
-            assert math.isfinite(b.lower) and math.isfinite(b.upper)
-            assert 0.0 < b.lower <= b.upper
-            assert b.lower < 0.5
+            assert math.isfinite(b.thm39_lower) and math.isfinite(b.thm39_upper)
+            assert 0.0 < b.thm39_lower <= b.thm39_upper
+            assert b.thm39_lower < 0.5
             assert b.valid == (K >= math.sqrt(2 * math.pi * math.sqrt(math.e) * d))
             assert b.K_min == pytest.approx(math.sqrt(2 * math.pi * math.exp(0.5) * d))
             if prev is not None:  # decreasing in K
-                assert b.lower < prev.lower and b.upper < prev.upper
+                assert b.thm39_lower < prev.thm39_lower and b.thm39_upper < prev.thm39_upper
             if K in prev_d and b.valid:  # increasing in d (where the theorem holds)
-                assert b.lower > prev_d[K].lower and b.upper > prev_d[K].upper
+                assert b.thm39_lower > prev_d[K].thm39_lower and b.thm39_upper > prev_d[K].thm39_upper
             prev_d[K] = b
             prev = b
     # fine monotonicity in d of the lower bound (min_feature_dim's bisection relies on it)
     for K in [10, 1000, 10**9]:
-        lows = [theory.rho_bounds(d, K).lower for d in range(2, 600)]
+        lows = [theory.rho_bounds(d, K).thm39_lower for d in range(2, 600)]
         assert all(a < b for a, b in zip(lows, lows[1:]))
 
 
@@ -173,20 +174,114 @@ def test_bounds_bracket_exact_values_where_valid():
     for K in range(5, 400):  # d = 2: polygon is exact
         b = theory.rho_bounds(2, K)
         if b.valid:
-            assert b.lower <= theory.rho_closed_form(2, K) <= b.upper
+            assert b.thm39_lower <= theory.rho_closed_form(2, K) <= b.thm39_upper
             checked += 1
     for d in [4, 8, 16, 32]:
         for K in range(2, 2 * d + 1):
             b = theory.rho_bounds(d, K)
             if b.valid:
-                assert b.lower <= theory.rho_closed_form(d, K) <= b.upper
+                assert b.thm39_lower <= theory.rho_closed_form(d, K) <= b.thm39_upper
                 checked += 1
     # d = 3 best-known Tammes codes give feasible one-vs-rest values: rho >= 1 - cos(theta)
     # only for codes whose Delaunay caps are triangles; we check the weaker known fact
     # that the optimum sits between the bounds for the exactly known icosahedron case:
     b = theory.rho_bounds(3, 12)
-    assert b.valid and b.lower <= 1 - 1 / math.sqrt(5) <= b.upper
+    assert b.valid and b.thm39_lower <= 1 - 1 / math.sqrt(5) <= b.thm39_upper
     assert checked > 400
+
+
+def _exact_thm33(d, K):
+    """The Thm 3.3 optima, restated here from the paper (not from gnc_ext.theory)."""
+    if K <= d + 1:
+        return K / (K - 1)
+    if K <= 2 * d:
+        return 1.0
+    if d == 2:
+        return 1.0 - math.cos(2.0 * math.pi / K)
+    return None
+
+
+def test_rho_bounds_exact_where_thm33_applies():
+    n = 0
+    for d in range(2, 12):
+        for K in range(2, 3 * d + 5):
+            v = _exact_thm33(d, K)
+            if v is None:
+                continue
+            b = theory.rho_bounds(d, K)
+            assert b.lower == pytest.approx(v, rel=1e-12) and b.upper == pytest.approx(v, rel=1e-12)
+            assert b.lower_source == b.upper_source and b.upper_source.startswith("exact")
+            n += 1
+    assert n > 120
+
+
+def test_rho_bounds_upper_is_the_tightest_valid_one():
+    # the issue's case: Thm 3.9's upper bound is 1.96, but no code with K > 2d exceeds 1
+    b = theory.rho_bounds(512, 10**6)
+    assert b.thm39_upper == pytest.approx(1.962, abs=1e-3)
+    assert b.upper == 1.0 < math.sqrt(2.0) and "Thm 3.3" in b.upper_source
+    assert b.lower == b.thm39_lower and b.lower_source == "Thm 3.9 lower bound"
+    # large K: Thm 3.9's upper bound is the tighter one
+    b = theory.rho_bounds(4, 10**6)
+    assert b.upper == b.thm39_upper < 1.0 and b.upper_source == "Thm 3.9 upper bound"
+    for d in range(3, 40):
+        prev = math.inf
+        for K in list(range(2, 4 * d)) + [10**3, 10**5, 10**9]:
+            b = theory.rho_bounds(d, K)
+            assert 0.0 < b.lower <= b.upper <= prev + 1e-15  # max rho is non-increasing in K
+            if K > 2 * d:
+                assert b.upper <= 1.0
+                assert b.valid and b.upper <= b.thm39_upper and b.lower >= b.thm39_lower
+            prev = b.upper
+
+
+def test_fejes_toth_bound_against_known_tammes_optima():
+    # attained: equilateral triangle, tetrahedron, octahedron, icosahedron
+    assert theory.fejes_toth_chord(3) == pytest.approx(math.sqrt(3.0), rel=1e-12)
+    assert theory.fejes_toth_chord(4) == pytest.approx(math.sqrt(8.0 / 3.0), rel=1e-12)
+    assert theory.fejes_toth_chord(6) == pytest.approx(math.sqrt(2.0), rel=1e-12)
+    assert theory.fejes_toth_chord(12) == pytest.approx(math.sqrt(2.0 - 2.0 / math.sqrt(5.0)), rel=1e-12)
+    # best-known codes stay below it (Sloane's K = 124 table entry, min chord 0.32926)
+    W = np.load(Path(__file__).resolve().parent / "data" / "sloane_pack_3_124.npy")
+    G = W @ W.T
+    np.fill_diagonal(G, -2.0)
+    chord = math.sqrt(2.0 - 2.0 * G.max())
+    assert chord == pytest.approx(0.32926, abs=5e-6)
+    b = theory.rho_bounds(3, 124)
+    assert chord <= theory.fejes_toth_chord(124) == b.upper < b.thm39_upper
+    assert "Fejes Toth" in b.upper_source
+    with pytest.raises(ValueError, match="K"):
+        theory.fejes_toth_chord(2)
+
+
+def test_rho_bounds_bracket_feasible_codes():
+    """Any code's rho (computed here by SLSQP, independently of gnc_ext) is at most
+    max rho <= upper; the icosahedron's rho 1 - 1/sqrt(5) lies between the bounds."""
+    phi = (1.0 + math.sqrt(5.0)) / 2.0
+    ico = np.array([(0, s1, s2 * phi) for s1 in (1, -1) for s2 in (1, -1)], dtype=float)
+    ico = np.concatenate([ico, np.roll(ico, 1, axis=1), np.roll(ico, 2, axis=1)])
+    ico /= np.linalg.norm(ico, axis=1, keepdims=True)
+    r = _rho_brute(ico)
+    assert r == pytest.approx(1.0 - 1.0 / math.sqrt(5.0), abs=1e-7)
+    b = theory.rho_bounds(3, 12)
+    assert b.lower <= r <= b.upper
+    rng = np.random.default_rng(0)
+    for d, K in [(3, 7), (3, 9), (4, 10), (5, 13)]:
+        X = rng.standard_normal((K, d))
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        assert _rho_brute(X) <= theory.rho_bounds(d, K).upper + 1e-9
+
+
+def test_design_dim_names_its_source():
+    # the issue's case: d = 10000 comes from the cross-polytope, not from Thm 3.9
+    r = theory.design_dim(20000, 0.5)
+    assert r.d == 10000 and "cross-polytope" in r.source
+    assert theory.design_dim(10**6, 0.2).source == "Thm 3.9 lower bound"
+    assert "simplex" in theory.design_dim(8, 8 / 7).source
+    assert "polygon" in theory.design_dim(6, 0.49).source
+    assert theory.design_dim(2, 2.0) == theory.DimDesign(1, "antipodal pair (K = 2)")
+    for K, rho in [(10, 0.3), (1000, 0.05), (10**6, 0.2), (50, 1.0)]:
+        assert theory.design_dim(K, rho).d == theory.min_feature_dim(K, rho)
 
 
 def test_bounds_invalid_region_flagged():
@@ -203,7 +298,7 @@ def _certified(d, K, rho):
         return True
     if d >= 2:
         b = theory.rho_bounds(d, K)
-        if b.valid and b.lower >= rho:
+        if b.valid and b.thm39_lower >= rho:
             return True
     return False
 

@@ -1,5 +1,5 @@
 """Bad input across the package: each call raises TypeError/ValueError naming the
-argument (found by an audit of the public API, 2026-11-30; each case failed before)."""
+argument (each case comes from an audit of the public API and failed before its fix)."""
 import math
 
 import numpy as np

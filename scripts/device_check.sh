@@ -52,15 +52,16 @@ PYP="python3 -P"
 (cd /tmp && python3 -c "import gnc_ext, json; print(json.dumps(gnc_ext.build_info()))") > "$OUT/build_info.json" 2>&1
 note "build_info: $(cat "$OUT/build_info.json" | head -c 300)"
 
-# CUDA tests: every test parametrised over devices, run for the cuda ids, plus the
-# explicit CUDA-vs-CPU tests. One pytest process per test file, so that a kernel fault
+# CUDA tests: every test carrying the `cuda` pytest marker (the cuda case of the
+# `device` fixture and every test taking `cuda_device`; see python_tests/conftest.py).
+# One pytest process per test file, so that a kernel fault
 # (which poisons the CUDA context) costs only that file's results; no -x: every
 # failure is listed. TESTS=0 skips this stage.
 PYT_TIMEOUT=""
 python3 -c "import pytest_timeout" 2>/dev/null && PYT_TIMEOUT="--timeout=120"
 if [ "${TESTS:-1}" = "1" ]; then
   for f in ${TEST_FILES:-test_normalize test_hull test_certified_argmax test_loss test_metrics test_nn test_cmf test_tammes test_ufm}; do
-    CUDA_LAUNCH_BLOCKING=${TEST_LAUNCH_BLOCKING:-0} timeout "$(cap "${TEST_CAP:-120}")" $PYP -m pytest -q -rfE --tb=short $PYT_TIMEOUT python_tests/$f.py -k "cuda" \
+    CUDA_LAUNCH_BLOCKING=${TEST_LAUNCH_BLOCKING:-0} timeout "$(cap "${TEST_CAP:-120}")" $PYP -m pytest -q -rfE --tb=short $PYT_TIMEOUT python_tests/$f.py -m cuda \
       -p no:cacheprovider > "$OUT/tests_cuda_$f.log" 2>&1
     rc=$?
     note "cuda tests $f: rc=$rc, $(tail -1 "$OUT/tests_cuda_$f.log")"

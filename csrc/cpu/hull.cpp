@@ -7,8 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "common/heap.h"
 #include "common/dispatch.h"
+#include "common/heap.h"
+#include "common/wolfe.h"
 
 #ifdef GNC_WITH_OPENMP
 #include <omp.h>
@@ -45,55 +46,11 @@ void topm_impl(const TensorView& tile, const TensorView& row_ids, int64_t col0,
   }
 }
 
-// ---- Wolfe's min-norm-point algorithm (fp64) ------------------------------------
+// ---- Wolfe's min-norm-point algorithm (fp64): common/wolfe.h, run serially ----------
 struct Work {
-  std::vector<double> G, Y, x, g, L, lam, alpha, z, c, e, wkd;
-  std::vector<int64_t> cidx, pos;  // global class index of candidate i
-  std::vector<int> S;         // corral: candidate positions
+  std::vector<double> G, Y, g, L, lam, alpha, z, c, wkd;
+  std::vector<int64_t> cidx, pos, S;  // cidx: global class index of candidate i
 };
-
-// Forward substitution with the (s x s) lower-triangular L (row stride ld): z = L^-1 b.
-inline void fwd_solve(const double* L, int64_t ld, int s, const double* b, double* z) {
-  for (int i = 0; i < s; ++i) {
-    double t = b[i];
-    const double* Li = L + i * ld;
-    for (int k = 0; k < i; ++k) t -= Li[k] * z[k];
-    z[i] = t / Li[i];
-  }
-}
-// Backward substitution with L^T: a = L^-T z (in place allowed).
-inline void bwd_solve(const double* L, int64_t ld, int s, double* a) {
-  for (int i = s - 1; i >= 0; --i) {
-    double t = a[i];
-    for (int k = i + 1; k < s; ++k) t -= L[k * ld + i] * a[k];
-    a[i] = t / L[i * ld + i];
-  }
-}
-
-constexpr double kDegenerate = 1e-13;  // pivot floor relative to ||(y, 1)||: affine dependence
-constexpr double kThin = 1e-4;         // below this relative Gram pivot, recompute it explicitly
-constexpr double kPos = 1e-15;         // weights below this are treated as zero
-
-// Removes row p from the lower-triangular Cholesky factor L (rows = corral points,
-// M = L L^T = [y_i.y_j + 1]) and restores triangularity with Givens rotations of
-// columns (L L^T is invariant under them): O(s^2), orthogonal, no re-factorisation.
-inline void chol_remove(double* L, int64_t ld, int s, int p) {
-  for (int i = p; i < s - 1; ++i)
-    for (int k = 0; k <= i + 1; ++k) L[i * ld + k] = L[(i + 1) * ld + k];
-  for (int j = p; j < s - 1; ++j) {
-    const double a = L[j * ld + j], b = L[j * ld + j + 1];
-    const double r = std::hypot(a, b);
-    if (r == 0.0) continue;
-    const double c = a / r, sn = b / r;
-    for (int i = j; i < s - 1; ++i) {
-      const double x = L[i * ld + j], y = L[i * ld + j + 1];
-      L[i * ld + j] = c * x + sn * y;
-      L[i * ld + j + 1] = -sn * x + c * y;
-    }
-    L[j * ld + j + 1] = 0.0;
-  }
-  for (int i = 0; i < s - 1; ++i) L[i * ld + s - 1] = 0.0;
-}
 
 // G = Y Y^T for the first n of n4 (multiple of 4, zero-padded) rows of Y (row length d),
 // in 4 x 4 register blocks (16 accumulators: 8 loads feed 16 multiply-adds), lower
@@ -142,24 +99,15 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
     w.pos.push_back(i);
   }
   const int64_t n = static_cast<int64_t>(w.cidx.size());
-  const T* wk = W + k * ws0;
-  for (int64_t i = 0; i < s_out; ++i) { sup_out[i] = -1; wt_out[i] = 0.0; }
-  if (n == 0) {  // no candidate: cannot happen for K >= 2 with valid input
-    *status_out = 2;
-    *iters_out = 0;
-    *dist_out = std::numeric_limits<double>::quiet_NaN();
-    for (int64_t t = 0; t < d; ++t) proj[t] = std::numeric_limits<double>::quiet_NaN();
-    return;
-  }
-  w.x.assign(static_cast<size_t>(d), 0.0);
-  w.wkd.resize(static_cast<size_t>(d));
-  for (int64_t t = 0; t < d; ++t) w.wkd[t] = static_cast<double>(load_f(wk, t));
   // compact Gram matrix of the valid candidates (n x n)
   w.G.resize(static_cast<size_t>(n * n));
-  if (gram != nullptr) {
+  if (n > 0 && gram != nullptr) {
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < n; ++j) w.G[i * n + j] = gram[w.pos[i] * ncand + w.pos[j]];
-  } else {  // form it here: y_i = w_i - w_k in a cache-resident buffer, then dot products
+  } else if (n > 0) {  // form it here: y_i = w_i - w_k in a cache-resident buffer, then dot products
+    const T* wk = W + k * ws0;
+    w.wkd.resize(static_cast<size_t>(d));
+    for (int64_t t = 0; t < d; ++t) w.wkd[t] = static_cast<double>(load_f(wk, t));
     const int64_t n4 = (n + 3) / 4 * 4;  // rows padded with zeros to a multiple of 4
     w.Y.assign(static_cast<size_t>(n4 * d), 0.0);
     for (int64_t i = 0; i < n; ++i) {
@@ -169,188 +117,18 @@ void solve_one(const T* W, int64_t ws0, int64_t d, int64_t k, const int64_t* can
     }
     gram_4x4(w.Y.data(), n, n4, d, w.G.data());
   }
-  double ymax = 0.0;
-  for (int64_t i = 0; i < n; ++i) ymax = std::max(ymax, w.G[i * n + i]);
-  const int smax = static_cast<int>(std::min<int64_t>(n, d + 1));
+  const int64_t smax = std::min<int64_t>(n, d + 1);
   const int64_t ld = smax + 1;
-  w.L.assign(static_cast<size_t>(ld * ld), 0.0);
-  w.lam.assign(static_cast<size_t>(ld), 0.0);
-  w.alpha.assign(static_cast<size_t>(ld), 0.0);
-  w.z.assign(static_cast<size_t>(ld), 0.0);
-  w.c.assign(static_cast<size_t>(ld), 0.0);
-  w.e.resize(static_cast<size_t>(d));
-  w.g.resize(static_cast<size_t>(n));
-  w.S.clear();
-  // Appends candidate jm to the corral's factor. The new row of L comes from the Gram
-  // matrix; its pivot is the norm of the explicit residual of (y_jm, 1) against the
-  // span of the corral's (y_i, 1), so thin simplices keep an accurate pivot (a
-  // difference of Gram entries would lose it below ~1e-8). False if affinely dependent.
-  auto append = [&](int64_t jm) -> bool {
-    const int s = static_cast<int>(w.S.size());
-    double* Ls = w.L.data() + s * ld;
-    for (int i = 0; i < s; ++i) w.z[i] = w.G[static_cast<int64_t>(w.S[i]) * n + jm] + 1.0;
-    fwd_solve(w.L.data(), ld, s, w.z.data(), Ls);
-    const double scale = w.G[jm * n + jm] + 1.0;
-    double d2 = scale;
-    for (int i = 0; i < s; ++i) d2 -= Ls[i] * Ls[i];
-    if (d2 > kThin * scale) {  // well separated: the Gram pivot is accurate (rel. err <= eps/kThin)
-      Ls[s] = std::sqrt(d2);
-      w.S.push_back(static_cast<int>(jm));
-      w.lam[s] = 0.0;
-      return true;
-    }
-    for (int i = 0; i < s; ++i) w.c[i] = Ls[i];
-    bwd_solve(w.L.data(), ld, s, w.c.data());  // c = M^-1 r: least-squares coefficients
-    const T* wj = W + w.cidx[jm] * ws0;
-    double e1 = 1.0;
-    for (int i = 0; i < s; ++i) e1 -= w.c[i];
-    for (int64_t t = 0; t < d; ++t) w.e[t] = static_cast<double>(load_f(wj, t)) - w.wkd[t];
-    for (int i = 0; i < s; ++i) {
-      const T* wi = W + w.cidx[w.S[i]] * ws0;
-      const double ci = w.c[i];
-      for (int64_t t = 0; t < d; ++t) w.e[t] -= ci * (static_cast<double>(load_f(wi, t)) - w.wkd[t]);
-    }
-    double piv2 = e1 * e1;
-    for (int64_t t = 0; t < d; ++t) piv2 += w.e[t] * w.e[t];
-    if (!(piv2 > kDegenerate * kDegenerate * scale)) return false;
-    Ls[s] = std::sqrt(piv2);
-    w.S.push_back(static_cast<int>(jm));
-    w.lam[s] = 0.0;
-    return true;
-  };
-  // warm start from a previous corral (its points are among the candidates)
-  bool warm = false;
-  if (n_init > 0) {
-    double ls = 0.0;
-    for (int64_t a = 0; a < n_init && static_cast<int>(w.S.size()) < smax; ++a) {
-      if (init_sup[a] < 0 || !(init_wt[a] > 0)) continue;
-      for (int64_t i = 0; i < n; ++i)
-        if (w.cidx[i] == init_sup[a]) {
-          if (std::find(w.S.begin(), w.S.end(), static_cast<int>(i)) == w.S.end()) {
-            const size_t at = w.S.size();
-            if (append(i)) {
-              w.lam[at] = init_wt[a];
-              ls += init_wt[a];
-            }
-          }
-          break;
-        }
-    }
-    if (!w.S.empty() && ls > 0) {
-      for (size_t i = 0; i < w.S.size(); ++i) w.lam[i] /= ls;
-      warm = true;
-    } else {
-      w.S.clear();
-    }
-  }
-  if (!warm) {  // start from the nearest candidate (smallest ||y||)
-    int64_t j0 = 0;
-    for (int64_t i = 1; i < n; ++i)
-      if (w.G[i * n + i] < w.G[j0 * n + j0]) j0 = i;
-    w.S.push_back(static_cast<int>(j0));
-    w.lam[0] = 1.0;
-    w.L[0] = std::sqrt(w.G[j0 * n + j0] + 1.0);
-  }
-  const double round_floor = (16.0 * std::sqrt(static_cast<double>(d)) + 16.0) *
-                             std::numeric_limits<double>::epsilon() * std::sqrt(std::max(ymax, 1e-300));
-  int64_t it = 0;
-  int64_t status = 1;
-  while (it < max_iter) {
-    ++it;
-    // g = G[:, S] lam  (g_j = <x, y_j>),  xx = lam^T G_SS lam
-    std::fill(w.g.begin(), w.g.end(), 0.0);
-    for (size_t i = 0; i < w.S.size(); ++i) {
-      const double l = w.lam[i];
-      const double* Gi = w.G.data() + static_cast<int64_t>(w.S[i]) * n;
-      double* g = w.g.data();
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) g[j] += l * Gi[j];
-    }
-    double xx = 0.0;
-    for (size_t i = 0; i < w.S.size(); ++i) xx += w.lam[i] * w.g[w.S[i]];
-    if (!(xx > 0.0)) { status = 0; break; }
-    const double xn = std::sqrt(xx);
-    int64_t jm = 0;
-    double gm = w.g[0];
-    for (int64_t i = 1; i < n; ++i)
-      if (w.g[i] < gm) { gm = w.g[i]; jm = i; }
-    if (xx - gm <= std::max(0.5 * gap_tol * xn, round_floor * xn)) { status = 0; break; }
-    if (std::find(w.S.begin(), w.S.end(), static_cast<int>(jm)) != w.S.end()) { status = 2; break; }
-    if (static_cast<int>(w.S.size()) >= smax) { status = 2; break; }
-    if (!append(jm)) { status = 2; break; }
-    bool degenerate = false;
-    // minor cycles: affine minimiser of the corral; step back into the simplex if needed
-    for (;;) {
-      const int sc = static_cast<int>(w.S.size());
-      for (int i = 0; i < sc; ++i) w.z[i] = 1.0;
-      fwd_solve(w.L.data(), ld, sc, w.z.data(), w.alpha.data());
-      bwd_solve(w.L.data(), ld, sc, w.alpha.data());
-      double sum = 0.0;
-      for (int i = 0; i < sc; ++i) sum += w.alpha[i];
-      for (int i = 0; i < sc; ++i) w.alpha[i] /= sum;
-      bool all_pos = true;
-      for (int i = 0; i < sc; ++i)
-        if (!(w.alpha[i] > kPos)) { all_pos = false; break; }
-      if (all_pos) {
-        for (int i = 0; i < sc; ++i) w.lam[i] = w.alpha[i];
-        break;
-      }
-      double theta = 1.0;
-      int arg = -1;
-      for (int i = 0; i < sc; ++i) {
-        if (!(w.alpha[i] > kPos)) {
-          const double den = w.lam[i] - w.alpha[i];
-          const double th = den > 0 ? w.lam[i] / den : 0.0;
-          if (th < theta || arg < 0) { theta = th; arg = i; }
-        }
-      }
-      theta = std::min(1.0, std::max(0.0, theta));
-      for (int i = 0; i < sc; ++i) w.lam[i] += theta * (w.alpha[i] - w.lam[i]);
-      w.lam[arg] = 0.0;
-      if (arg == sc - 1 && theta == 0.0) degenerate = true;  // the new point cannot enter
-      // drop every point whose weight vanished (downdating the factor)
-      for (int i = sc - 1; i >= 0; --i) {
-        if (!(w.lam[i] > kPos)) {
-          const int cur = static_cast<int>(w.S.size());
-          chol_remove(w.L.data(), ld, cur, i);
-          w.S.erase(w.S.begin() + i);
-          for (int q = i; q < cur - 1; ++q) w.lam[q] = w.lam[q + 1];
-        }
-      }
-      const int o = static_cast<int>(w.S.size());
-      double ls = 0.0;
-      for (int i = 0; i < o; ++i) ls += w.lam[i];
-      for (int i = 0; i < o; ++i) w.lam[i] /= ls;
-      if (degenerate || o == 0) { degenerate = true; break; }
-      ++it;
-      if (it >= max_iter) break;
-    }
-    if (degenerate) { status = 2; break; }
-  }
-  // final point x = sum lam_i y_i from the (renormalised, non-negative) weights
-  double ls = 0.0;
-  for (size_t i = 0; i < w.S.size(); ++i) ls += std::max(0.0, w.lam[i]);
-  std::fill(w.x.begin(), w.x.end(), 0.0);
-  int o = 0;
-  for (size_t i = 0; i < w.S.size(); ++i) {
-    const double l = std::max(0.0, w.lam[i]) / ls;
-    if (l <= 0.0) continue;
-    const T* wj = W + w.cidx[w.S[i]] * ws0;
-    for (int64_t t = 0; t < d; ++t) w.x[t] += l * (static_cast<double>(load_f(wj, t)) - w.wkd[t]);
-    if (o < s_out) {
-      sup_out[o] = w.cidx[w.S[i]];
-      wt_out[o] = l;
-      ++o;
-    }
-  }
-  double xx = 0.0;
-  for (int64_t t = 0; t < d; ++t) {
-    xx += w.x[t] * w.x[t];
-    proj[t] = w.wkd[t] + w.x[t];
-  }
-  *dist_out = std::sqrt(xx);
-  *iters_out = it;
-  *status_out = status;
+  w.L.resize(static_cast<size_t>(ld * ld));
+  for (auto* v : {&w.lam, &w.alpha, &w.z, &w.c}) v->resize(static_cast<size_t>(ld));
+  w.S.resize(static_cast<size_t>(ld));
+  w.g.resize(static_cast<size_t>(std::max<int64_t>(n, 1)));
+  const wolfe::HullProblem<T> prob{W, ws0, d, k, w.cidx.data(), n, w.G.data(), n};
+  const wolfe::Scratch scratch{w.g.data(), w.L.data(), w.lam.data(), w.alpha.data(), w.z.data(), w.c.data(),
+                               w.S.data(), ld};
+  const wolfe::Output out{proj, dist_out, sup_out, wt_out, s_out, iters_out, status_out};
+  wolfe::solve(wolfe::SerialTeam{}, prob, wolfe::WarmStart{init_sup, init_wt, n_init}, gap_tol, max_iter, scratch,
+               out);
 }
 
 template <typename T>

@@ -1,4 +1,5 @@
-// Shared CUDA helpers: error checks that throw (never abort), device guard, warp sums.
+// Shared CUDA helpers: error checks that throw (never abort), device guard, launch
+// geometry, warp reductions and the warp team of the shared Wolfe solver (common/wolfe.h).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -35,12 +36,62 @@ inline cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaSt
 
 inline void check_launch(const char* what) { check_cuda(cudaGetLastError(), what); }
 
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Blocks for `items` work items at `per_block` items per block (ceil division).
+inline unsigned grid_for(int64_t items, int64_t per_block) {
+  return static_cast<unsigned>((items + per_block - 1) / per_block);
+}
+
+// Butterfly sum over the warp. The lanes' results may differ in the last bit; use
+// warp_sum_bcast where every lane must take the same branches afterwards.
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
   return v;
 }
+
+// Warp sum, broadcast from lane 0: the same value in every lane.
+template <typename A>
+__device__ __forceinline__ A warp_sum_bcast(A v) {
+  return __shfl_sync(kFullMask, warp_sum(v), 0);
+}
+
+// One warp cooperating on one problem: the Team policy of common/wolfe.h.
+struct WarpTeam {
+  static constexpr bool kSerial = false;
+  int lane;
+  __device__ int rank() const { return lane; }
+  __device__ int size() const { return 32; }
+  __device__ bool leader() const { return lane == 0; }
+  __device__ void sync() const { __syncwarp(); }
+  __device__ double total(double v) const { return warp_sum_bcast(v); }
+  __device__ int count(int v) const { return warp_sum(v); }  // integer sums agree in every lane
+  __device__ bool any(bool v) const { return __any_sync(kFullMask, v); }
+  __device__ double max(double v) const {
+    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, o));
+    return v;
+  }
+  __device__ int64_t min_index(int64_t v) const {
+    long long m = v;
+    for (int o = 16; o > 0; o >>= 1) {
+      const long long x = __shfl_xor_sync(kFullMask, m, o);
+      m = x < m ? x : m;
+    }
+    return m;
+  }
+  // smallest value, ties to the smaller index, in every lane
+  __device__ void argmin(double& v, int64_t& j) const {
+    long long jj = j;
+    for (int o = 16; o > 0; o >>= 1) {
+      const double ov = __shfl_xor_sync(kFullMask, v, o);
+      const long long oj = __shfl_xor_sync(kFullMask, jj, o);
+      if (ov < v || (ov == v && oj < jj)) { v = ov; jj = oj; }
+    }
+    j = jj;
+  }
+};
 
 }  // namespace cuda
 }  // namespace gnc

@@ -60,8 +60,17 @@ __global__ void normalize_bwd_kernel(const T* __restrict__ x, const typename Acc
   }
 }
 
-inline unsigned grid_for(int64_t rows) {
-  return static_cast<unsigned>((rows + kWarps - 1) / kWarps);
+// Launches launch(dtype tag, stream) for x's float dtype on x's device (nothing for
+// zero rows) and checks the launch, naming `what` in errors.
+template <class F>
+void per_row_launch(const TensorView& x, const char* what, F launch, std::uintptr_t stream) {
+  if (x.size(0) == 0) return;
+  DeviceGuard g(x.device);
+  dispatch_float(x.dtype, "x", [&](auto tag) {
+    launch(tag, as_stream(stream));
+    return 0;
+  });
+  check_launch(what);
 }
 
 }  // namespace
@@ -69,33 +78,25 @@ inline unsigned grid_for(int64_t rows) {
 void normalize_rows_forward(const TensorView& x, const TensorView& y, const TensorView& norm,
                             double eps, std::uintptr_t stream) {
   const int64_t rows = x.size(0), cols = x.size(1);
-  if (rows == 0) return;
-  DeviceGuard g(x.device);
-  dispatch_float(x.dtype, "x", [&](auto tag) {
+  per_row_launch(x, "normalize_rows_forward", [&](auto tag, cudaStream_t st) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
-    normalize_fwd_kernel<T><<<grid_for(rows), kWarps * 32, 0, as_stream(stream)>>>(
+    normalize_fwd_kernel<T><<<grid_for(rows, kWarps), kWarps * 32, 0, st>>>(
         x.data<T>(), y.data<T>(), norm.data<A>(), rows, cols, x.stride(0), x.stride(1),
         y.stride(0), y.stride(1), eps);
-    return 0;
-  });
-  check_launch("normalize_rows_forward");
+  }, stream);
 }
 
 void normalize_rows_backward(const TensorView& x, const TensorView& norm, const TensorView& dy,
                              const TensorView& dx, double eps, std::uintptr_t stream) {
   const int64_t rows = x.size(0), cols = x.size(1);
-  if (rows == 0) return;
-  DeviceGuard g(x.device);
-  dispatch_float(x.dtype, "x", [&](auto tag) {
+  per_row_launch(x, "normalize_rows_backward", [&](auto tag, cudaStream_t st) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
-    normalize_bwd_kernel<T><<<grid_for(rows), kWarps * 32, 0, as_stream(stream)>>>(
+    normalize_bwd_kernel<T><<<grid_for(rows, kWarps), kWarps * 32, 0, st>>>(
         x.data<T>(), norm.data<A>(), dy.data<T>(), dx.data<T>(), rows, cols, x.stride(0),
         x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1), eps);
-    return 0;
-  });
-  check_launch("normalize_rows_backward");
+  }, stream);
 }
 
 int device_count() {

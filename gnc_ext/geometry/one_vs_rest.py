@@ -37,7 +37,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
-from .. import _validate
+from .. import _progress, _validate
 from .._engine import chunk_size
 from ..ops import hull as _hull_ops
 from ..ops.normalize import normalize_rows_named
@@ -155,13 +155,7 @@ def _candidates(Wc: Tensor, m: int, progress: bool) -> Tensor:
 
 
 def _bar(progress: bool, total: int, desc: str):
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
+    return _progress.bar(progress, total, desc)
 
 
 def _merge(cand: Tensor, new: Tensor) -> Tensor:
@@ -302,11 +296,11 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
 
     width = max(1, int((support >= 0).sum(1).max().item()))  # entries are packed to the left
     support, weights = support[:, :width].contiguous(), weights[:, :width].contiguous()
-    counts = torch.bincount(status_all, minlength=3).tolist()
+    counts = torch.bincount(status_all, minlength=len(_hull_ops.SOLVE_STATUS)).tolist()
     stats = {
         "candidates": m, "max_add": q, "tol": tol, "rounds": rounds, "classes_solved_per_round": resolved,
         "violators_added": added_total, "converged": converged,
-        "solver_status": {"converged": counts[0], "iteration_cap": counts[1], "degenerate_stop": counts[2]},
+        "solver_status": dict(zip(_hull_ops.SOLVE_STATUS, counts)),
         "wolfe_iterations_max": int(iters_all.max().item()), "max_support": int((support >= 0).sum(1).max().item()),
         "time_candidates_s": t_cand, "time_solve_s": t_solve, "time_pricing_s": t_price,
         "time_total_s": time.perf_counter() - t0,
@@ -346,7 +340,8 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
         max_add: violators added per class per pricing round (default 32).
         max_rounds: cap on column-generation rounds (default 100).
         max_iter: cap on Wolfe iterations per class (default 50·(min(n, d+1) + 10)).
-        progress: show tqdm bars (default: on when K ≥ 100,000).
+        progress: show tqdm bars. None (default): when K ≥ 100,000 and stderr is a
+            terminal; True: always; False: never.
         rattler_tol: a class is reported as a rattler when its certified lower bound
             exceeds ``rho + rattler_tol``. Default ``tol``: provably above the minimum for
             these exact numbers. Data known only to a few digits (published tables,
@@ -397,8 +392,7 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
         max_iter = _validate.integer(max_iter, "max_iter", minimum=1)
     if rattler_tol is not None:  # checked before the solve, not after it
         rattler_tol = _validate.positive_float(rattler_tol, "rattler_tol", allow_zero=True)
-    if progress is None:
-        progress = K >= 100_000
+    progress = _progress.enabled(None) and K >= 100_000 if progress is None else _progress.enabled(progress)
     Wn = normalized(W, "W") if normalize else W
     if not normalize:
         check_unit_rows(W, "W")

@@ -95,6 +95,10 @@ def candidate_gram(W: Tensor, classes: Tensor, cand: Tensor) -> Tensor:
     return torch.bmm(Y, Y.transpose(1, 2)).contiguous()
 
 
+# Meaning of the solver's `status` output, by value (csrc/common/wolfe.h: wolfe::Status).
+SOLVE_STATUS = ("converged", "iteration_cap", "degenerate_stop")
+
+
 def solve(W: Tensor, classes: Tensor, cand: Tensor, gap_tol: float, max_iter: int, proj: Tensor,
           dist: Tensor, support: Tensor, weights: Tensor, iters: Tensor, status: Tensor,
           init_support: Tensor = None, init_weights: Tensor = None) -> None:

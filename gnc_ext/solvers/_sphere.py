@@ -89,7 +89,8 @@ class small_problem_threads:
 
     The smoothed phases work on (batch, K, K) tensors of a few thousand to a few
     million elements, far below the size where intra-op parallelism pays; on a loaded
-    2-core machine the default 2 threads made ``tammes(3, 13)`` 4x slower (measured).
+    2-core machine the default 2 threads made the Tammes solver several times slower
+    (benchmarks/RESULTS.md).
     ``torch.set_num_threads`` is process-wide, so other threads of the process run
     single-threaded for the duration too.
     """

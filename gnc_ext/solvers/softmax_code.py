@@ -72,7 +72,7 @@ import torch
 from .. import _validate
 from .. import theory as _theory
 from ..ops.normalize import unit_rows_f64
-from . import _sphere
+from . import _driver, _sphere
 
 __all__ = ["SoftmaxCodeResult", "softmax_code", "certify_code"]
 
@@ -203,9 +203,8 @@ def _expected_rho(d: int, K: int) -> float:
 # Adam normalises each coordinate's step, so a step's norm grows like lr·sqrt(d - 1):
 # the learning rate is divided by sqrt((d - 1)/LR_DIM_REF) above d = LR_DIM_REF + 1,
 # keeping the step a fixed fraction of the point spacing. Without it, d = 512 steps
-# were of norm ~0.9 and the smoothed phase made a random code worse (measured: d = 512,
-# K = 2000, 100 iterations: certified rho 0.886 -> 0.850; d = 512, K = 10,000 on an H200:
-# 0.864 (random) -> 0.816).
+# have norm ~0.9 and the smoothed phase makes a random code worse (the measurements are
+# in benchmarks/RESULTS.md, 2026-12-04 section).
 LR_DIM_REF = 15
 
 
@@ -555,7 +554,7 @@ def softmax_code(
     polish_iter: int = 500,
     device=None,
     seed: Optional[int] = None,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     tol: float = 1e-12,
     rattler_tol: float = 1e-7,
     use_constructions: bool = True,
@@ -582,7 +581,8 @@ def softmax_code(
         device: torch device of the smoothed phase and the continuation (default CPU);
             the LP polish and the certification run on the CPU.
         seed: integer seed (None: nondeterministic).
-        progress: tqdm bar over the restarts.
+        progress: tqdm bar over the restarts: None (default) when stderr is a terminal,
+            True always, False never.
         tol: stationarity tolerance of the polish and of the early stop against the
             Thm 3.3 optimum (in rho units).
         rattler_tol: a class is reported as a rattler when its certified lower bound
@@ -622,39 +622,29 @@ def softmax_code(
     one-vs-rest evaluation. Meant for K up to about a thousand.
     """
     t0 = time.perf_counter()
-    d = _validate.integer(d, "d", minimum=1)
-    K = _validate.integer(K, "K", minimum=2)
-    restarts = _validate.integer(restarts, "restarts", minimum=0)
-    max_iter = _validate.integer(max_iter, "max_iter", minimum=1)
-    batch = _validate.integer(batch, "batch", minimum=1)
-    polish_top = _validate.integer(polish_top, "polish_top", minimum=1)
-    polish_iter = _validate.integer(polish_iter, "polish_iter", minimum=0)
-    tol = _validate.positive_float(tol, "tol", allow_zero=True)
+    a = _driver.check_args(d, K, restarts=restarts, max_iter=max_iter, batch=batch, polish_top=polish_top,
+                           polish_iter=polish_iter, tol=tol, time_limit=time_limit, seed=seed,
+                           progress=progress, device=device, init=init)
+    d, K, restarts, batch, tol, dev, inits = a.d, a.K, a.restarts, a.batch, a.tol, a.device, a.inits
+    polish_iter = a.polish_iter
     rattler_tol = _validate.positive_float(rattler_tol, "rattler_tol", allow_zero=True)
-    if time_limit is not None:
-        time_limit = _validate.positive_float(time_limit, "time_limit")
-    seed = _validate.seed(seed)
-    _validate.boolean(progress, "progress")
     _validate.boolean(use_constructions, "use_constructions")
     if continuation is None:
         continuation = 2 * K * (d - 1) + 1 > _LP_EACH_VARS
     _validate.boolean(continuation, "continuation")
-    dev = _validate.device(device)
-    inits = _sphere.initial_codes(init, K, d, restarts)
     scale = _expected_rho(d, K)
     if d > LR_DIM_REF + 1:
         # in high dimension random codes are already well spread (nearly orthogonal),
         # far above the packing estimate: take the spacing of a random code if larger
-        scale = max(scale, _random_spacing(d, K, seed, dev))
+        scale = max(scale, _random_spacing(d, K, a.seed, dev))
 
     rho_opt = _theory.rho_closed_form(d, K)
     stop_tol = max(tol, 1e-11)
-    state = {"W": None, "r": None, "val": -math.inf, "it": 0, "src": "restart", "status": "none"}
-    history: List[float] = []
+    # the search maximises the certified rho_lower; it may stop at the Thm 3.3 optimum
+    search = _driver.Search(t0, a.time_limit, target=None if rho_opt is None else rho_opt - stop_tol)
+    search.set(-math.inf, W=None, r=None, it=0, src="restart", status="none")
+    state = search.best
     restart_values: List[float] = []
-
-    def reached() -> bool:
-        return rho_opt is not None and state["val"] >= rho_opt - stop_tol
 
     # the LP polish of every candidate is cheap for small LPs; above _LP_EACH_VARS
     # variables only the final best restart is LP-polished (after the continuation)
@@ -662,23 +652,20 @@ def softmax_code(
     lp_each = lp_vars <= _LP_EACH_VARS or not continuation
     if lp_vars > _LP_MAX_VARS:
         polish_iter = 0  # an LP of this size is out of reach for HiGHS: documented
-    deadline = None if time_limit is None else t0 + time_limit
-    bar = None
 
     def report(phase: str, value: float) -> None:  # progress of the long phases on the bar
-        if bar is not None:
-            best = max(value, state["val"])
-            bar.set_postfix_str(f"{phase}, rho={best:.10f}" if best > -math.inf else phase)
+        best = max(value, search.value)
+        search.note(f"{phase}, rho={best:.10f}" if best > -math.inf else phase)
 
     def lp(Wc: np.ndarray, r, delta0):
         stall = None if lp_each else (_STALL_ITERS, max(_STALL_FACTOR * tol, _STALL_MIN))
-        return _polish(Wc, max_iter=polish_iter, tol=tol, target=rho_opt, deadline=deadline, delta0=delta0, r=r,
-                       stall=stall, report=report)
+        return _polish(Wc, max_iter=polish_iter, tol=tol, target=rho_opt, deadline=search.deadline, delta0=delta0,
+                       r=r, stall=stall, report=report)
 
     def offer(Wc: np.ndarray, src: str, polish: bool) -> None:
         its, status, r, delta0 = 0, "none", None, None
         if polish and continuation and src in ("restart", "init") and d >= 2:
-            Wc, r = _continuation(Wc, _S_FACTORS[-1] * scale, deadline=deadline, device=dev, report=report)
+            Wc, r = _continuation(Wc, _S_FACTORS[-1] * scale, deadline=search.deadline, device=dev, report=report)
             delta0 = 1e-3 * math.sqrt(max(r.rho_lower, 1e-6))  # already close: small first steps
         if polish and polish_iter > 0 and d >= 2 and (lp_each or src != "restart"):
             Wc, r, its, status = lp(Wc, r, delta0)
@@ -686,9 +673,8 @@ def softmax_code(
             r = _ovr(Wc)
         if src == "restart":
             restart_values.append(r.rho)
-        if r.rho_lower > state["val"]:
-            state.update(W=Wc, r=r, val=r.rho_lower, it=its, src=src, status=status)
-        history.append(state["val"])
+        search.offer(r.rho_lower, W=Wc, r=r, it=its, src=src, status=status)
+        search.record()
 
     if d == 1:  # S^0: alternate +-1 (K = 2 optimal with rho 2; K >= 3 gives rho 0)
         W = np.zeros((K, 1))
@@ -696,29 +682,21 @@ def softmax_code(
         W[1::2, 0] = -1.0
         offer(W, "construction", False)
     elif use_constructions:
-        for Wc in _constructions(d, K, seed):
+        for Wc in _constructions(d, K, a.seed):
             offer(Wc, "construction", True)
     for Wc in inits:
-        if not reached():
+        if not search.reached():
             offer(Wc, "init", d >= 2)
 
-    gen = torch.Generator()
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    if progress and d >= 2 and not reached():
-        try:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=restarts, desc=f"softmax_code d={d} K={K}", leave=False)
-        except ImportError:  # pragma: no cover
-            bar = None
+    gen = _driver.generator(a.seed)
+    if d >= 2 and not search.reached():
+        search.open_bar(a.progress, restarts, f"softmax_code d={d} K={K}")
     done = 0
-    try:
-        while d >= 2 and done < restarts and not reached():
+    with search:
+        while d >= 2 and done < restarts and not search.reached():
             nb = min(batch, restarts - done)
             X = _sphere.random_points(nb, K, d, generator=gen, device=dev)
-            X = _smoothed(X, max_iter, scale, _S_FACTORS, deadline=deadline, report=report)
+            X = _smoothed(X, a.max_iter, scale, _S_FACTORS, deadline=search.deadline, report=report)
             Xc = X.detach().cpu().to(torch.float64)
             # rank the batch by the smoothed run's own objective (min_kj M at H = W is
             # cheap but poor); use the exact certified rho instead: K small here
@@ -726,26 +704,22 @@ def softmax_code(
             for i in range(nb):
                 Wi = (Xc[i] / Xc[i].norm(dim=1, keepdim=True)).numpy()
                 vals.append(_ovr(Wi).rho_lower)
-            for i in np.argsort(vals)[::-1][:polish_top]:
+            for i in np.argsort(vals)[::-1][:a.polish_top]:
                 Wi = (Xc[i] / Xc[i].norm(dim=1, keepdim=True)).numpy()
                 offer(Wi, "restart", True)
-                if reached():
+                if search.reached():
                     break
             done += nb
-            if bar is not None:
-                bar.update(nb)
-                bar.set_postfix(rho=f"{state['val']:.10f}")
-            if time_limit is not None and time.perf_counter() - t0 > time_limit:
+            search.advance(nb, rho=f"{search.value:.10f}")
+            if search.out_of_time():
                 break
         if (not lp_each and polish_iter > 0 and state["src"] == "restart" and state["status"] == "none"
-                and not reached()):
-            Wb, rb, its, status = lp(state["W"], state["r"], 1e-3 * math.sqrt(max(state["val"], 1e-6)))
-            if rb.rho_lower >= state["val"]:
-                state.update(W=Wb, r=rb, val=rb.rho_lower, it=its, status=status)
-                history.append(state["val"])
-    finally:
-        if bar is not None:
-            bar.close()
+                and not search.reached()):
+            Wb, rb, its, status = lp(state["W"], state["r"], 1e-3 * math.sqrt(max(search.value, 1e-6)))
+            if rb.rho_lower >= search.value:
+                search.set(rb.rho_lower, W=Wb, r=rb, it=its, status=status)
+                search.record()
+    history = search.history
 
     Wb = state["W"]
     cert = certify_code(torch.from_numpy(Wb), rattler_tol=rattler_tol)

@@ -57,7 +57,7 @@ import torch
 
 from .. import _validate
 from .. import theory as _theory
-from . import _sphere
+from . import _driver, _sphere
 
 
 @dataclasses.dataclass
@@ -153,7 +153,7 @@ def _polish(W: np.ndarray, *, max_iter: int, tol: float, stop_at: float = -math.
     delta = 0.05 * max(math.sqrt(max(2.0 - 2.0 * cmax, 0.0)), 1e-3)
     it_done = 0
     # Primal simplex: these LPs are highly degenerate (many box-bound variables); HiGHS's
-    # default dual simplex needs ~10x more pivots on them (measured at d = 16, K = 24).
+    # default dual simplex needs many more pivots on them (benchmarks/RESULTS.md).
     opts = {"simplex_strategy": 4}
     for it in range(max_iter):
         if cmax <= stop_at:
@@ -243,7 +243,7 @@ def tammes(
     polish_iter: int = 300,
     device=None,
     seed: Optional[int] = None,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     tol: float = 1e-12,
     contact_tol: float = 1e-8,
     time_limit: Optional[float] = None,
@@ -271,7 +271,8 @@ def tammes(
         polish_iter: LP iterations per polish (>= 0; 0 disables the polish).
         device: torch device of the smoothed phase (default CPU); the polish is CPU.
         seed: integer seed (None: nondeterministic).
-        progress: show a tqdm bar over starts and hops.
+        progress: a tqdm bar over starts and hops: None (default) when stderr is a
+            terminal, True always, False never.
         tol: stationarity tolerance of the polish (predicted decrease of the largest
             cosine) and of the early stop against a proven optimum.
         contact_tol: cosine tolerance defining contacts and rattlers in the result.
@@ -304,22 +305,12 @@ def tammes(
     Meant for K up to a few hundred; see the module docstring for large K.
     """
     t0 = time.perf_counter()
-    d = _validate.integer(d, "d", minimum=1)
-    K = _validate.integer(K, "K", minimum=2)
-    restarts = _validate.integer(restarts, "restarts", minimum=0)
-    max_iter = _validate.integer(max_iter, "max_iter", minimum=1)
-    batch = _validate.integer(batch, "batch", minimum=1)
-    polish_top = _validate.integer(polish_top, "polish_top", minimum=1)
+    a = _driver.check_args(d, K, restarts=restarts, max_iter=max_iter, batch=batch, polish_top=polish_top,
+                           polish_iter=polish_iter, tol=tol, time_limit=time_limit, seed=seed,
+                           progress=progress, device=device, init=init)
+    d, K, restarts, batch, tol, dev, inits = a.d, a.K, a.restarts, a.batch, a.tol, a.device, a.inits
     hops = _validate.integer(hops, "hops", minimum=0)
-    polish_iter = _validate.integer(polish_iter, "polish_iter", minimum=0)
-    tol = _validate.positive_float(tol, "tol", allow_zero=True)
     contact_tol = _validate.positive_float(contact_tol, "contact_tol", allow_zero=True)
-    if time_limit is not None:
-        time_limit = _validate.positive_float(time_limit, "time_limit")
-    seed = _validate.seed(seed)
-    _validate.boolean(progress, "progress")
-    dev = _validate.device(device)
-    inits = _sphere.initial_codes(init, K, d, restarts)
 
     proven = _theory.one_vs_one_closed_form(d, K)
     proven_cos = None if proven is None else 1.0 - proven * proven / 2.0
@@ -333,28 +324,14 @@ def tammes(
         return TammesResult(W, md, cmax, math.degrees(math.acos(max(-1.0, min(1.0, cmax)))), contacts, ratt,
                             proven, abs(md - proven) <= 1e-12, 0, [], [md], 0, time.perf_counter() - t0)
 
-    gen = torch.Generator()
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
+    gen = _driver.generator(a.seed)
     h = _spacing(d, K)
-
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    bar = None
-    if tqdm is not None and progress:
-        bar = tqdm(total=restarts + hops, desc=f"tammes d={d} K={K}", leave=False)
-
-    state = {"W": None, "c": math.inf, "it": 0}
+    # the search maximises minus the largest cosine; it may stop at the proven optimum
     stop_at = -math.inf if proven_cos is None else proven_cos + max(tol, 1e-10)
+    search = _driver.Search(t0, a.time_limit, target=None if proven_cos is None else -stop_at, margin=1e-15)
+    search.set(-math.inf, W=None, it=0)
+    search.open_bar(a.progress, restarts + hops, f"tammes d={d} K={K}")
     restart_values: List[float] = []
-    history: List[float] = []
-
-    def reached() -> bool:
-        return proven_cos is not None and state["c"] <= stop_at
 
     def consider(X: torch.Tensor, top: int) -> None:
         cm = _sphere.max_cos(X).cpu()
@@ -363,27 +340,24 @@ def tammes(
         for idx in order:
             Wc = Xc[idx] / np.linalg.norm(Xc[idx], axis=1, keepdims=True)
             its = 0
-            if polish_iter > 0:
-                Wc, its = _polish(Wc, max_iter=polish_iter, tol=tol, stop_at=stop_at)
+            if a.polish_iter > 0:
+                Wc, its = _polish(Wc, max_iter=a.polish_iter, tol=tol, stop_at=stop_at)
             C = Wc @ Wc.T
             np.fill_diagonal(C, -2.0)
-            c = float(C.max())
-            if c < state["c"] - 1e-15:
-                state.update(W=Wc, c=c, it=its)
-            if reached():
+            search.offer(-float(C.max()), W=Wc, it=its)
+            if search.reached():
                 break
 
-    def out_of_time() -> bool:
-        return time_limit is not None and time.perf_counter() - t0 > time_limit
+    def step_done(n: int) -> None:
+        search.record(_chord(-search.value))
+        search.advance(n, min_dist=f"{search.history[-1]:.10f}")
 
     done = 0
     hops_done = 0
-    threads = _sphere.small_problem_threads(dev, batch * K * K)
-    try:
-        threads.__enter__()
+    with _sphere.small_problem_threads(dev, batch * K * K), search:
         if inits:  # user-given starting codes: every one is polished
             consider(torch.from_numpy(np.stack(inits)), len(inits))
-        while done < restarts and not reached():
+        while done < restarts and not search.reached():
             nb = min(batch, restarts - done)
             X = _sphere.random_points(nb, K, d, generator=gen, device=dev)
             # a quarter of the starts follow the full continuation from s = 2 (few,
@@ -391,34 +365,26 @@ def tammes(
             n_low = nb // 4
             parts = []
             if n_low > 0:
-                parts.append(_anneal(X[:n_low], max_iter, h, _S_LOW))
-            parts.append(_anneal(X[n_low:], max_iter, h, _S_GLOBAL))
+                parts.append(_anneal(X[:n_low], a.max_iter, h, _S_LOW))
+            parts.append(_anneal(X[n_low:], a.max_iter, h, _S_GLOBAL))
             X = torch.cat(parts, dim=0)
             restart_values += [_chord(float(c)) for c in _sphere.max_cos(X).cpu()]
-            consider(X, polish_top)
+            consider(X, a.polish_top)
             done += nb
-            history.append(_chord(state["c"]))
-            if bar is not None:
-                bar.update(nb)
-                bar.set_postfix(min_dist=f"{history[-1]:.10f}")
-            if out_of_time():
+            step_done(nb)
+            if search.out_of_time():
                 break
-        while hops_done < hops and not reached() and not out_of_time():
-            base = torch.from_numpy(state["W"]).to(dev)
+        while hops_done < hops and not search.reached() and not search.out_of_time():
+            base = torch.from_numpy(search.best["W"]).to(dev)
             sig = torch.rand(batch, 1, 1, generator=gen, dtype=torch.float64).to(dev) * (0.5 * h)
             noise = torch.randn(batch, K, d, generator=gen, dtype=torch.float64).to(dev)
             Y = _sphere.normalize(base[None] + sig * noise)
-            Y = _anneal(Y, max(1, max_iter // 2), 0.3 * h, _S_HOP)
+            Y = _anneal(Y, max(1, a.max_iter // 2), 0.3 * h, _S_HOP)
             consider(Y, 2)
             hops_done += 1
-            history.append(_chord(state["c"]))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(min_dist=f"{history[-1]:.10f}")
-    finally:
-        threads.__exit__(None, None, None)
-        if bar is not None:
-            bar.close()
+            step_done(1)
+    history = search.history
+    state = search.best
 
     best_W = state["W"]
     cmax, contacts, ratt = _stats(best_W, contact_tol)

@@ -29,7 +29,7 @@ from typing import Any, List, Optional
 
 import torch
 
-from .. import _validate
+from .. import _progress, _validate
 from . import _sphere
 from .softmax_code import SoftmaxCodeResult, softmax_code
 
@@ -46,7 +46,10 @@ class UFMResult:
         loss: final training loss (CE at tau, or HardMax max-reduction).
         hardmax_value: HardMax value ``max_i max_{j != y_i} <w_j - w_{y_i}, h_i>`` of the
             final (W, H) (the Eq. 5 objective, whatever loss was trained).
-        gnc1, gnc3: from :class:`gnc_ext.metrics.GNCAccumulator` (``compute(W)``).
+        gnc1, gnc3: from :class:`gnc_ext.metrics.GNCAccumulator` (``compute(W)``). GNC1 is
+            a trace of a product of positive semi-definite matrices, so it is >= 0; at
+            collapse the computed value is round-off (~1e-32) of either sign, and a
+            negative value is reported as 0.0 (``metrics.gnc1`` keeps the raw number).
         rho, rho_lower: GNC2 — certified one-vs-rest distance of W (Def. 2.1).
         max_cosine: largest pairwise cosine of W (the cosine of its minimal angle,
             the quantity of Fig. C.1).  min_angle_deg: that angle in degrees.
@@ -98,7 +101,7 @@ def train_ufm(
     seed: Optional[int] = None,
     device=None,
     dtype: torch.dtype = torch.float64,
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> UFMResult:
     """Train the unconstrained feature model of Eq. 2 on the sphere.
 
@@ -130,7 +133,8 @@ def train_ufm(
         anneal: temperature continuation / CE warm start (see above).
         seed: integer seed of the initialisation (None: nondeterministic).
         device: torch device (default CPU).  dtype: float32 or float64 (default).
-        progress: tqdm bar over the steps.
+        progress: tqdm bar over the steps: None (default) when stderr is a terminal,
+            True always, False never.
 
     Returns:
         :class:`UFMResult` with GNC1/GNC2 (certified rho)/GNC3 and the minimal-angle
@@ -160,7 +164,7 @@ def train_ufm(
     seed = _validate.seed(seed)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
-    _validate.boolean(progress, "progress")
+    progress = _progress.enabled(progress)
     dev = _validate.device(device)
 
     from ..losses import hardmax_loss, spherical_cross_entropy
@@ -192,13 +196,7 @@ def train_ufm(
             return spherical_cross_entropy(H, W, y, tau=tau_end if t is None else t)
         return hardmax_loss(H, W, y, reduction="max")
 
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=steps, desc=f"ufm {loss} d={d} K={K} n={n}", leave=False)
-        except ImportError:  # pragma: no cover
-            bar = None
+    bar = _progress.bar(progress, steps, f"ufm {loss} d={d} K={K} n={n}")
     history = []
     every = max(1, steps // 50)
     try:
@@ -233,7 +231,8 @@ def train_ufm(
     m = acc.compute(Wd)
     mc = _max_cos(Wd)
     return UFMResult(
-        W=Wd, H=Hd, labels=y.cpu(), loss=final, hardmax_value=hm, gnc1=m.gnc1,
+        W=Wd, H=Hd, labels=y.cpu(), loss=final, hardmax_value=hm,
+        gnc1=0.0 if m.gnc1 < 0.0 else m.gnc1,  # round-off below the PSD trace's 0 (NaN kept)
         rho=m.gnc2.rho if m.gnc2 is not None else math.nan,
         rho_lower=m.gnc2.rho_lower if m.gnc2 is not None else math.nan,
         gnc3=m.gnc3, max_cosine=mc, min_angle_deg=math.degrees(math.acos(max(-1.0, min(1.0, mc)))),
