@@ -26,10 +26,11 @@ are detected from the row maximum the forward keeps and recomputed with the exac
 online-max shift σ_i = that maximum (one more GEMM pass over those rows only):
 ``E_ik = exp((s_ik − 1)/τ − σ_i)``, ``lse_i = 1/τ + σ_i + log Z_i``.
 
-Storage dtype: bfloat16 for bfloat16 inputs (its relative error 2^-9 per entry is below
-that of the bf16 cosines), float32 / float64 for float32 / float64 inputs (so that the
-gradient keeps their precision); float16 inputs use the recompute strategy (1/‖w‖ can
-exceed float16's range). Memory beyond the inputs: E (B·K elements), dW, O(B·d + K),
+Storage dtype (:func:`storage_dtype`): bfloat16 for bfloat16 inputs (its relative error
+2^-9 per entry is below that of the bf16 cosines), float32 / float64 for float32 /
+float64 inputs (so that the gradient keeps their precision), or bfloat16 for float32
+inputs too with ``config.sce_stored_dtype = "bfloat16"``; float16 inputs use the
+recompute strategy (1/‖w‖ can exceed float16's range). Memory beyond the inputs: E (B·K elements), dW, O(B·d + K),
 one fp32 (B × chunk) tile in the forward and per class block one (chunk × d) block in the
 backward. Deterministic (native epilogues reduce each row in a fixed order; class
 repeats of the target rows are summed by a sorted, deterministic scatter).
@@ -47,6 +48,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .. import _validate
 from .._native import native, stream_of, view
 from .tiles import (NORM_EPS, BlockNorms, acc_dtype, check_labels, col_chunk, cos_tile, mm_acc, norm_block,
                     rows_sum_by_index)
@@ -58,7 +60,12 @@ UNDERFLOW_LIMIT = {torch.float32: -60.0, torch.bfloat16: -60.0, torch.float64: -
 
 
 def storage_dtype(dtype: torch.dtype):
-    """The dtype E is stored in for inputs of ``dtype`` (None: not supported, float16)."""
+    """The dtype E is stored in for inputs of ``dtype`` (None: not supported, float16):
+    ``config.sce_stored_dtype`` "auto" keeps the input precision (bfloat16 / float32 /
+    float64); "bfloat16" stores float32 inputs' E in bfloat16 as well (half the memory,
+    gradients to ~2^-9 relative per entry instead of float32's)."""
+    if dtype == torch.float32 and _validate.config.sce_stored_dtype == "bfloat16":
+        return torch.bfloat16
     return {torch.bfloat16: torch.bfloat16, torch.float32: torch.float32, torch.float64: torch.float64}.get(dtype)
 
 
@@ -197,29 +204,41 @@ def _sce_stored_bwd(grad_rows: Tensor, Hn: Tensor, W: Tensor, y: Tensor, E: Tens
     c = chunk or col_chunk(B, K, Hn.is_cuda, W.shape[1])
     ysafe = torch.where(valid, y, torch.zeros_like(y))
     dH, dW = Hn.new_empty(0), W.new_empty(0)
+    d = W.shape[1]
+    ad, rd = a.to(acc), r.to(acc)
     if need_h:
-        EW = mm_acc(E, W, acc) if E.dtype != acc else E @ W  # = E·Ŵ (E carries 1/‖w‖)
-        u = torch.zeros(W.shape[1], dtype=acc, device=W.device)  # 1ᵀŴ = (1/n)ᵀ W, one block at a time
-        for s in range(0, K, c):
-            u += inv_n[s:s + c] @ W[s:s + c].to(acc)
-        Wy = norm_block(W[ysafe], st)[0].to(acc) if normalize_w else W[ysafe].to(acc)
-        dHa = (a.to(acc)[:, None] * EW - r.to(acc)[:, None] * u[None, :] + corr.to(acc)[:, None] * Wy)
-        dH = dHa.to(Hn.dtype)
+        EW = torch.zeros((B, d), dtype=acc, device=W.device)  # E·Ŵ (E carries 1/‖w‖)
+        u = torch.zeros(d, dtype=acc, device=W.device)        # 1ᵀŴ = (1/n)ᵀ W
     if need_w:
-        v = (r.to(acc)[:, None] * Ha).sum(0)             # Σ_i r_i ĥ_i (d,)
-        aH = (a.to(acc)[:, None] * Ha).to(E.dtype)       # diag(a)·Ĥ in E's dtype (16-bit GEMM for bf16)
+        v = (rd[:, None] * Ha).sum(0)                          # Σ_i r_i ĥ_i (d,)
+        aH = ad[:, None] * Ha                                  # diag(a)·Ĥ
+        aH16 = aH.to(E.dtype) if E.dtype == W.dtype else aH    # 16-bit GEMM operand for a 16-bit store
         cls, S = rows_sum_by_index(y[valid], corr.to(acc)[valid][:, None] * Ha[valid])
-        S = S * inv_n[cls][:, None]                      # the sparse target rows, divided by n like E'ᵀ·X
+        S = S * inv_n[cls][:, None]                            # the sparse target rows, divided by n like E'ᵀ·X
         dW = torch.empty(W.shape, dtype=W.dtype, device=W.device)
-        for s in range(0, K, c):
-            e = min(K, s + c)
-            X = mm_acc(E[:, s:e].T, aH, acc) if E.dtype != acc else E[:, s:e].T @ aH  # = dŴ_c / n_c (dense part)
+    for s in range(0, K, c):  # one pass over E and W, a block of classes at a time
+        e = min(K, s + c)
+        Ec, Wc = E[:, s:e], W[s:e]
+        if Ec.dtype != Wc.dtype:  # a 16-bit store of wider inputs: the block upcast
+            Ec = Ec.to(acc)
+        if need_h:
+            if Ec.dtype == acc:
+                EW.addmm_(Ec, Wc.to(acc))
+            else:
+                EW += mm_acc(Ec, Wc, acc)
+            u += inv_n[s:e] @ Wc.to(acc)
+        if need_w:
+            X = Ec.T @ aH if Ec.dtype == acc else mm_acc(Ec.T, aH16, acc)  # = dŴ_c / n_c (dense part)
             sel = (cls >= s) & (cls < e)
             if bool(sel.any()):
                 X.index_add_(0, cls[sel] - s, S[sel])
-            native.sce_stored_dw(view(X), view(W[s:e]), view(inv_n[s:e]), view(v), view(dW[s:e]), NORM_EPS,
+            native.sce_stored_dw(view(X), view(Wc), view(inv_n[s:e]), view(v), view(dW[s:e]), NORM_EPS,
                                  normalize_w, st)
             X = None
+        Ec = Wc = None
+    if need_h:
+        Wy = norm_block(W[ysafe], st)[0].to(acc) if normalize_w else W[ysafe].to(acc)
+        dH = (ad[:, None] * EW - rd[:, None] * u[None, :] + corr.to(acc)[:, None] * Wy).to(Hn.dtype)
     return dH, dW
 
 
