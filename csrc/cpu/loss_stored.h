@@ -36,7 +36,7 @@ void sce_stored_exp(const TensorView& tile, const TensorView& inv_n, const Tenso
 //   dW_k = X'_k - w_k * inv_n_k^2 * <w_k, X'_k>   where project and inv_n_k < 1/eps,
 //   dW_k = X'_k                                   otherwise (|w_k| <= eps, or project false),
 // written to dW (c x d, W's dtype, contiguous rows). W (c x d) the raw weights (any
-// floating dtype, contiguous rows), inv_n (c,) in X's dtype.
+// floating dtype, contiguous rows), inv_n (c,) in X's dtype, v contiguous.
 void sce_stored_dw(const TensorView& X, const TensorView& W, const TensorView& inv_n, const TensorView& v,
                    const TensorView& dW, double eps, bool project);
 

@@ -14,6 +14,7 @@ inline void check_sce_stored_exp_args(const TensorView& tile, const TensorView& 
   const int64_t R = tile.size(0), c = tile.size(1);
   check_shape(inv_n, {c}, "inv_n");
   check_dtype(inv_n, tile.dtype, "inv_n");
+  if (c > 1 && inv_n.stride(0) != 1) fail("inv_n: must be contiguous");
   check_shape(shift, {R}, "shift");
   check_dtype(shift, DType::F64, "shift");
   check_dim(E, 2, "E");
@@ -45,8 +46,10 @@ inline void check_sce_stored_dw_args(const TensorView& X, const TensorView& W, c
   if (d > 1 && dW.stride(1) != 1) fail("dW: rows must be contiguous");
   check_shape(inv_n, {c}, "inv_n");
   check_dtype(inv_n, X.dtype, "inv_n");
+  if (c > 1 && inv_n.stride(0) != 1) fail("inv_n: must be contiguous");
   check_shape(v, {d}, "v");
   check_dtype(v, X.dtype, "v");
+  if (d > 1 && v.stride(0) != 1) fail("v: must be contiguous");
   if (!(eps > 0)) fail("eps: must be > 0");
   for (const TensorView* t : {&W, &inv_n, &v, &dW})
     if (t->device != X.device) fail("sce_stored_dw: every tensor must be on X's device");

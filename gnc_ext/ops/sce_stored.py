@@ -50,7 +50,7 @@ from torch import Tensor
 
 from .. import _validate
 from .._native import native, stream_of, view
-from .tiles import (NORM_EPS, BlockNorms, acc_dtype, check_labels, col_chunk, cos_tile, mm_acc, norm_block,
+from .tiles import (NORM_EPS, BlockNorms, acc_dtype, check_labels, col_chunk, cos_tile, mm_acc,
                     rows_sum_by_index)
 
 # Rows whose largest shifted logit (s − 1)/τ lies below this are recomputed with their
@@ -94,9 +94,9 @@ def _dphi(ct: Tensor, margin: float, margin_type: int) -> Tensor:
     return torch.ones_like(ct)
 
 
-def _inv_norms(W: Tensor, normalize_w: bool, chunk: int, st) -> Tensor:
-    """1/max(‖w_k‖, eps) (K,) in the accumulation dtype, by the native row kernel one
-    block of classes at a time (no K × d temporary); NaN/Inf in W raise ValueError."""
+def _inv_norms(W: Tensor, normalize_w: bool, chunk: int) -> Tensor:
+    """1/max(‖w_k‖, eps) (K,) in the accumulation dtype, one block of classes at a time
+    (no K × d temporary); NaN/Inf in W raise ValueError."""
     acc = acc_dtype(W.dtype)
     K = W.shape[0]
     if not normalize_w:
@@ -104,7 +104,8 @@ def _inv_norms(W: Tensor, normalize_w: bool, chunk: int, st) -> Tensor:
     n = torch.empty(K, dtype=acc, device=W.device)
     norms = BlockNorms(True)
     for s in range(0, K, chunk):
-        _, n_c = norm_block(W[s:s + chunk], st)
+        Wc = W[s:s + chunk]
+        n_c = torch.linalg.vector_norm(Wc if Wc.dtype == acc else Wc.to(acc), dim=1)
         norms.add(n_c)
         n[s:s + chunk] = n_c
     norms.raise_if_bad()
@@ -136,7 +137,7 @@ def _sce_stored(Hn: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int,
     acc = acc_dtype(Hn.dtype)
     st = stream_of(Hn)
     c = chunk or col_chunk(B, K, Hn.is_cuda, W.shape[1])
-    inv_n = _inv_norms(W, normalize_w, c, st)
+    inv_n = _inv_norms(W, normalize_w, c)
     Ha = Hn.to(acc).contiguous()
     E = torch.empty((B, K), dtype=sd, device=Hn.device)
     state = torch.zeros((B, 4), dtype=torch.float64, device=Hn.device)
@@ -226,18 +227,19 @@ def _sce_stored_bwd(grad_rows: Tensor, Hn: Tensor, W: Tensor, y: Tensor, E: Tens
                 EW.addmm_(Ec, Wc.to(acc))
             else:
                 EW += mm_acc(Ec, Wc, acc)
-            u += inv_n[s:e] @ Wc.to(acc)
+            if eps > 0:
+                u += inv_n[s:e] @ Wc.to(acc)
         if need_w:
             X = Ec.T @ aH if Ec.dtype == acc else mm_acc(Ec.T, aH16, acc)  # = dŴ_c / n_c (dense part)
-            sel = (cls >= s) & (cls < e)
-            if bool(sel.any()):
-                X.index_add_(0, cls[sel] - s, S[sel])
+            lo, hi = int(torch.searchsorted(cls, s)), int(torch.searchsorted(cls, e))  # cls: sorted, distinct
+            if hi > lo:
+                X[cls[lo:hi] - s] += S[lo:hi]
             native.sce_stored_dw(view(X), view(Wc), view(inv_n[s:e]), view(v), view(dW[s:e]), NORM_EPS,
                                  normalize_w, st)
             X = None
         Ec = Wc = None
     if need_h:
-        Wy = norm_block(W[ysafe], st)[0].to(acc) if normalize_w else W[ysafe].to(acc)
+        Wy = W[ysafe].to(acc) * inv_n[ysafe][:, None]  # Ŵ[y] as folded into E
         dH = (ad[:, None] * EW - rd[:, None] * u[None, :] + corr.to(acc)[:, None] * Wy).to(Hn.dtype)
     return dH, dW
 
