@@ -148,12 +148,15 @@ def spherical_cross_entropy(
     of dĤ and dŴ. Complexity (:func:`sce_strategy` says which strategy a call takes;
     ``gnc_ext.config.sce_strategy`` sets it): 3 GEMM passes (6·B·K·d flops) with
     "grad_in_forward" (the CPU default for float32/float64 mean/sum with gradients: row
-    blocks that see all K classes turn their tile into the gradient in the forward), 4
-    with "recompute" (the backward recomputes tiles; the default otherwise, and on
-    CUDA). Memory: O(B) state plus one fp32 tile (recompute:
+    blocks that see all K classes turn their tile into the gradient in the forward) and
+    with "stored" (the CPU default for the other cases with gradients while B × K values
+    fit ``gnc_ext.config.sce_stored_budget_bytes``: the shifted exponentials
+    exp((s − 1)/τ) are stored in the forward and the backward is two GEMMs on them,
+    :mod:`gnc_ext.ops.sce_stored`), 4 with "recompute" (the backward recomputes tiles;
+    the default otherwise, and on CUDA). Memory: O(B) state plus one fp32 tile (recompute:
     ``gnc_ext.ops.tiles.TILE_BYTES`` = 32 MiB of B × chunk, 128 MiB on CUDA;
-    gradient-in-forward: ``gnc_ext.ops.sce.FUSED_TILE_BYTES`` = 256 MiB of rows × K)
-    plus the gradients; no K × d copy of Ŵ or dŴ on any path (W is normalised one block
+    gradient-in-forward: ``gnc_ext.ops.sce.FUSED_TILE_BYTES`` = 256 MiB of rows × K;
+    stored: the B × K store, in the input precision or bfloat16) plus the gradients; no K × d copy of Ŵ or dŴ on any path (W is normalised one block
     of classes at a time, or its normalisation is folded into the tile as a column
     scale), and never a B × K tensor (unless B × K fits one tile). Deterministic (no
     floating-point atomics). On CUDA: cuBLAS GEMMs and the native epilogue kernels; with
