@@ -12,7 +12,7 @@ import gnc_ext
 from gnc_ext import _native
 from gnc_ext.ops import sce_stored as ST
 from gnc_ext.ops import tiles as TILES
-from test_loss import _tiny_loss_problem, _tiny_loss_reference, ref_sce
+from test_loss import _tiny_loss_problem, _tiny_loss_reference, ref_sce, test_torch_compile_training_step_fullgraph
 
 MARGINS = [(0.0, "cosface"), (0.35, "cosface"), (0.5, "arcface")]
 COMBOS = list(itertools.product(MARGINS, ("mean", "sum", "none"), (0.0, 0.1), (False, True)))
@@ -75,18 +75,17 @@ def test_every_option_against_float64_cross_entropy(strategy, margin, red, ls, i
 
 
 @pytest.mark.parametrize("mt,m,red", [("cosface", 0.0, "mean"), ("cosface", 0.3, "sum"), ("arcface", 0.5, "none")])
-def test_gradcheck_fp64(mt, m, red, small_tiles, monkeypatch):
+def test_gradcheck_fp64_unit_rows(mt, m, red, small_tiles, monkeypatch):
+    """gradcheck of the stored strategy with normalize=False (the raw-W case runs in
+    test_loss.test_gradcheck_fp64 with strategy "stored")."""
     monkeypatch.setattr(gnc_ext.config, "sce_strategy", "stored")
     g = torch.Generator().manual_seed(3)
-    H = torch.randn(5, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    W = torch.randn(11, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    H = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    W = torch.randn(11, 6, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 10, 3, -100, 7])
-    f = lambda h, w: gnc_ext.spherical_cross_entropy(h, w, y, tau=0.5, reduction=red, label_smoothing=0.1,
-                                                     margin=m, margin_type=mt)
-    assert torch.autograd.gradcheck(f, (H, W))
     # normalize=False: unit rows given, no normalisation inside
-    Hn = F.normalize(H.detach(), dim=1).requires_grad_(True)
-    Wn = F.normalize(W.detach(), dim=1).requires_grad_(True)
+    Hn = F.normalize(H, dim=1).requires_grad_(True)
+    Wn = F.normalize(W, dim=1).requires_grad_(True)
     fn = lambda h, w: gnc_ext.spherical_cross_entropy(h, w, y, tau=0.3, normalize=False, margin=m, margin_type=mt,
                                                       reduction=red)
     assert torch.autograd.gradcheck(fn, (Hn, Wn))
@@ -111,27 +110,11 @@ def test_opcheck():
 
 
 def test_torch_compile_fullgraph(monkeypatch):
+    """test_loss's compiled training step (fullgraph, arcface + smoothing + ignore_index,
+    reduction none and mean, HardMax) with the stored strategy: the same loss and
+    gradients as eager."""
     monkeypatch.setattr(gnc_ext.config, "sce_strategy", "stored")
-    g = torch.Generator().manual_seed(12)
-    H0, W0 = torch.randn(8, 6, generator=g), torch.randn(50, 6, generator=g)
-    y = torch.randint(0, 50, (8,), generator=g)
-    y[3] = -100
-    lin = torch.nn.Linear(6, 6)
-
-    def step(x, W):
-        f = lin(x)
-        a = gnc_ext.spherical_cross_entropy(f, W, y, tau=0.1, margin=0.2, margin_type="arcface", label_smoothing=0.1)
-        b = gnc_ext.spherical_cross_entropy(f, W, y, tau=0.1, reduction="none").sum()
-        return a + 0.1 * b
-
-    cstep = torch.compile(step, fullgraph=True, backend="aot_eager")
-    W1, W2 = W0.clone().requires_grad_(True), W0.clone().requires_grad_(True)
-    out1 = cstep(H0, W1)
-    out1.backward()
-    out2 = step(H0, W2)
-    out2.backward()
-    torch.testing.assert_close(out1, out2)
-    torch.testing.assert_close(W1.grad, W2.grad)
+    test_torch_compile_training_step_fullgraph()
 
 
 # measured: float64 loss 3e-16 / gradients 1e-15, float32 1.1e-7 / 1.5e-7 (relative to
@@ -195,27 +178,6 @@ def test_tiny_losses_keep_relative_accuracy(strategy, monkeypatch):
         got.sum().backward()
         torch.testing.assert_close(h.grad.double(), ref_dH, rtol=rtol, atol=rtol * float(ref_dH.abs().max()))
         torch.testing.assert_close(w.grad.double(), ref_dW, rtol=rtol, atol=rtol * float(ref_dW.abs().max()))
-
-
-def test_bf16_against_float64(small_tiles, monkeypatch):
-    """bfloat16 inputs, E stored in bfloat16: measured loss error 1.5e-5 relative and
-    gradient errors 3.0e-3 (dH) / 3.9e-3 (dW) of their largest entry (bf16 outputs; the
-    recompute strategy's are 4.2e-3 / 6.9e-3, test_loss); bounds ~4-7x."""
-    monkeypatch.setattr(gnc_ext.config, "sce_strategy", "stored")
-    g = torch.Generator().manual_seed(6)
-    H, W = torch.randn(20, 32, generator=g), torch.randn(777, 32, generator=g)
-    y = torch.randint(0, 777, (20,), generator=g)
-    hb, wb = H.bfloat16().requires_grad_(True), W.bfloat16().requires_grad_(True)
-    got = gnc_ext.spherical_cross_entropy(hb, wb, y, tau=0.1, margin=0.2)
-    got.backward()
-    hr, wr = hb.detach().double().requires_grad_(True), wb.detach().double().requires_grad_(True)
-    ref = ref_sce(hr, wr, y, tau=0.1, margin=0.2)
-    ref.backward()
-    assert hb.grad.dtype == torch.bfloat16 and wb.grad.dtype == torch.bfloat16
-    torch.testing.assert_close(got.double(), ref.detach(), atol=1e-4 * float(ref.detach()), rtol=0)
-    for a, b in ((hb.grad, hr.grad), (wb.grad, wr.grad)):
-        s = float(b.abs().max())
-        torch.testing.assert_close(a.double() / s, b / s, atol=1.5e-2, rtol=0)
 
 
 def test_choice_is_visible_and_settable():

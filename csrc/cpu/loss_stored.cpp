@@ -13,6 +13,7 @@
 #include "common/dispatch.h"
 #include "common/half.h"
 #include "common/tile_checks.h"
+#include "cpu/cpu_features.h"
 #include "cpu/loss_math.h"
 #include "cpu/loss_stored_checks.h"
 
@@ -38,15 +39,7 @@ inline double exp_shifted(double x) { return std::exp(x); }
 #endif
 
 namespace {
-bool use_avx512() {
-#ifdef GNC_STORED_AVX512
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-  return ok;
-#else
-  return false;
-#endif
-}
+bool use_avx512() { return cpu_has_avx512(); }
 }  // namespace
 
 void sce_stored_exp(const TensorView& tile, const TensorView& inv_n, const TensorView& y, int64_t col0,
