@@ -62,10 +62,11 @@ def sce_strategy(H: Tensor, W: Tensor, *, reduction: str = "mean") -> str:
       H or W, float32/float64 inputs (3 GEMM passes: each row block's tile is turned into
       its gradient in the forward); "recompute" elsewhere.
     * "recompute": always (4 GEMM passes, the backward recomputes the tiles).
-    * "auto": on the CPU, "grad_in_forward" where it applies, else "stored" where it
-      applies and its B × K store fits ``gnc_ext.config.sce_stored_budget_bytes``, else
-      "recompute"; on CUDA "recompute" (the stored strategy's CUDA kernels have not run
-      on a GPU yet).
+    * "auto": on the CPU, "grad_in_forward" where it applies, else "stored" for
+      float32/bfloat16 inputs with gradients whose B × K store fits
+      ``gnc_ext.config.sce_stored_budget_bytes`` (measured faster than "recompute"
+      there), else "recompute"; on CUDA "recompute" (the stored strategy's CUDA kernels
+      have not run on a GPU yet).
     """
     reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
     _validate.tensor(H, "H", ndim=2)
@@ -86,7 +87,8 @@ def sce_strategy(H: Tensor, W: Tensor, *, reduction: str = "mean") -> str:
     if gif:
         return "grad_in_forward"
     fits = _sce_stored.stored_bytes(H.shape[0], W.shape[0], H.dtype) <= _validate.config.sce_stored_budget_bytes
-    return "stored" if stored and fits else "recompute"
+    measured = H.dtype in (torch.float32, torch.bfloat16)  # where it beat "recompute" (benchmarks/RESULTS.md)
+    return "stored" if stored and fits and measured else "recompute"
 
 
 def spherical_cross_entropy(
@@ -149,8 +151,8 @@ def spherical_cross_entropy(
     ``gnc_ext.config.sce_strategy`` sets it): 3 GEMM passes (6·B·K·d flops) with
     "grad_in_forward" (the CPU default for float32/float64 mean/sum with gradients: row
     blocks that see all K classes turn their tile into the gradient in the forward) and
-    with "stored" (the CPU default for the other cases with gradients while B × K values
-    fit ``gnc_ext.config.sce_stored_budget_bytes``: the shifted exponentials
+    with "stored" (the CPU default for the other float32/bfloat16 cases with gradients
+    while B × K values fit ``gnc_ext.config.sce_stored_budget_bytes``: the shifted exponentials
     exp((s − 1)/τ) are stored in the forward and the backward is two GEMMs on them,
     :mod:`gnc_ext.ops.sce_stored`), 4 with "recompute" (the backward recomputes tiles;
     the default otherwise, and on CUDA). Memory: O(B) state plus one fp32 tile (recompute:

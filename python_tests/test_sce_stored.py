@@ -187,6 +187,8 @@ def test_choice_is_visible_and_settable():
     # auto on the CPU: gradient-in-forward for mean/sum, stored for "none" within the budget
     assert choose(H, W) == "grad_in_forward"
     assert choose(H, W, reduction="none") == "stored"
+    assert choose(H.bfloat16(), W.bfloat16()) == "stored"  # bf16: no gradient-in-forward
+    assert choose(H.double(), W.double(), reduction="none") == "recompute"  # float64: not measured
     with gnc_ext.config.override(sce_stored_budget_bytes=4 * 100 * 4 - 1):  # one byte short of B×K fp32
         assert choose(H, W, reduction="none") == "recompute"
     with gnc_ext.config.override(sce_stored_budget_bytes=4 * 100 * 4):
