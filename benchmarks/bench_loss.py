@@ -5,9 +5,11 @@ Cut Cross-Entropy and Liger's fused linear CE where importable. One training ste
 
     python benchmarks/bench_loss.py [--device cpu|cuda] [--only TEXT] [--out DIR]
 
-On GPU, "gnc_ext" is the default CUDA path; for float32 also "gnc_ext tf32" (the fast
-TF32 mode, gnc_ext.config.cuda_fp32_mode = "tf32") and, for HardMax, "gnc_ext
-TF32-screened" (gnc_ext.config.hardmax_screen = "on").
+"gnc_ext" is the default strategy ("auto"); "gnc_ext stored" / "gnc_ext recompute" force
+gnc_ext.config.sce_strategy ("stored bf16": the store in bfloat16 for float32 inputs,
+config.sce_stored_dtype). On GPU also, for float32, "gnc_ext tf32" (the fast TF32 mode,
+gnc_ext.config.cuda_fp32_mode = "tf32") and, for HardMax, "gnc_ext TF32-screened"
+(gnc_ext.config.hardmax_screen = "on").
 
 The eager recipe: F.normalize(H), F.normalize(W), matmul, / tau, F.cross_entropy.
 Peers without fused normalisation (linear_cross_entropy, CCE, Liger) get the
@@ -109,7 +111,10 @@ def _peers_gpu():
 
 def _sce_impls(device_peers):
     impls = {"torch eager": _step(eager_sce), "torch.compile": _step(compiled(eager_sce)),
-             "gnc_ext": _step(gnc_sce)}
+             "gnc_ext": _step(gnc_sce),
+             "gnc_ext stored": _step_config(gnc_sce, sce_strategy="stored"),
+             "gnc_ext stored bf16": _step_config(gnc_sce, sce_strategy="stored", sce_stored_dtype="bfloat16"),
+             "gnc_ext recompute": _step_config(gnc_sce, sce_strategy="recompute")}
     if hasattr(F, "linear_cross_entropy"):
         impls["F.linear_cross_entropy"] = _step(linear_ce)
     for k, f in device_peers.items():

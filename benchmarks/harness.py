@@ -8,7 +8,8 @@ case and implementation, in the same process and run:
 * warms up, then times ``repeats`` calls and reports the median (CUDA events on GPU,
   ``time.perf_counter`` on CPU);
 * measures memory beyond the inputs: on GPU ``torch.cuda.max_memory_allocated``
-  above what was allocated after setup; on CPU the peak RSS above the current RSS in
+  above what was allocated after setup; on CPU the peak RSS above the current RSS (and
+  the whole process's peak RSS during the call, inputs and libraries included) in
   a **fresh process** (the script re-runs itself with ``--child CASE IMPL``; after
   one untimed call, the kernel's high-water mark is reset and a second call measured),
   since RSS is a process-wide high-water mark;
@@ -134,15 +135,23 @@ def _child(cases: List[Case], case_name: str, impl_name: str) -> None:
     print("@@RESULT " + json.dumps({"extra_mib": extra, "base_mib": base}))
 
 
-def cpu_extra_mib(script: str, case_name: str, impl_name: str) -> Optional[float]:
+def cpu_memory_mib(script: str, case_name: str, impl_name: str) -> Optional[Dict[str, float]]:
+    """``{"extra_mib": peak RSS above the RSS before the measured call, "peak_rss_mib":
+    the whole process's peak RSS during that call}`` from a fresh child process."""
     out = subprocess.run(
         [sys.executable, script, "--child", case_name, impl_name], capture_output=True, text=True, timeout=1800
     )
     for line in out.stdout.splitlines():
         if line.startswith("@@RESULT "):
-            return json.loads(line[len("@@RESULT "):])["extra_mib"]
+            r = json.loads(line[len("@@RESULT "):])
+            return {"extra_mib": r["extra_mib"], "peak_rss_mib": r["extra_mib"] + r["base_mib"]}
     sys.stderr.write(f"memory child failed for {case_name}/{impl_name}:\n{out.stderr[-2000:]}\n")
     return None
+
+
+def cpu_extra_mib(script: str, case_name: str, impl_name: str) -> Optional[float]:
+    r = cpu_memory_mib(script, case_name, impl_name)
+    return None if r is None else r["extra_mib"]
 
 
 def run_cases(cases: List[Case], device: str, script: str, *, only: Optional[str] = None,
@@ -162,7 +171,7 @@ def run_cases(cases: List[Case], device: str, script: str, *, only: Optional[str
                     if device.startswith("cuda"):
                         t["extra_mib"] = gpu_extra_mib(lambda: fn(inputs))
                     else:
-                        t["extra_mib"] = cpu_extra_mib(script, case.name, impl_name)
+                        t.update(cpu_memory_mib(script, case.name, impl_name) or {"extra_mib": None})
                 results[impl_name] = t
             except Exception as exc:  # a peer that fails is reported, not fatal
                 results[impl_name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
@@ -181,6 +190,8 @@ def run_cases(cases: List[Case], device: str, script: str, *, only: Optional[str
                 row["speedup_vs_baseline"] = base["ms"] / r["ms"]
             if r.get("extra_mib") is not None and base.get("extra_mib"):
                 row["mem_ratio_vs_baseline"] = r["extra_mib"] / base["extra_mib"]
+            if r.get("peak_rss_mib") is not None and base.get("peak_rss_mib"):
+                row["peak_rss_ratio_vs_baseline"] = r["peak_rss_mib"] / base["peak_rss_mib"]
             row["baseline"] = case.baseline
             rows.append(row)
         del inputs
@@ -188,19 +199,21 @@ def run_cases(cases: List[Case], device: str, script: str, *, only: Optional[str
 
 
 def markdown_table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| case | impl | ms (median) | extra MiB | speed-up vs baseline | mem vs baseline |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| case | impl | ms (median) | extra MiB | speed-up vs baseline | mem vs baseline | peak RSS MiB (vs baseline) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['case']} | {r['impl']} | error: {r['error']} | | | |")
+            lines.append(f"| {r['case']} | {r['impl']} | error: {r['error']} | | | | |")
             continue
         mem = r.get("extra_mib")
         lines.append(
-            "| {case} | {impl}{b} | {ms:.3f} | {mem} | {sp} | {mr} |".format(
+            "| {case} | {impl}{b} | {ms:.3f} | {mem} | {sp} | {mr} | {pk} |".format(
                 case=r["case"], impl=r["impl"], b=" (baseline)" if r["impl"] == r["baseline"] else "",
                 ms=r["ms"], mem="n/a" if mem is None else f"{mem:.1f}",
                 sp=f"{r['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in r else "",
                 mr=f"{r['mem_ratio_vs_baseline']:.2f}" if "mem_ratio_vs_baseline" in r else "",
+                pk="" if r.get("peak_rss_mib") is None else f"{r['peak_rss_mib']:.0f}" + (
+                    f" ({r['peak_rss_ratio_vs_baseline']:.2f})" if "peak_rss_ratio_vs_baseline" in r else ""),
             )
         )
     return "\n".join(lines)

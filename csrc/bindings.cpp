@@ -14,8 +14,10 @@
 #endif
 // [loss] headers
 #include "cpu/loss.h"
+#include "cpu/loss_stored.h"
 #ifdef GNC_WITH_CUDA
 #include "cuda/loss.h"
+#include "cuda/loss_stored.h"
 #endif
 // end [loss]
 // [metrics] headers
@@ -237,6 +239,18 @@ void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col
   GNC_DISPATCH_DEVICE(tile, gnc::cpu::masked_argmax_fold(tile, y, col0, best, arg, tgt),
                       gnc::cuda::masked_argmax_fold(tile, y, col0, best, arg, tgt, stream));
 }
+// stored-exponent strategy (cpu/loss_stored.h)
+void sce_stored_exp(const TensorView& tile, const TensorView& inv_n, const TensorView& y, int64_t col0,
+                    const TensorView& shift, const TensorView& E, const TensorView& state, double tau,
+                    int64_t ignore_index, std::uintptr_t stream) {
+  GNC_DISPATCH_DEVICE(tile, gnc::cpu::sce_stored_exp(tile, inv_n, y, col0, shift, E, state, tau, ignore_index),
+                      gnc::cuda::sce_stored_exp(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, stream));
+}
+void sce_stored_dw(const TensorView& X, const TensorView& W, const TensorView& inv_n, const TensorView& v,
+                   const TensorView& dW, double eps, bool project, std::uintptr_t stream) {
+  GNC_DISPATCH_DEVICE(X, gnc::cpu::sce_stored_dw(X, W, inv_n, v, dW, eps, project),
+                      gnc::cuda::sce_stored_dw(X, W, inv_n, v, dW, eps, project, stream));
+}
 // ---- end [loss] -------------------------------------------------------------
 
 // ---- [metrics] bindings (GNC accumulators, NCC) ------------------------------
@@ -457,6 +471,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("stream") = 0, nogil);
   m.def("masked_argmax_fold", &masked_argmax_fold, py::arg("tile"), py::arg("y"), py::arg("col0"),
         py::arg("best"), py::arg("arg"), py::arg("tgt"), py::arg("stream") = 0, nogil);
+  m.def("sce_stored_exp", &sce_stored_exp, py::arg("tile"), py::arg("inv_n"), py::arg("y"), py::arg("col0"),
+        py::arg("shift"), py::arg("E"), py::arg("state"), py::arg("tau"), py::arg("ignore_index"),
+        py::arg("stream") = 0, nogil);
+  m.def("sce_stored_dw", &sce_stored_dw, py::arg("X"), py::arg("W"), py::arg("inv_n"), py::arg("v"), py::arg("dW"),
+        py::arg("eps"), py::arg("project"), py::arg("stream") = 0, nogil);
   // end [loss]
   // [metrics] module definitions
   m.def("metrics_update_batch", &metrics_update_batch, py::arg("features"), py::arg("labels"),

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from . import _validate
 from .ops import sce as _sce_ops
+from .ops import sce_stored as _sce_stored
 from .ops.normalize import normalize_rows
 from .ops.tiles import validate_inputs
 
@@ -53,26 +54,41 @@ def sce_strategy(H: Tensor, W: Tensor, *, reduction: str = "mean") -> str:
     """The strategy :func:`spherical_cross_entropy` takes for these inputs now, from
     ``gnc_ext.config.sce_strategy``:
 
+    * "stored" where it applies: autograd needs a gradient of H or W, and the inputs are
+      float32, float64 or bfloat16 (:mod:`gnc_ext.ops.sce_stored`: the shifted
+      exponentials are stored in the forward, the backward is two GEMMs on them);
+      "recompute" elsewhere. The budget does not limit an explicit "stored".
     * "grad_in_forward" where it applies: reduction mean/sum, autograd needs a gradient of
       H or W, float32/float64 inputs (3 GEMM passes: each row block's tile is turned into
       its gradient in the forward); "recompute" elsewhere.
     * "recompute": always (4 GEMM passes, the backward recomputes the tiles).
-    * "auto": "grad_in_forward" where it applies on the CPU, "recompute" otherwise (and
-      always on CUDA).
+    * "auto": on the CPU, "grad_in_forward" where it applies, else "stored" for
+      float32/bfloat16 inputs with gradients whose B × K store fits
+      ``gnc_ext.config.sce_stored_budget_bytes`` (measured faster than "recompute"
+      there), else "recompute"; on CUDA "recompute" (the stored strategy's CUDA kernels
+      have not run on a GPU yet).
     """
     reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
     _validate.tensor(H, "H", ndim=2)
     _validate.tensor(W, "W", ndim=2)
     choice = _validate.config.sce_strategy
+    need = _needs(H) or _needs(W)
+    same = W.dtype == H.dtype
+    gif = reduction != "none" and need and same and H.dtype in (torch.float32, torch.float64)
+    stored = need and same and _sce_stored.storage_dtype(H.dtype) is not None
+    if choice == "recompute":
+        return "recompute"
     if choice == "stored":
-        raise NotImplementedError("gnc_ext.config.sce_strategy: the 'stored' strategy is not available yet")
-    gif = (reduction != "none" and (_needs(H) or _needs(W)) and W.dtype == H.dtype
-           and H.dtype in (torch.float32, torch.float64))
-    if choice == "recompute" or not gif:
+        return "stored" if stored else "recompute"
+    if choice == "grad_in_forward":
+        return "grad_in_forward" if gif else "recompute"
+    if H.device.type != "cpu":
         return "recompute"
-    if choice == "auto" and H.device.type != "cpu":
-        return "recompute"
-    return "grad_in_forward"
+    if gif:
+        return "grad_in_forward"
+    fits = _sce_stored.stored_bytes(H.shape[0], W.shape[0], H.dtype) <= _validate.config.sce_stored_budget_bytes
+    measured = H.dtype in (torch.float32, torch.bfloat16)  # where it beat "recompute" (benchmarks/RESULTS.md)
+    return "stored" if stored and fits and measured else "recompute"
 
 
 def spherical_cross_entropy(
@@ -134,12 +150,15 @@ def spherical_cross_entropy(
     of dĤ and dŴ. Complexity (:func:`sce_strategy` says which strategy a call takes;
     ``gnc_ext.config.sce_strategy`` sets it): 3 GEMM passes (6·B·K·d flops) with
     "grad_in_forward" (the CPU default for float32/float64 mean/sum with gradients: row
-    blocks that see all K classes turn their tile into the gradient in the forward), 4
-    with "recompute" (the backward recomputes tiles; the default otherwise, and on
-    CUDA). Memory: O(B) state plus one fp32 tile (recompute:
+    blocks that see all K classes turn their tile into the gradient in the forward) and
+    with "stored" (the CPU default for the other float32/bfloat16 cases with gradients
+    while B × K values fit ``gnc_ext.config.sce_stored_budget_bytes``: the shifted exponentials
+    exp((s − 1)/τ) are stored in the forward and the backward is two GEMMs on them,
+    :mod:`gnc_ext.ops.sce_stored`), 4 with "recompute" (the backward recomputes tiles;
+    the default otherwise, and on CUDA). Memory: O(B) state plus one fp32 tile (recompute:
     ``gnc_ext.ops.tiles.TILE_BYTES`` = 32 MiB of B × chunk, 128 MiB on CUDA;
-    gradient-in-forward: ``gnc_ext.ops.sce.FUSED_TILE_BYTES`` = 256 MiB of rows × K)
-    plus the gradients; no K × d copy of Ŵ or dŴ on any path (W is normalised one block
+    gradient-in-forward: ``gnc_ext.ops.sce.FUSED_TILE_BYTES`` = 256 MiB of rows × K;
+    stored: the B × K store, in the input precision or bfloat16) plus the gradients; no K × d copy of Ŵ or dŴ on any path (W is normalised one block
     of classes at a time, or its normalisation is folded into the tile as a column
     scale), and never a B × K tensor (unless B × K fits one tile). Deterministic (no
     floating-point atomics). On CUDA: cuBLAS GEMMs and the native epilogue kernels; with
@@ -164,14 +183,17 @@ def spherical_cross_entropy(
     # with normalize=True every path computes ‖w_k‖ anyway (the fused op for all of W, the
     # recompute op block by block) and rejects non-finite W from those norms
     validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index, check_W=not normalize)
-    use_fused = sce_strategy(H, W, reduction=reduction) == "grad_in_forward"
-    if use_fused:
+    strategy = sce_strategy(H, W, reduction=reduction)
+    if strategy == "grad_in_forward":
         loss, _, _ = torch.ops.gnc_ext.spherical_ce_fused(
             H, W, y, tau, ignore_index, label_smoothing, margin, mcode, normalize,
             0 if reduction == "mean" else 1, need_h, need_w, 0)
         return loss
     Hn = normalize_rows(H) if normalize else H
-    if normalize:  # Ŵ is formed one block of classes at a time, never stored
+    if strategy == "stored":  # shifted exponentials stored once, backward = two GEMMs on them
+        rows = torch.ops.gnc_ext.spherical_ce_stored(Hn, W, y, tau, ignore_index, label_smoothing, margin, mcode,
+                                                      normalize, 0)[0]
+    elif normalize:  # Ŵ is formed one block of classes at a time, never stored
         rows, _ = torch.ops.gnc_ext.spherical_ce_rows_nw(Hn, W, y, tau, ignore_index, label_smoothing, margin,
                                                           mcode, 0)
     else:

@@ -19,8 +19,12 @@ Keys (default first):
     B × K logits in 16 bits for the backward (within ``sce_stored_budget_bytes``); "auto"
     picks per call (:func:`gnc_ext.losses.sce_strategy` says which).
 ``sce_stored_budget_bytes`` (positive int, 2**30)
-    Largest B × K × 2 bytes the "stored" strategy may hold; "auto" never picks "stored"
-    above it.
+    Largest store (B × K elements of the storage dtype, in bytes) "auto" lets the
+    "stored" strategy hold; above it "auto" takes another strategy.
+``sce_stored_dtype`` ("auto" | "bfloat16")
+    The dtype of the stored exponentials: "auto" keeps the input precision (bfloat16,
+    float32, float64); "bfloat16" stores them in bfloat16 for float32 inputs as well (half
+    the memory; gradient entries then carry ~2^-9 relative rounding).
 ``lowp_grad_gemm`` ("auto" | "on" | "off")
     16-bit inputs: run the recompute backward's two products on the tensor cores with the
     gradient tile rounded to the input dtype. "auto": on for CUDA 16-bit inputs; "on"
@@ -82,6 +86,7 @@ _KEYS = {
     "check_finite": (_bool, True),
     "sce_strategy": (_choice("auto", "recompute", "grad_in_forward", "stored"), "auto"),
     "sce_stored_budget_bytes": (_positive_int, 2**30),
+    "sce_stored_dtype": (_choice("auto", "bfloat16"), "auto"),
     "lowp_grad_gemm": (_choice("auto", "on", "off"), "auto"),
     "cuda_fp32_mode": (_choice("ieee", "tf32"), "ieee"),
     "hardmax_screen": (_choice("auto", "on", "off"), "auto"),

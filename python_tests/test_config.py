@@ -9,6 +9,7 @@ import gnc_ext
 from gnc_ext.settings import ConfigError
 
 DEFAULTS = {"check_finite": True, "sce_strategy": "auto", "sce_stored_budget_bytes": 2**30,
+            "sce_stored_dtype": "auto",
             "lowp_grad_gemm": "auto", "cuda_fp32_mode": "ieee", "hardmax_screen": "auto", "ncc_screen": "auto"}
 
 
@@ -22,6 +23,7 @@ def test_defaults_and_keys():
     ("sce_strategy", "fused", ValueError), ("sce_strategy", None, TypeError),
     ("sce_stored_budget_bytes", 0, ValueError), ("sce_stored_budget_bytes", -5, ValueError),
     ("sce_stored_budget_bytes", 1.5e9, TypeError), ("sce_stored_budget_bytes", True, TypeError),
+    ("sce_stored_dtype", "float16", ValueError),
     ("lowp_grad_gemm", "yes", ValueError), ("cuda_fp32_mode", "3xtf32", ValueError),
     ("hardmax_screen", "bogus", ValueError), ("ncc_screen", 1, TypeError),
 ])

@@ -60,7 +60,7 @@ note "build_info: $(cat "$OUT/build_info.json" | head -c 300)"
 PYT_TIMEOUT=""
 python3 -c "import pytest_timeout" 2>/dev/null && PYT_TIMEOUT="--timeout=120"
 if [ "${TESTS:-1}" = "1" ]; then
-  for f in ${TEST_FILES:-test_normalize test_hull test_certified_argmax test_loss test_metrics test_nn test_cmf test_tammes test_ufm}; do
+  for f in ${TEST_FILES:-test_normalize test_hull test_certified_argmax test_loss test_sce_stored test_metrics test_nn test_cmf test_tammes test_ufm}; do
     CUDA_LAUNCH_BLOCKING=${TEST_LAUNCH_BLOCKING:-0} timeout "$(cap "${TEST_CAP:-120}")" $PYP -m pytest -q -rfE --tb=short $PYT_TIMEOUT python_tests/$f.py -m cuda \
       -p no:cacheprovider > "$OUT/tests_cuda_$f.log" 2>&1
     rc=$?
@@ -76,16 +76,19 @@ if [ "$BENCH" != "0" ]; then
     benches="bench_hull|45|python3 benchmarks/bench_hull.py --device cuda --cap 5 --cases 10000x512,100000x512 --out $OUT
 softmax_large|60|python3 benchmarks/bench_softmax_large.py --device cuda --d 512 --K 10000 --restarts 2 --max-iter 300 --time-limit 30 --out $OUT
 bench_metrics|50|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
+bench_epilogues|20|python3 benchmarks/bench_epilogues.py --out $OUT
 bench_loss|60|python3 benchmarks/bench_loss.py --device cuda --only 'CE B=512, d=512, K=1000000, bfloat16;HardMax B=512, d=512, K=1000000, float32' --out $OUT"
   elif [ "$BENCH" = "quick" ]; then
     benches="gpu_profile|40|python3 scripts/gpu_profile.py --out $OUT
 bench_normalize|20|python3 benchmarks/bench_normalize.py --device cuda --out $OUT
+bench_epilogues|20|python3 benchmarks/bench_epilogues.py --out $OUT
 bench_loss|70|python3 benchmarks/bench_loss.py --device cuda --only K=1000000 --out $OUT
 bench_metrics|45|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
 bench_hull|45|python3 benchmarks/bench_hull.py --device cuda --cap 5 --cases 10000x512,100000x512 --no-scaling --out $OUT"
   else
     benches="gpu_profile|40|python3 scripts/gpu_profile.py --out $OUT
 bench_normalize|30|python3 benchmarks/bench_normalize.py --device cuda --out $OUT
+bench_epilogues|20|python3 benchmarks/bench_epilogues.py --out $OUT
 bench_loss|130|python3 benchmarks/bench_loss.py --device cuda --out $OUT
 bench_metrics|50|python3 benchmarks/bench_metrics.py --device cuda --out $OUT
 bench_hull|90|python3 benchmarks/bench_hull.py --device cuda --cap 5 --cases 2000x64,10000x512,100000x512 --out $OUT
@@ -100,6 +103,14 @@ softmax_large|80|python3 benchmarks/bench_softmax_large.py --device cuda --d 512
       note "$name: FAILED or timed out (rc=$?), see $name.log"
     fi
   done <<< "$benches"
+fi
+
+# compute-sanitizer memcheck over the loss family's CUDA tests (SANITIZE=0 skips)
+if [ "${SANITIZE:-1}" = "1" ] && command -v compute-sanitizer >/dev/null 2>&1; then
+  timeout "$(cap 120)" compute-sanitizer --tool memcheck --error-exitcode 9 $PYP -m pytest -q -rfE --tb=short \
+    python_tests/test_sce_stored.py python_tests/test_loss.py -m cuda -p no:cacheprovider > "$OUT/sanitizer_loss.log" 2>&1
+  rc=$?
+  note "compute-sanitizer memcheck, loss CUDA tests: rc=$rc (0 clean, 9 errors found), $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer_loss.log" | tail -1)"
 fi
 
 {

@@ -14,6 +14,7 @@
 
 #include "common/tile_checks.h"
 #include "common/dispatch.h"
+#include "cpu/cpu_features.h"
 #include "cpu/loss_math.h"
 
 namespace gnc {
@@ -42,15 +43,7 @@ using loss_math::exp_nonpos;
 #endif
 
 namespace {
-bool use_avx512() {
-#ifdef GNC_LOSS_AVX512
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-  return ok;
-#else
-  return false;
-#endif
-}
+bool use_avx512() { return cpu_has_avx512(); }
 #ifdef GNC_LOSS_AVX512
 #define GNC_LOSS_CALL(fn, ...) (use_avx512() ? avx512::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 #else

@@ -5,6 +5,7 @@ torch.compile and an autograd formula.
 - :mod:`.normalize`: fused row normalisation.
 - :mod:`.hull`: one-vs-rest / one-vs-one geometry epilogues.
 - :mod:`.sce`: spherical cross-entropy (recompute and gradient-in-forward strategies).
+- :mod:`.sce_stored`: spherical cross-entropy, stored-exponent strategy.
 - :mod:`.hardmax`: HardMax loss and cosine argmax (``predict``).
 - :mod:`.tiles`: tile sizing, GEMM and validation helpers the loss ops share.
 """
@@ -12,3 +13,4 @@ from . import normalize  # noqa: F401
 from . import hull  # noqa: F401
 from . import sce  # noqa: F401
 from . import hardmax  # noqa: F401
+from . import sce_stored  # noqa: F401

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .. import _engine, _validate
 from .._native import native, stream_of, view
-from .tiles import NORM_EPS, BlockNorms, acc_dtype, check_labels, col_chunk, cos_tile, norm_block
+from .tiles import NORM_EPS, BlockNorms, acc_dtype, check_labels, col_chunk, cos_tile, norm_block, rows_sum_by_index
 
 
 def screened(Hn: Tensor, Wn: Tensor) -> bool:
@@ -138,19 +138,6 @@ def _(Hn, W, y, chunk):
     return Hn.new_empty((B,), dtype=acc_dtype(Hn.dtype)), Hn.new_empty((B,), dtype=torch.int64)
 
 
-def _rows_sum_by_index(idx: Tensor, G: Tensor) -> Tuple[Tensor, Tensor]:
-    """``(u, S)``: the distinct values u of ``idx`` (sorted) and ``S[j] = Σ_{idx_i = u_j} G_i``,
-    deterministic: index_add_ on the CPU (sequential per index), index_put_ with
-    accumulate=True on CUDA (sort-based there; index_add_ would use float atomics)."""
-    u, inv = torch.unique(idx, sorted=True, return_inverse=True)
-    S = torch.zeros((u.shape[0], G.shape[1]), dtype=G.dtype, device=G.device)
-    if G.is_cuda:
-        S.index_put_((inv,), G, accumulate=True)
-    else:
-        S.index_add_(0, inv, G)
-    return u, S
-
-
 @torch.library.custom_op("gnc_ext::hardmax_rows_backward", mutates_args=(), device_types=("cpu", "cuda"))
 def _hm_rows_bwd(g: Tensor, Hn: Tensor, W: Tensor, y: Tensor, arg: Tensor, normalize_w: bool, need_h: bool,
                  need_w: bool) -> Tuple[Tensor, Tensor]:
@@ -170,7 +157,7 @@ def _hm_rows_bwd(g: Tensor, Hn: Tensor, W: Tensor, y: Tensor, arg: Tensor, norma
         dH = (ga * (Wa.to(acc) - Wy.to(acc))).to(Hn.dtype)
     if need_w:
         gh = ga * Hn.to(acc)
-        u, S = _rows_sum_by_index(torch.cat([arg, y]), torch.cat([gh, -gh]))
+        u, S = rows_sum_by_index(torch.cat([arg, y]), torch.cat([gh, -gh]))
         Su = S.to(W.dtype)  # dŴ rows in W's dtype (as a normalize_rows backward would see them)
         if normalize_w:
             Wu = W[u]

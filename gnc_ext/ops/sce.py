@@ -38,9 +38,9 @@ consumed at once by a native epilogue (``csrc/cpu/loss.cpp``, CUDA twin
     (K × d, the gradient itself), one (row_chunk × K) fp32 tile (``FUSED_TILE_BYTES``,
     256 MiB), O(B·d + K).
 
-Strategy (``gnc_ext.config.sce_strategy``, chosen in :mod:`gnc_ext.losses`):
-"grad_in_forward" on CPU for mean/sum when gradients are needed, "recompute" otherwise
-and always on CUDA. Determinism: every path is deterministic (no floating-point
+Strategy (``gnc_ext.config.sce_strategy``; ``gnc_ext.losses.sce_strategy`` says which a
+call takes): these two, and "stored" (:mod:`.sce_stored`, the shifted exponentials kept
+for a GEMM-only backward). Determinism: every path is deterministic (no floating-point
 atomics: CPU epilogues parallelise over rows; the CUDA epilogues reduce inside one
 block per row; the GEMMs are torch's).
 

@@ -135,6 +135,19 @@ class BlockNorms:
             raise ValueError("W: contains NaN or Inf values (or a row whose norm overflows)")
 
 
+def rows_sum_by_index(idx: Tensor, G: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(u, S)``: the distinct values u of ``idx`` (sorted) and ``S[j] = Σ_{idx_i = u_j} G_i``,
+    deterministic: index_add_ on the CPU (sequential per index), index_put_ with
+    accumulate=True on CUDA (sort-based there; index_add_ would use float atomics)."""
+    u, inv = torch.unique(idx, sorted=True, return_inverse=True)
+    S = torch.zeros((u.shape[0], G.shape[1]), dtype=G.dtype, device=G.device)
+    if G.is_cuda:
+        S.index_put_((inv,), G, accumulate=True)
+    else:
+        S.index_add_(0, inv, G)
+    return u, S
+
+
 # ------------------------------------------------------------------- validation --
 def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100, check_W: bool = True) -> None:
     """The checks every loss function makes at the door: H (B, d) and W (K, d) floating,

@@ -1,0 +1,19 @@
+// CUDA twins of cpu/loss_stored.h (same names, contracts and results up to the rounding
+// of the exponential). Compiled for sm_90; see cuda/loss_stored.cu for the layout.
+#pragma once
+#include <cstdint>
+
+#include "common/tensor_view.h"
+
+namespace gnc {
+namespace cuda {
+
+void sce_stored_exp(const TensorView& tile, const TensorView& inv_n, const TensorView& y, int64_t col0,
+                    const TensorView& shift, const TensorView& E, const TensorView& state, double tau,
+                    int64_t ignore_index, std::uintptr_t stream);
+
+void sce_stored_dw(const TensorView& X, const TensorView& W, const TensorView& inv_n, const TensorView& v,
+                   const TensorView& dW, double eps, bool project, std::uintptr_t stream);
+
+}  // namespace cuda
+}  // namespace gnc
