@@ -4,3 +4,4 @@ torch.compile and an autograd formula."""
 from . import normalize  # noqa: F401
 from . import hull  # noqa: F401
 from . import loss  # noqa: F401
+from . import metrics  # noqa: F401
