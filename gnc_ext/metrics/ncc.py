@@ -134,9 +134,79 @@ class NCCMixin:
         pred = self.ncc_predict(features)
         return float((pred == labels).double().mean())
 
-    def _ncc_correct(self, features: Tensor, labels: Tensor) -> int:
-        """Correct NCC predictions in a batch (labels checked like :meth:`ncc_accuracy`)."""
-        features, labels = self._check_batch(features, labels)
-        if features.shape[0] == 0:
-            return 0
-        return int((self.ncc_predict(features) == labels).sum())
+    def check_labelled_batch(self, features: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(features, labels as int64)`` checked as :meth:`ncc_accuracy` checks them
+        (width, device, dtype, length, label range); errors name the argument."""
+        return self._check_batch(features, labels)
+
+    # -- NC4: agreement of a linear classifier with the NCC ----------------------------------
+    def _check_classifier(self, W, bias) -> Tuple[Tensor, Optional[Tensor]]:
+        """W (num_classes, dim) and bias (num_classes,) or None, checked (naming ``W`` /
+        ``bias``) and moved to the accumulator's device."""
+        check_classifier(W, bias, self.num_classes, self.dim)
+        W = W.to(self.device)
+        return W, (None if bias is None else bias.to(self.device))
+
+    @torch.no_grad()
+    def linear_predict(self, features: Tensor, W: Tensor, bias: Optional[Tensor] = None, *,
+                       row_block: int = 8192) -> Tensor:
+        """The linear classifier's prediction ``argmax_k (⟨w_k, h⟩ + bias_k)`` on the raw
+        features (not normalised: the classifier's own logits), over all ``num_classes``
+        rows of W, ties to the lowest index; streamed over tiles of classes (fp32 GEMMs,
+        fp64 for fp64 features), never B × K.
+
+        Raises ValueError/TypeError naming ``features``, ``W``, ``bias``, ``row_block``.
+        """
+        features, _ = self._check_batch(features, None, need_labels=False)
+        W, bias = self._check_classifier(W, bias)
+        row_block = _validate.integer(row_block, "row_block", minimum=1)
+        cdt = torch.float64 if features.dtype == torch.float64 else torch.float32
+        Wc = W.to(cdt).contiguous()
+        b = (torch.zeros(self.num_classes, dtype=cdt, device=self.device) if bias is None
+             else bias.to(cdt).contiguous())
+        B = features.shape[0]
+        out = torch.empty(B, dtype=torch.int64, device=self.device)
+        for r0 in range(0, B, row_block):
+            A = features[r0:r0 + row_block].to(cdt)
+            _validate.finite(A, "features")
+            metrics_ops.argmax_rows(A.contiguous(), Wc, b, out=out[r0:r0 + A.shape[0]])
+        return out
+
+    @torch.no_grad()
+    def nc4_agreement_count(self, features: Tensor, W: Tensor, bias: Optional[Tensor] = None) -> int:
+        """How many rows of ``features`` the linear classifier (:meth:`linear_predict`)
+        and the nearest class centre (:meth:`ncc_predict`) assign to the same class; sum
+        it over a data pass and divide by the number of rows for NC4 (what
+        :func:`gnc_ext.metrics.evaluate` with ``nc=True`` does).
+
+        Raises ValueError/TypeError naming ``features``, ``W`` or ``bias``; RuntimeError
+        before any update.
+        """
+        lin = self.linear_predict(features, W, bias)
+        return int((lin == self.ncc_predict(features)).sum())
+
+    @torch.no_grad()
+    def nc4_agreement(self, features: Tensor, W: Tensor, bias: Optional[Tensor] = None) -> float:
+        """NC4 on one batch: the fraction of rows whose linear prediction
+        ``argmax_k (⟨w_k, h⟩ + bias_k)`` equals their nearest-class-centre prediction
+        (Papyan, Han & Donoho 2020, "NC4: simplification to NCC"). Streamed, never B × K.
+
+        Raises ValueError naming ``features`` for an empty batch, and as
+        :meth:`nc4_agreement_count`.
+        """
+        _validate.tensor(features, "features", ndim=2)
+        return self.nc4_agreement_count(features, W, bias) / features.shape[0]
+
+
+def check_classifier(W, bias, num_classes: int, dim: int) -> None:
+    """W must be a finite (num_classes, dim) float tensor; bias None or a finite
+    (num_classes,) float tensor. Errors name ``W`` / ``bias``."""
+    _validate.tensor(W, "W", ndim=2)
+    if tuple(W.shape) != (num_classes, dim):
+        raise ValueError(f"W: expected shape ({num_classes}, {dim}) (num_classes, dim), got {tuple(W.shape)}")
+    _validate.finite(W, "W")
+    if bias is not None:
+        _validate.tensor(bias, "bias", ndim=1)
+        if tuple(bias.shape) != (num_classes,):
+            raise ValueError(f"bias: expected shape ({num_classes},) (num_classes), got {tuple(bias.shape)}")
+        _validate.finite(bias, "bias")

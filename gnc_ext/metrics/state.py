@@ -247,6 +247,14 @@ class AccumulatorState:
         within = (self._sqsum - (self._dsum * self._dsum).sum(1) * inv).clamp(min=0.0)
         return self._counts.clone(), means, M2, within
 
+    def class_statistics(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The accumulated statistics in canonical form, float64 on the state's device:
+        ``(counts (K,) int64, means (K, d), M2 (d, d), within (K,))`` with
+        ``M2 = Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ`` (full, symmetric) and
+        ``within_k = Σ_{i in k} ‖h_i − μ_k‖²``; means and within are 0 for empty classes.
+        Fresh tensors (not the live state). Cost: one K×d×d fp64 GEMM."""
+        return self._canonical()
+
     def _set_canonical(self, counts: Tensor, means: Tensor, M2: Tensor, within: Tensor) -> None:
         """Re-anchor the state at the given means (reference points = fp32(mean))."""
         nz = counts > 0

@@ -28,6 +28,9 @@ __all__ = ["update_batch", "argmax_rows", "screen_bounds", "pairwise_class_stats
            "pair_block", "KERNELS"]
 
 KERNELS = ("log", "riesz", "distance")
+# Pairs whose cosine exceeds 1 − CLOSE_COS get their squared chord from the difference of
+# the rows instead of 2 − 2⟨x_i, x_j⟩ (relative error ≤ ~4·eps/CLOSE_COS otherwise).
+CLOSE_COS = 1e-3
 
 
 def update_batch(features: Tensor, labels: Tensor, shift: Tensor, dsum: Tensor, sqsum: Tensor, counts: Tensor,
@@ -128,7 +131,8 @@ def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: 
     cosines (diagonal excluded), and, per tile, the sum of CDNV terms and the (count,
     mean, M2) of the kernel values, merged across tiles by Chan's formula (no
     E[v²] − E[v]² cancellation). With ``x_k = μ̃_k/r_k`` the squared chord is
-    ``e2 = 2 − 2⟨x_i, x_j⟩`` and the squared mean distance
+    ``e2 = 2 − 2⟨x_i, x_j⟩`` (``‖x_i − x_j‖²`` from the rows for nearly parallel pairs,
+    cosine above ``1 − CLOSE_COS``) and the squared mean distance
     ``‖μ̃_i − μ̃_j‖² = (r_i − r_j)² + r_i r_j e2``.
 
     Args:
@@ -178,6 +182,14 @@ def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: 
             if not (cd or kernel is not None):
                 continue
             e2 = c.mul(-2.0).add_(2.0).clamp_(min=0.0)  # ‖x_i − x_j‖²
+            close = c > 1.0 - CLOSE_COS
+            if bool(close.any()):  # nearly parallel: 2 − 2c loses digits, take differences
+                if diag:
+                    ii, jj = i0 + upper[0][close], j0 + upper[1][close]
+                else:
+                    nzc = close.nonzero()
+                    ii, jj = i0 + nzc[:, 0], j0 + nzc[:, 1]
+                e2[close] = (X[ii] - X[jj]).square_().sum(1)
             torch.minimum(min_e2, e2.min(), out=min_e2)
             if cd:
                 D = (ri - rj).square_().add_(e2 * (ri * rj))  # ‖μ_i − μ_j‖²
