@@ -223,10 +223,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run_two_ranks(tmp_path, out_name, *extra):
-    """Run _metrics_dist_worker.py as ranks 0 and 1 (gloo) on tmp_path/data.pt; both must exit 0."""
+def _run_two_ranks(tmp_path, out_name, *extra, worker="_metrics_dist_worker.py"):
+    """Run ``worker`` (in this folder) as ranks 0 and 1 (gloo) on tmp_path/data.pt; both must exit 0."""
     port = _free_port()
-    worker = os.path.join(os.path.dirname(__file__), "_metrics_dist_worker.py")
+    worker = os.path.join(os.path.dirname(__file__), worker)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -973,3 +973,61 @@ def test_update_checks_everything_before_writing():
             with pytest.raises(ValueError, match=r"^(features|labels): "):
                 acc.update(X, lab)
             _assert_same_state(before, acc.state_dict())
+
+
+# ----------------------------------------------------------------------------- torchmetrics
+def test_torchmetrics_adapter_matches_accumulator():
+    """GNCMetric (single process): update/compute/reset give the accumulator's numbers,
+    and the metric's state is the accumulator's own (a state_dict round trip)."""
+    tm = pytest.importorskip("torchmetrics", reason="torchmetrics is not installed (extra [torchmetrics])")
+    from gnc_ext.metrics import GNCMetric, nc_metrics
+
+    K, d = 20, 6
+    H, y = random_data(K, d, 300, seed=21)
+    W = torch.randn(K, d, generator=torch.Generator().manual_seed(3))
+    m = GNCMetric(K, d, W=lambda: W, kernel="distance")
+    assert isinstance(m, tm.Metric)
+    for s in range(0, 300, 64):
+        m(H[s:s + 64], y[s:s + 64])  # forward = update
+    got = m.compute()
+    acc = feed(GNCAccumulator(K, d), H, y, [64])
+    assert got["gnc1"].item() == pytest.approx(acc.compute().gnc1, rel=1e-12)
+    assert got["gnc3"].item() == pytest.approx(acc.compute(W, gnc2=False).gnc3, rel=1e-12)
+    ref = nc_metrics(acc, W, kernel="distance")
+    for key in ("nc1_cdnv", "nc2_etf_error", "nc2_kernel_mean", "nc3_duality_error"):
+        assert got[key].item() == pytest.approx(getattr(ref, key), rel=1e-12)
+    st = m.accumulator().state_dict()
+    for k, v in acc.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            assert torch.allclose(st[k], v, rtol=1e-12, atol=1e-14), k
+    m.reset()
+    m.update(H[:40], y[:40])
+    one = feed(GNCAccumulator(K, d), H[:40], y[:40], [40])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert m.compute()["gnc1"].item() == pytest.approx(one.compute().gnc1, rel=1e-12)
+    with pytest.raises(ValueError, match="kernel"):
+        GNCMetric(K, d, kernel="gauss")
+    with pytest.raises(ValueError, match="num_classes"):
+        GNCMetric(0, d)
+
+
+def test_torchmetrics_adapter_ddp_equals_sync(tmp_path):
+    """Two gloo ranks, uneven interleaved shards: GNCMetric.compute() (torchmetrics'
+    gather + Chan merge) equals GNCAccumulator.sync() followed by compute/nc_metrics."""
+    pytest.importorskip("torchmetrics", reason="torchmetrics is not installed (extra [torchmetrics])")
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    K, d, n = 30, 12, 12
+    H, y = collapsed_data(K, d, n, 1e-3, seed=19)
+    y[y == 5] = 6  # an empty class
+    W = torch.randn(K, d, generator=torch.Generator().manual_seed(4))
+    torch.save({"H": H, "y": y, "K": K, "W": W}, tmp_path / "data.pt")
+    _run_two_ranks(tmp_path, "out.pt", worker="_metrics_tm_worker.py")
+    got = torch.load(tmp_path / "out.pt")
+    metric, synced = got["metric"], got["synced"]
+    assert set(synced) <= set(metric) and len(synced) >= 16
+    for key, v in synced.items():
+        assert metric[key] == pytest.approx(v, rel=1e-10, abs=1e-14), key

@@ -170,7 +170,7 @@ class AccumulatorState:
             "scatter": _symmetrize_upper(self._scatter).cpu(),
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> "GNCAccumulator":
+    def load_state_dict(self, state: Dict[str, Any], *, copy: bool = True) -> "GNCAccumulator":
         """Restore a :meth:`state_dict`.
 
         The configuration (``num_classes``, ``dim``, ``normalize`` and ``eps``) must equal
@@ -180,6 +180,11 @@ class AccumulatorState:
         non-negative counts and square sums; they are copied (contiguous, on this
         accumulator's device).
 
+        With ``copy=False`` the tensors themselves become the live state (no copy: later
+        updates write into them in place): they must then already be contiguous and on
+        this accumulator's device. (The torchmetrics adapter keeps its registered states
+        this way.)
+
         Raises:
             TypeError: ``state`` is not a dict. ValueError naming ``state`` or
             ``state['<key>']``: a missing key, another configuration or a bad tensor. On
@@ -187,6 +192,7 @@ class AccumulatorState:
         """
         if not isinstance(state, dict):
             raise TypeError(f"state: expected a dict, got {type(state).__name__}")
+        copy = _validate.boolean(copy, "copy")
         for key in ("version", "num_classes", "dim", "normalize", "eps", "counts", "shift", "dsum", "sqsum",
                     "scatter"):
             if key not in state:
@@ -221,9 +227,15 @@ class AccumulatorState:
             raise ValueError("state['counts']: the total count overflows int64")
         if bool((new["sqsum"] < 0).any()):
             raise ValueError("state['sqsum']: has negative entries (it is a sum of squares)")
-        # dense, contiguous copies on this device (nothing is assigned until all exist)
-        new = {k: torch.empty(t.shape, dtype=t.dtype, device=self.device).copy_(t.detach())
-               for k, t in new.items()}
+        if not copy:
+            for key, t in new.items():
+                if t.device != self.device or not t.is_contiguous():
+                    raise ValueError(f"state[{key!r}]: with copy=False it must be contiguous and on {self.device}, "
+                                     f"got a {'non-contiguous ' if not t.is_contiguous() else ''}tensor on {t.device}")
+        else:
+            # dense, contiguous copies on this device (nothing is assigned until all exist)
+            new = {k: torch.empty(t.shape, dtype=t.dtype, device=self.device).copy_(t.detach())
+                   for k, t in new.items()}
         self._counts, self._shift, self._dsum = new["counts"], new["shift"], new["dsum"]
         self._sqsum, self._scatter = new["sqsum"], new["scatter"]
         self._ncc_cache = None
