@@ -318,3 +318,36 @@ def test_no_K_by_K_tensor_is_allocated():
     dense = _peak_growth(K, d, "dense")
     assert dense > 0.8 * K * K * 8, dense
     assert suite < 200e6, suite
+
+
+@pytest.mark.parametrize("impl", ["native", "torch"])
+def test_pairwise_tiles_both_paths_match_brute_force(impl):
+    """ops.metrics.pairwise_class_stats: the fused CPU epilogue and the device-agnostic
+    torch path (the one CUDA runs), against explicit K × K numpy grids, over ragged
+    blocks, with a nearly parallel pair (exact differences) and a CDNV exponent."""
+    from gnc_ext.ops.metrics import pairwise_class_stats
+
+    K, d = 333, 6
+    g = torch.Generator().manual_seed(12)
+    X = torch.nn.functional.normalize(torch.randn(K, d, generator=g, dtype=torch.float64), dim=1)
+    X[100] = torch.nn.functional.normalize(X[5] + 1e-7 * torch.randn(d, generator=g, dtype=torch.float64), dim=0)
+    r = torch.rand(K, generator=g, dtype=torch.float64) + 0.5
+    s = torch.rand(K, generator=g, dtype=torch.float64)
+    Xn, rn, sn = X.numpy(), r.numpy(), s.numpy()
+    iu = np.triu_indices(K, 1)
+    dist = np.linalg.norm(Xn[:, None] - Xn[None], axis=-1)
+    C = Xn @ Xn.T
+    np.fill_diagonal(C, -np.inf)
+    mu = rn[:, None] * Xn
+    D2 = np.sum((mu[:, None] - mu[None]) ** 2, axis=-1)[iu]
+    for kernel, p in (("log", 1.0), ("riesz", 1.5), ("distance", 0.5)):
+        got = pairwise_class_stats(X, radii=r, spreads=s, kernel=kernel, cdnv_exponent=p, block=64, impl=impl)
+        kv = {"log": -np.log(dist[iu]), "riesz": dist[iu] ** (-(d - 2)), "distance": dist[iu]}[kernel]
+        np.testing.assert_allclose(got.max_cos.numpy(), C.max(1), rtol=0, atol=1e-15)
+        assert float(got.cdnv_mean) == pytest.approx(np.mean((sn[:, None] + sn[None])[iu] / (2 * D2 ** p)),
+                                                     rel=1e-9)
+        assert float(got.kernel_mean) == pytest.approx(kv.mean(), rel=1e-9)
+        assert float(got.kernel_var) == pytest.approx(kv.var(), rel=1e-7)
+        assert float(got.min_dist2) == pytest.approx(dist[iu].min() ** 2, rel=1e-6)
+    with pytest.raises(ValueError, match="impl"):
+        pairwise_class_stats(X, impl="cuda")

@@ -123,7 +123,7 @@ def _kernel_of(e2: Tensor, kernel: str, dim: int) -> Tensor:
 
 def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: Optional[Tensor] = None,
                          cdnv_exponent: float = 1.0, kernel: Optional[str] = None,
-                         block: Optional[int] = None) -> PairStats:
+                         block: Optional[int] = None, impl: str = "auto") -> PairStats:
     """Pairwise statistics of K ≥ 2 unit vectors over the pairs i < j, streamed.
 
     The K × K Gram ``XXᵀ`` is formed in fp64 tiles of ``block`` × ``block`` (upper
@@ -141,9 +141,20 @@ def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: 
         cdnv_exponent: p > 0 in ‖μ_i − μ_j‖^(2p).
         kernel: None or one of :data:`KERNELS` ("riesz" uses s = d − 2 with d = X's width).
         block: rows per tile block (default :func:`pair_block`).
+        impl: "native" (CPU: the fused ``pair_stats_fold`` epilogue, one pass over each
+            tile, OpenMP), "torch" (device-agnostic torch ops on each tile, per-tile
+            Chan merge of the kernel moments; the CUDA path) or "auto" (native on CPU).
+
+    The native epilogue sums the kernel values about a fixed shift (the kernel at the
+    mean cosine, from the closed form), so its variance E[(v − s)²] − E[v − s]² does not
+    cancel; the torch path merges exact per-tile (count, mean, M2).
 
     Memory: O(K) state and one tile with its temporaries.
     """
+    if impl not in ("auto", "native", "torch"):
+        raise ValueError(f"impl: expected 'auto', 'native' or 'torch', got {impl!r}")
+    if impl == "native" or (impl == "auto" and X.device.type == "cpu"):
+        return _pairwise_native(X, radii, spreads, cdnv_exponent, kernel, block or pair_block())
     K, d = X.shape
     dev = X.device
     b = block or pair_block()
@@ -217,4 +228,47 @@ def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: 
     if kernel is not None:
         out.kernel_mean = k_mean
         out.kernel_var = k_m2 / pairs
+    return out
+
+
+def _pairwise_native(X: Tensor, radii: Optional[Tensor], spreads: Optional[Tensor], cdnv_exponent: float,
+                     kernel: Optional[str], b: int) -> PairStats:
+    """:func:`pairwise_class_stats` with the fused CPU epilogue (``pair_stats_fold``)."""
+    K, d = X.shape
+    f64 = dict(dtype=torch.float64, device=X.device)
+    X = X.contiguous()
+    cd = radii is not None
+    if cd:
+        radii, spreads = radii.contiguous(), spreads.contiguous()
+    none = torch.empty(0, **f64)
+    max_cos = torch.full((K,), -math.inf, **f64)
+    acc = torch.tensor([0.0, 0.0, 0.0, math.inf], **f64)
+    code = -1 if kernel is None else KERNELS.index(kernel)
+    shift = 0.0
+    if kernel is not None:  # the kernel at the mean cosine (closed form): near the kernel's mean
+        s = X.sum(0)
+        mean_c = float((s @ s - (X * X).sum()) / (K * (K - 1)))
+        e2m = max(2.0 - 2.0 * mean_c, 1e-300)
+        shift = float(_kernel_of(torch.tensor(e2m, dtype=torch.float64), kernel, d))
+    for i0 in range(0, K, b):
+        i1 = min(i0 + b, K)
+        Xi = X[i0:i1]
+        for j0 in range(i0, K, b):
+            j1 = min(j0 + b, K)
+            C = Xi @ X[j0:j1].T
+            native.pair_stats_fold(view(C), view(Xi), view(X[j0:j1]),
+                                   view(radii[i0:i1] if cd else none), view(radii[j0:j1] if cd else none),
+                                   view(spreads[i0:i1] if cd else none), view(spreads[j0:j1] if cd else none),
+                                   j0 == i0, code, float(d - 2), float(cdnv_exponent), CLOSE_COS, shift,
+                                   view(max_cos[i0:i1]), view(max_cos[j0:j1]), view(acc))
+    pairs = K * (K - 1) // 2
+    out = PairStats(max_cos=max_cos, pairs=pairs)
+    if cd or kernel is not None:
+        out.min_dist2 = acc[3]
+    if cd:
+        out.cdnv_mean = acc[0] / pairs
+    if kernel is not None:
+        m = acc[1] / pairs
+        out.kernel_mean = shift + m
+        out.kernel_var = (acc[2] / pairs - m * m).clamp(min=0.0)
     return out
