@@ -1031,3 +1031,19 @@ def test_torchmetrics_adapter_ddp_equals_sync(tmp_path):
     assert set(synced) <= set(metric) and len(synced) >= 16
     for key, v in synced.items():
         assert metric[key] == pytest.approx(v, rel=1e-10, abs=1e-14), key
+
+
+def test_metrics_work_without_torchmetrics():
+    """torchmetrics is optional: with it unimportable, gnc_ext.metrics imports and works,
+    and only GNCMetric raises ImportError (naming torchmetrics)."""
+    code = ("import sys; sys.modules['torchmetrics'] = None\n"
+            "import torch, gnc_ext.metrics as m\n"
+            "a = m.GNCAccumulator(3, 2).update(torch.randn(6, 2), torch.arange(3).repeat(2))\n"
+            "m.nc_metrics(a)\n"
+            "try:\n    m.GNCMetric\nexcept ImportError as e:\n    print('ImportError', e)\n")
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ImportError" in out.stdout and "torchmetrics" in out.stdout
