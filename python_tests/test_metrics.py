@@ -223,10 +223,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run_two_ranks(tmp_path, out_name, *extra, worker="_metrics_dist_worker.py"):
-    """Run ``worker`` (in this folder) as ranks 0 and 1 (gloo) on tmp_path/data.pt; both must exit 0."""
+def _run_two_ranks(tmp_path, out_name, *extra):
+    """Run _metrics_dist_worker.py as ranks 0 and 1 (gloo) on tmp_path/data.pt; both must exit 0."""
     port = _free_port()
-    worker = os.path.join(os.path.dirname(__file__), worker)
+    worker = os.path.join(os.path.dirname(__file__), "_metrics_dist_worker.py")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -1025,7 +1025,7 @@ def test_torchmetrics_adapter_ddp_equals_sync(tmp_path):
     y[y == 5] = 6  # an empty class
     W = torch.randn(K, d, generator=torch.Generator().manual_seed(4))
     torch.save({"H": H, "y": y, "K": K, "W": W}, tmp_path / "data.pt")
-    _run_two_ranks(tmp_path, "out.pt", worker="_metrics_tm_worker.py")
+    _run_two_ranks(tmp_path, "out.pt", "torchmetrics")
     got = torch.load(tmp_path / "out.pt")
     metric, synced = got["metric"], got["synced"]
     assert set(synced) <= set(metric) and len(synced) >= 16

@@ -125,7 +125,7 @@ def _cosine_spread(X: Tensor) -> float:
     the d×d and K×K Grams)."""
     K, d = X.shape
     s = X.sum(0)
-    sq = (X * X).sum(1)
+    sq = torch.einsum("kd,kd->k", X, X)
     G = X.T @ X if K >= d else X @ X.T
     P = K * (K - 1) / 2
     mean = float((s @ s - sq.sum()) / 2) / P
@@ -157,16 +157,16 @@ def _etf_error(lam: Tensor, K: int) -> float:
     return math.sqrt(max(err2, 0.0))
 
 
-def _duality_error(Wz: Tensor, Mt: Tensor) -> float:
+def _duality_error(Wz: Tensor, Mt: Tensor, dots: Tensor) -> float:
     """‖P/‖P‖_F − E‖_F for P = W M̃ᵀ through d×d Grams:
     ‖P‖_F² = ⟨WᵀW, M̃ᵀM̃⟩_F and ⟨P, I − 11ᵀ/K⟩ = Σ⟨w_k, μ̃_k⟩ − ⟨Σw, Σμ̃⟩/K, so the error
-    is √(2 − 2⟨P, E⟩/‖P‖_F) (‖E‖_F = 1)."""
+    is √(2 − 2⟨P, E⟩/‖P‖_F) (‖E‖_F = 1). ``dots``: the ⟨w_k, μ̃_k⟩."""
     K, d = Mt.shape
     if K >= d:
         fro2 = float(((Wz.T @ Wz) * (Mt.T @ Mt)).sum())
     else:
         fro2 = float(((Wz @ Mt.T) ** 2).sum())
-    inner = float((Wz * Mt).sum() - (Wz.sum(0) @ Mt.sum(0)) / K)
+    inner = float(dots.sum() - (Wz.sum(0) @ Mt.sum(0)) / K)
     if fro2 <= 0.0:
         return float("nan")
     return math.sqrt(max(2.0 - 2.0 * inner / (math.sqrt(fro2) * math.sqrt(K - 1)), 0.0))
@@ -271,8 +271,11 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         raise ValueError(f"acc: the NC metrics need at least 2 non-empty classes, got {K}")
     empty_classes(nz, "nc_metrics", stacklevel=4)
     dev = means.device
-    M = means[nz]
-    Mt = M - M.mean(0, keepdim=True)
+    # K×d float64 working copies are the memory that matters at large K: M̃ is formed in
+    # place in the means (a copy only when classes are empty) and becomes X in place
+    Mt = means if K == K_all else means[nz]
+    del means
+    Mt.sub_(Mt.mean(0, keepdim=True))
     r = torch.linalg.vector_norm(Mt, dim=1)
     spreads = within[nz] / counts[nz].double()
 
@@ -288,10 +291,32 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
                       stacklevel=3)
     tr_sb = float(torch.diagonal(SB).sum())
     nc1_quotient = float(torch.diagonal(SW).sum()) / tr_sb if tr_sb > 0 else float("inf")
+    res = NCMetrics(
+        nc1_pinv=tr_pinv / K, nc1_quotient=nc1_quotient, nc1_cdnv=math.nan, nc2_equinorm=_equinorm(r),
+        nc2_equiangular=math.nan, nc2_max_angle=math.nan, nc2_etf_error=_etf_error(lam * K, K),
+        nc2_kernel_mean=math.nan, nc2_kernel_var=math.nan, kernel=kernel, cdnv_exponent=p, num_classes=K_all,
+        num_nonempty=K, num_samples=N,
+    )
 
-    # NC2 on the class means
+    # with the classifier: NC3 (needs M̃), then NC2 on W
+    if W is not None:
+        Wz = W.detach().to(dev, torch.float64, copy=True)
+        if K < K_all:
+            Wz = Wz[nz]
+        dots = torch.einsum("kd,kd->k", Wz, Mt)  # ⟨w_k, μ̃_k⟩
+        res.nc3_duality_error = _duality_error(Wz, Mt, dots)
+        res.nc3_uniform_duality = float(dots.var(unbiased=False))
+        wn = torch.linalg.vector_norm(Wz, dim=1)
+        Xw = Wz.div_(wn[:, None])
+        res.w_equinorm = _equinorm(wn)
+        res.w_equiangular = _cosine_spread(Xw)
+        res.w_max_angle = _max_angle(metrics_ops.pairwise_class_stats(Xw).max_cos, K)
+        del Wz, Xw
+
+    # NC2 on the class means: X = M̃/‖M̃‖ in place
     zero_dir = r == 0
-    X = Mt / torch.where(zero_dir, torch.ones_like(r), r)[:, None]
+    X = Mt.div_(torch.where(zero_dir, torch.ones_like(r), r)[:, None])
+    del Mt
     pairs = metrics_ops.pairwise_class_stats(X, radii=r, spreads=spreads, cdnv_exponent=p, kernel=kernel)
     cdnv = float(pairs.cdnv_mean)
     k_mean, k_var = float(pairs.kernel_mean), float(pairs.kernel_var)
@@ -303,12 +328,9 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         cdnv = math.inf
         warnings.warn("nc_metrics: two class means coincide, so nc1_cdnv is infinite", RuntimeWarning,
                       stacklevel=3)
-    res = NCMetrics(
-        nc1_pinv=tr_pinv / K, nc1_quotient=nc1_quotient, nc1_cdnv=cdnv,
-        nc2_equinorm=_equinorm(r), nc2_equiangular=_cosine_spread(X), nc2_max_angle=_max_angle(pairs.max_cos, K),
-        nc2_etf_error=_etf_error(lam * K, K), nc2_kernel_mean=k_mean, nc2_kernel_var=k_var,
-        kernel=kernel, cdnv_exponent=p, num_classes=K_all, num_nonempty=K, num_samples=N,
-    )
+    res.nc1_cdnv, res.nc2_kernel_mean, res.nc2_kernel_var = cdnv, k_mean, k_var
+    res.nc2_equiangular = _cosine_spread(X)
+    res.nc2_max_angle = _max_angle(pairs.max_cos, K)
     if ood_mean is not None:
         u = ood_mean.to(dev, torch.float64)
         u = u / torch.linalg.vector_norm(u)
@@ -323,23 +345,14 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         if res.nc5_ood is not None:
             res.nc5_ood = nan
 
-    # with the classifier: NC2 on W, NC3
-    if W is not None:
-        Wz = W.to(dev, torch.float64)[nz]
-        wn = torch.linalg.vector_norm(Wz, dim=1)
-        Xw = Wz / wn[:, None]
-        res.w_equinorm = _equinorm(wn)
-        res.w_equiangular = _cosine_spread(Xw)
-        res.w_max_angle = _max_angle(metrics_ops.pairwise_class_stats(Xw).max_cos, K)
-        res.nc3_duality_error = _duality_error(Wz, Mt)
-        res.nc3_uniform_duality = float((Wz * Mt).sum(1).var(unbiased=False))
-        if features is not None:
-            agree = seen = 0
-            for h in _feature_batches(features, batch_size):
-                agree += acc.nc4_agreement_count(h, W, bias)
-                seen += h.shape[0]
-            if seen == 0:
-                raise ValueError("features: no rows (NC4 needs a data pass)")
-            res.nc4_agreement = agree / seen
-            res.nc4_samples = seen
+    # NC4: a data pass
+    if features is not None:
+        agree = seen = 0
+        for h in _feature_batches(features, batch_size):
+            agree += acc.nc4_agreement_count(h, W, bias)
+            seen += h.shape[0]
+        if seen == 0:
+            raise ValueError("features: no rows (NC4 needs a data pass)")
+        res.nc4_agreement = agree / seen
+        res.nc4_samples = seen
     return res

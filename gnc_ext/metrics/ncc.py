@@ -62,12 +62,7 @@ class NCCMixin:
 
     def _canonical_means(self) -> Tuple[Tensor, Tensor]:
         """(counts, means) without the d×d scatter (cheap: O(K·d))."""
-        n = self._counts.to(torch.float64)
-        nz = self._counts > 0
-        inv = torch.where(nz, 1.0 / n.clamp(min=1.0), torch.zeros_like(n))
-        means = torch.where(nz[:, None], self._shift.double() + self._dsum * inv[:, None],
-                            torch.zeros((), dtype=torch.float64, device=self.device))
-        return self._counts, means
+        return self._counts, self._means()[0]
 
     @torch.no_grad()
     def ncc_predict(self, features: Tensor, *, row_block: int = 8192) -> Tensor:

@@ -242,21 +242,28 @@ class AccumulatorState:
         return self
 
     # -- canonical (count, mean, M2) form used by merge/sync/compute --------------------
+    def _means(self) -> Tuple[Tensor, Tensor]:
+        """(class means (K, d) fp64 — 0 for empty classes —, 1/n_k (K,) fp64 — 0 for
+        empty classes) with one K×d temporary: μ_k = c_k + dsum_k/n_k."""
+        n = self._counts.to(torch.float64)
+        nz = self._counts > 0
+        inv = torch.where(nz, 1.0 / n.clamp(min=1.0), torch.zeros_like(n))
+        means = self._dsum * inv[:, None]
+        means.add_(self._shift)
+        means.masked_fill_(~nz[:, None], 0.0)
+        return means, inv
+
     def _canonical(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """(counts, means (K,d) fp64, M2 (d,d) fp64 full, within_k (K,) fp64) on device.
 
         means and within_k are 0 for empty classes. M2 = Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ,
         within_k = Σ_{i in k} ‖h_i − μ_k‖².
         """
-        n = self._counts.to(torch.float64)
-        nz = self._counts > 0
-        inv = torch.where(nz, 1.0 / n.clamp(min=1.0), torch.zeros_like(n))
-        means = torch.where(nz[:, None], self._shift.double() + self._dsum * inv[:, None],
-                            torch.zeros((), dtype=torch.float64, device=self.device))
+        means, inv = self._means()
         M2 = self._scatter.clone()
         _syrk_upper(M2, self._dsum * inv.sqrt()[:, None], alpha=-1.0)
         M2 = _symmetrize_upper(M2)
-        within = (self._sqsum - (self._dsum * self._dsum).sum(1) * inv).clamp(min=0.0)
+        within = (self._sqsum - torch.einsum("kd,kd->k", self._dsum, self._dsum) * inv).clamp(min=0.0)
         return self._counts.clone(), means, M2, within
 
     def class_statistics(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

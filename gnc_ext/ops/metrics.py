@@ -112,6 +112,18 @@ class PairStats:
     min_dist2: Optional[Tensor] = None
 
 
+def _gram_tiles(X: Tensor, b: int):
+    """Yield ``(i0, i1, j0, j1, X[i0:i1] @ X[j0:j1].T)`` over the upper block triangle
+    (j0 ≥ i0) of the K × K Gram, one fp64 tile at a time."""
+    K = X.shape[0]
+    for i0 in range(0, K, b):
+        i1 = min(i0 + b, K)
+        Xi = X[i0:i1]
+        for j0 in range(i0, K, b):
+            j1 = min(j0 + b, K)
+            yield i0, i1, j0, j1, Xi @ X[j0:j1].T
+
+
 def _kernel_of(e2: Tensor, kernel: str, dim: int) -> Tensor:
     """The kernel of the squared chord ``e2 = ‖x_i − x_j‖²`` (in place on e2)."""
     if kernel == "log":  # log(1/‖x_i − x_j‖)
@@ -165,60 +177,55 @@ def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: 
     k_n, k_mean, k_m2 = 0, torch.zeros((), **f64), torch.zeros((), **f64)
     min_e2 = torch.full((), math.inf, **f64)
     upper = None
-    for i0 in range(0, K, b):
-        i1 = min(i0 + b, K)
-        Xi = X[i0:i1]
-        for j0 in range(i0, K, b):
-            j1 = min(j0 + b, K)
-            C = Xi @ X[j0:j1].T
-            diag = j0 == i0
+    for i0, i1, j0, j1, C in _gram_tiles(X, b):
+        diag = j0 == i0
+        if diag:
+            C.diagonal().fill_(-math.inf)
+            torch.maximum(max_cos[i0:i1], C.amax(1), out=max_cos[i0:i1])
+            if upper is None or upper[0].numel() != (i1 - i0) * (i1 - i0 - 1) // 2:
+                upper = torch.triu_indices(i1 - i0, i1 - i0, offset=1, device=dev)
+            c = C[upper[0], upper[1]]
+            ri = radii[i0:i1][upper[0]] if cd else None
+            rj = radii[j0:j1][upper[1]] if cd else None
+            si = spreads[i0:i1][upper[0]] if cd else None
+            sj = spreads[j0:j1][upper[1]] if cd else None
+        else:
+            torch.maximum(max_cos[i0:i1], C.amax(1), out=max_cos[i0:i1])
+            torch.maximum(max_cos[j0:j1], C.amax(0), out=max_cos[j0:j1])
+            c = C
+            ri = radii[i0:i1, None] if cd else None
+            rj = radii[None, j0:j1] if cd else None
+            si = spreads[i0:i1, None] if cd else None
+            sj = spreads[None, j0:j1] if cd else None
+        if not (cd or kernel is not None):
+            continue
+        e2 = c.mul(-2.0).add_(2.0).clamp_(min=0.0)  # ‖x_i − x_j‖²
+        close = c > 1.0 - CLOSE_COS
+        if bool(close.any()):  # nearly parallel: 2 − 2c loses digits, take differences
             if diag:
-                C.diagonal().fill_(-math.inf)
-                torch.maximum(max_cos[i0:i1], C.amax(1), out=max_cos[i0:i1])
-                if upper is None or upper[0].numel() != (i1 - i0) * (i1 - i0 - 1) // 2:
-                    upper = torch.triu_indices(i1 - i0, i1 - i0, offset=1, device=dev)
-                c = C[upper[0], upper[1]]
-                ri = radii[i0:i1][upper[0]] if cd else None
-                rj = radii[j0:j1][upper[1]] if cd else None
-                si = spreads[i0:i1][upper[0]] if cd else None
-                sj = spreads[j0:j1][upper[1]] if cd else None
+                ii, jj = i0 + upper[0][close], j0 + upper[1][close]
             else:
-                torch.maximum(max_cos[i0:i1], C.amax(1), out=max_cos[i0:i1])
-                torch.maximum(max_cos[j0:j1], C.amax(0), out=max_cos[j0:j1])
-                c = C
-                ri = radii[i0:i1, None] if cd else None
-                rj = radii[None, j0:j1] if cd else None
-                si = spreads[i0:i1, None] if cd else None
-                sj = spreads[None, j0:j1] if cd else None
-            if not (cd or kernel is not None):
-                continue
-            e2 = c.mul(-2.0).add_(2.0).clamp_(min=0.0)  # ‖x_i − x_j‖²
-            close = c > 1.0 - CLOSE_COS
-            if bool(close.any()):  # nearly parallel: 2 − 2c loses digits, take differences
-                if diag:
-                    ii, jj = i0 + upper[0][close], j0 + upper[1][close]
-                else:
-                    nzc = close.nonzero()
-                    ii, jj = i0 + nzc[:, 0], j0 + nzc[:, 1]
-                e2[close] = (X[ii] - X[jj]).square_().sum(1)
-            torch.minimum(min_e2, e2.min(), out=min_e2)
-            if cd:
-                D = (ri - rj).square_().add_(e2 * (ri * rj))  # ‖μ_i − μ_j‖²
-                if cdnv_exponent != 1.0:
-                    D.pow_(cdnv_exponent)
-                cd_sum += ((si + sj) / D.mul_(2.0)).sum()
-                del D
-            if kernel is not None:
-                v = _kernel_of(e2, kernel, d)
-                n_t = v.numel()
-                m_t = v.mean()
-                m2_t = (v - m_t).square_().sum()
-                n = k_n + n_t
-                delta = m_t - k_mean
-                k_mean = k_mean + delta * (n_t / n)
-                k_m2 = k_m2 + m2_t + delta * delta * (k_n * n_t / n)
-                k_n = n
-            del e2, c, C
+                nzc = close.nonzero()
+                ii, jj = i0 + nzc[:, 0], j0 + nzc[:, 1]
+            e2[close] = (X[ii] - X[jj]).square_().sum(1)
+        torch.minimum(min_e2, e2.min(), out=min_e2)
+        if cd:
+            D = (ri - rj).square_().add_(e2 * (ri * rj))  # ‖μ_i − μ_j‖²
+            if cdnv_exponent != 1.0:
+                D.pow_(cdnv_exponent)
+            cd_sum += ((si + sj) / D.mul_(2.0)).sum()
+            del D
+        if kernel is not None:
+            v = _kernel_of(e2, kernel, d)
+            n_t = v.numel()
+            m_t = v.mean()
+            m2_t = (v - m_t).square_().sum()
+            n = k_n + n_t
+            delta = m_t - k_mean
+            k_mean = k_mean + delta * (n_t / n)
+            k_m2 = k_m2 + m2_t + delta * delta * (k_n * n_t / n)
+            k_n = n
+        del e2, c, C
     pairs = K * (K - 1) // 2
     out = PairStats(max_cos=max_cos, pairs=pairs)
     if cd or kernel is not None:
@@ -250,17 +257,12 @@ def _pairwise_native(X: Tensor, radii: Optional[Tensor], spreads: Optional[Tenso
         mean_c = float((s @ s - (X * X).sum()) / (K * (K - 1)))
         e2m = max(2.0 - 2.0 * mean_c, 1e-300)
         shift = float(_kernel_of(torch.tensor(e2m, dtype=torch.float64), kernel, d))
-    for i0 in range(0, K, b):
-        i1 = min(i0 + b, K)
-        Xi = X[i0:i1]
-        for j0 in range(i0, K, b):
-            j1 = min(j0 + b, K)
-            C = Xi @ X[j0:j1].T
-            native.pair_stats_fold(view(C), view(Xi), view(X[j0:j1]),
-                                   view(radii[i0:i1] if cd else none), view(radii[j0:j1] if cd else none),
-                                   view(spreads[i0:i1] if cd else none), view(spreads[j0:j1] if cd else none),
-                                   j0 == i0, code, float(d - 2), float(cdnv_exponent), CLOSE_COS, shift,
-                                   view(max_cos[i0:i1]), view(max_cos[j0:j1]), view(acc))
+    for i0, i1, j0, j1, C in _gram_tiles(X, b):
+        native.pair_stats_fold(view(C), view(X[i0:i1]), view(X[j0:j1]),
+                               view(radii[i0:i1] if cd else none), view(radii[j0:j1] if cd else none),
+                               view(spreads[i0:i1] if cd else none), view(spreads[j0:j1] if cd else none),
+                               j0 == i0, code, float(d - 2), float(cdnv_exponent), CLOSE_COS, shift,
+                               view(max_cos[i0:i1]), view(max_cos[j0:j1]), view(acc))
     pairs = K * (K - 1) // 2
     out = PairStats(max_cos=max_cos, pairs=pairs)
     if cd or kernel is not None:
