@@ -6,7 +6,8 @@ Each measurement runs in a fresh process (peak RSS is a process-wide high-water 
 the process builds a GNCAccumulator from n = 2 samples per class (features around random
 class means, W random), then times ONE call (the suite takes minutes at K = 100k; the
 machine is shared, so no repeats) and reports its wall time and the process's peak RSS
-(``ru_maxrss``), with the RSS just before the call.
+(``VmHWM``: the peak of its own address space; ``ru_maxrss`` would carry the parent's
+peak across the exec), with the RSS just before the call.
 
 * ``gnc_ext``: ``nc_metrics(acc, W, ood_mean=...)`` — every field but NC4 (closed forms
   through d × d Grams, streamed fp64 tiles for CDNV, max angle and kernel statistics,
@@ -25,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -33,10 +33,10 @@ import time
 import torch
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -105,7 +105,7 @@ def child(impl, K, d):
     from gnc_ext.metrics import nc_metrics
 
     acc, W, ood, mu = _setup(K, d)
-    rss0 = _rss_mib()
+    rss0 = _status_mib("VmRSS")
     t = time.perf_counter()
     if impl == "gnc_ext":
         vals = {k: v for k, v in nc_metrics(acc, W, ood_mean=ood).to_dict().items() if isinstance(v, float)}
@@ -115,7 +115,7 @@ def child(impl, K, d):
     else:
         vals = dense_suite(acc, W, ood)
     dt = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")  # this address space's peak (ru_maxrss would include the parent's)
     print(json.dumps({"impl": impl, "K": K, "d": d, "time_s": dt, "peak_rss_mib": peak, "rss_before_mib": rss0,
                       "values": vals}))
 
