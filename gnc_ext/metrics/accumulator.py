@@ -53,8 +53,10 @@ class GNCAccumulator(AccumulatorState, ComputeMixin, NCCMixin):
     ValueError naming ``features`` otherwise.
 
     Methods: :meth:`update`, :meth:`merge`, :meth:`sync`, :meth:`compute`,
-    :meth:`ncc_predict`, :meth:`ncc_accuracy`, :meth:`state_dict`,
-    :meth:`load_state_dict`, :meth:`reset`.
+    :meth:`class_statistics`, :meth:`ncc_predict`, :meth:`ncc_accuracy`,
+    :meth:`linear_predict`, :meth:`nc4_agreement`, :meth:`nc4_agreement_count`,
+    :meth:`state_dict`, :meth:`load_state_dict`, :meth:`reset`. The NC suite:
+    :func:`gnc_ext.metrics.nc_metrics`.
 
     Memory: O(K·d + d²) (see the module docstring).
     """
