@@ -156,8 +156,9 @@ def test_without_data_normalize_false_and_float32(device):
 
 
 def test_near_etf_errors_are_small_and_accurate():
-    """Class means on a simplex ETF with tiny noise: the ETF error and the equiangular
-    spread are tiny and still match the brute force (no cancellation floor at 1e-8)."""
+    """Class means on a simplex ETF and W = 2·means, with 1e-7 noise: the ETF and
+    self-duality errors and the equiangular spreads are ~1e-7 and still match the brute
+    force to 1e-5 (the 2 − 2cos and E[c²] − E[c]² forms would floor them at ~1e-8)."""
     K, d = 9, 12
     E = torch.eye(K, dtype=torch.float64) - 1.0 / K  # rows: a simplex ETF in R^K ...
     Q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
@@ -166,10 +167,12 @@ def test_near_etf_errors_are_small_and_accurate():
     y = torch.arange(K).repeat_interleave(3)
     H = 5.0 * (U[y] + 1e-7 * torch.randn(y.numel(), d, generator=g, dtype=torch.float64))
     acc = feed(GNCAccumulator(K, d, normalize=False), H, y)
-    got = nc_metrics(acc)
-    ref = brute_nc(H, y, K, normalize=False)
-    assert got.nc2_etf_error < 1e-5
-    assert math.isclose(got.nc2_etf_error, ref["nc2_etf_error"], rel_tol=1e-5)
+    W = 2.0 * U + 1e-7 * torch.randn(K, d, generator=g, dtype=torch.float64)
+    got = nc_metrics(acc, W)
+    ref = brute_nc(H, y, K, W=W, normalize=False)
+    for key in ("nc2_etf_error", "nc3_duality_error", "nc2_equiangular", "w_equiangular"):
+        assert getattr(got, key) < 1e-5, key
+        assert math.isclose(getattr(got, key), ref[key], rel_tol=1e-5), key
     assert math.isclose(got.nc2_max_angle, ref["nc2_max_angle"], rel_tol=1e-5, abs_tol=1e-15)
 
 
@@ -364,3 +367,49 @@ def test_pairwise_tiles_both_paths_match_brute_force(impl):
         assert float(got.min_dist2) == pytest.approx(dist[iu].min() ** 2, rel=1e-6)
     with pytest.raises(ValueError, match="impl"):
         pairwise_class_stats(X, impl="cuda")
+
+
+def test_exact_simplex_etf_known_values():
+    """A simplex ETF of K = 1500 class means (more than one 1024-row tile block), one
+    sample per class, W equal to the means: every collapse measure takes its closed-form
+    value (0, or the ETF's constants), computed by the default (64 MiB) tiles."""
+    K = 1500
+    E = torch.eye(K, dtype=torch.float64) - 1.0 / K
+    Q, _ = torch.linalg.qr(torch.randn(K, K, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    M = 3.0 * (E @ Q)  # rows: a rotated simplex ETF (centred, equal norms, cos = -1/(K-1))
+    y = torch.arange(K)
+    acc = feed(GNCAccumulator(K, K, normalize=False), M, y, bs=512)
+    r = nc_metrics(acc, M, features=M, ood_mean=torch.ones(K, dtype=torch.float64))
+    # no within-class spread (up to the fp32 rounding of the class reference points)
+    assert abs(r.nc1_pinv) < 1e-20 and abs(r.nc1_quotient) < 1e-20 and abs(r.nc1_cdnv) < 1e-20
+    for v in (r.nc2_equinorm, r.nc2_equiangular, r.nc2_max_angle, r.nc2_etf_error, r.w_equinorm,
+              r.w_equiangular, r.w_max_angle, r.nc3_duality_error):
+        assert abs(v) < 1e-9, r
+    assert r.nc2_kernel_mean == pytest.approx(-0.5 * math.log(2 * K / (K - 1)), rel=1e-12)
+    assert r.nc2_kernel_var < 1e-24
+    assert r.nc4_agreement == 1.0 and r.nc3_uniform_duality < 1e-20
+    # the ETF is orthogonal to 1 in the rotated frame only by accident: NC5 is |cos| to a fixed direction
+    u = torch.ones(K, dtype=torch.float64) / math.sqrt(K)
+    X = M / M.norm(dim=1, keepdim=True)
+    assert r.nc5_ood == pytest.approx(float((X @ u).abs().mean()), rel=1e-12)
+
+
+def test_invariant_under_rotation_and_relabelling():
+    """Every field is invariant under a rotation of feature space (applied to H, W and the
+    OoD mean) and a permutation of the class labels (applied to y, W's rows and bias), at a
+    K where the brute force is not run (K = 1200 > one tile block, K >> d)."""
+    K, d = 1200, 24
+    H, y, W = make_data(K, d, 3, seed=13, empty=(7,))
+    bias = 0.1 * torch.randn(K, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    ood = torch.randn(d, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(16), dtype=torch.float64))
+    perm = torch.randperm(K, generator=torch.Generator().manual_seed(17))
+    inv = torch.argsort(perm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = nc_metrics(feed(GNCAccumulator(K, d), H, y), W, bias=bias, ood_mean=ood, features=H)
+        b = nc_metrics(feed(GNCAccumulator(K, d), H @ Q, inv[y]), W[perm] @ Q, bias=bias[perm], ood_mean=ood @ Q,
+                       features=H @ Q)
+    for k, v in a.to_dict().items():
+        if isinstance(v, float):
+            assert b.to_dict()[k] == pytest.approx(v, rel=1e-9, abs=1e-13), k

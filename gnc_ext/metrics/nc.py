@@ -119,18 +119,37 @@ class NCMetrics:
 
 
 # ----------------------------------------------------------------------------- pieces
+def _centred_dev2(lam: Tensor, K: int, t: float) -> float:
+    """Σ (λ − t)² over the K − 1 eigenvalues, on the range of P = I − 11ᵀ/K, of a
+    symmetric K×K matrix A with A1 = 0 whose non-zero eigenvalues are among ``lam``
+    (any order; e.g. those of a d×d Gram BᵀB for A = BBᵀ with centred rows B): the
+    largest min(len(lam), K − 1) in magnitude, padded with zeros (the remaining ones are
+    zero up to rounding and add their squares). A and tP commute, so this is
+    ‖A − tP‖_F² as a sum of squares: no cancellation."""
+    lam = lam.double().cpu()
+    lam = lam[torch.argsort(lam.abs(), descending=True)]
+    m = min(lam.numel(), K - 1)
+    top, rest = lam[:m], lam[m:]
+    return float(((top - t) ** 2).sum()) + (K - 1 - m) * t * t + float((rest * rest).sum())
+
+
 def _cosine_spread(X: Tensor) -> float:
-    """Population std of ⟨x_i, x_j⟩ over pairs i < j of K unit rows, from
-    Σ_{i<j} c = (‖Σx‖² − Σ‖x‖²)/2 and Σ_{i<j} c² = (‖XᵀX‖_F² − Σ‖x‖⁴)/2 (the smaller of
-    the d×d and K×K Grams)."""
+    """Population std of c_ij = ⟨x_i, x_j⟩ over pairs i < j of K unit rows, without
+    E[c²] − E[c]² cancellation (which floors it at ~1e-8 near a simplex ETF):
+    with s = Σx_k, X̃ the centred rows and m the mean,
+    Σ_{i≠j} (c_ij − m)² = ‖X̃X̃ᵀ − (1 − m)P‖² + 2‖X̃s‖²/K + (‖s‖²/K − 1 − m(K − 1))²
+    (the blocks of XXᵀ − (1 − m)I − m11ᵀ on range(P) and 1), each a sum of squares
+    from d×d quantities (X̃ᵀX̃ = XᵀX − ssᵀ/K)."""
     K, d = X.shape
     s = X.sum(0)
-    sq = torch.einsum("kd,kd->k", X, X)
-    G = X.T @ X if K >= d else X @ X.T
-    P = K * (K - 1) / 2
-    mean = float((s @ s - sq.sum()) / 2) / P
-    mean_sq = float(((G * G).sum() - (sq * sq).sum()) / 2) / P
-    return math.sqrt(max(mean_sq - mean * mean, 0.0))
+    ss = float(s @ s)
+    sq = float(torch.einsum("kd,kd->k", X, X).sum())
+    Gc = X.T @ X - torch.outer(s, s) / K
+    m = (ss - sq) / (K * (K - 1))
+    lam = torch.linalg.eigvalsh(Gc.cpu())
+    dev2 = (_centred_dev2(lam, K, 1.0 - m) + 2.0 * float(s @ (Gc @ s)) / K
+            + (ss / K - 1.0 - m * (K - 1)) ** 2)
+    return math.sqrt(max(dev2 / (K * (K - 1)), 0.0))
 
 
 def _equinorm(norms: Tensor) -> float:
@@ -142,34 +161,48 @@ def _max_angle(max_cos: Tensor, K: int) -> float:
 
 
 def _etf_error(lam: Tensor, K: int) -> float:
-    """‖G/‖G‖_F − E‖_F from the eigenvalues ``lam`` of M̃ᵀM̃ (d of them, any order).
-
-    G = M̃M̃ᵀ maps 1 to 0 (the rows of M̃ sum to zero), so G and E share eigenvectors:
-    on the (K−1)-dimensional range of E the eigenvalues of G are the largest
-    min(d, K−1) of ``lam`` and zeros, and E is 1/√(K−1) there. The error is then
-    Σ (λ_i/‖λ‖ − c)² + (zeros)·c² (+ the squares of the remaining, numerically zero, λ)."""
-    lam = torch.sort(lam.double().cpu(), descending=True).values
-    F = float(torch.linalg.vector_norm(lam))
-    c = 1.0 / math.sqrt(K - 1)
-    m = min(lam.numel(), K - 1)
-    top, rest = lam[:m] / F, lam[m:] / F
-    err2 = float(((top - c) ** 2).sum()) + (K - 1 - m) * c * c + float((rest * rest).sum())
-    return math.sqrt(max(err2, 0.0))
+    """‖G/‖G‖_F − E‖_F from the eigenvalues ``lam`` of M̃ᵀM̃ (d of them, any order):
+    G = M̃M̃ᵀ maps 1 to 0, so with E = cP, c = 1/√(K−1), :func:`_centred_dev2` applies."""
+    lam = lam.double().cpu()
+    return math.sqrt(max(_centred_dev2(lam / torch.linalg.vector_norm(lam), K, 1.0 / math.sqrt(K - 1)), 0.0))
 
 
-def _duality_error(Wz: Tensor, Mt: Tensor, dots: Tensor) -> float:
-    """‖P/‖P‖_F − E‖_F for P = W M̃ᵀ through d×d Grams:
-    ‖P‖_F² = ⟨WᵀW, M̃ᵀM̃⟩_F and ⟨P, I − 11ᵀ/K⟩ = Σ⟨w_k, μ̃_k⟩ − ⟨Σw, Σμ̃⟩/K, so the error
-    is √(2 − 2⟨P, E⟩/‖P‖_F) (‖E‖_F = 1). ``dots``: the ⟨w_k, μ̃_k⟩."""
+def _duality_error(Wz: Tensor, Mt: Tensor) -> float:
+    """‖P/‖P‖_F − E‖_F for P = W M̃ᵀ (K non-empty rows) from d×d and 2d×2d matrices,
+    as sums of squares (no 2 − 2⟨P̂, E⟩ cancellation, which floors it at ~1.5e-8).
+
+    With W̃ the centred rows of W, w = Σw_k and Q = W̃M̃ᵀ/‖P‖ (= P·P̂ restricted):
+    ‖P̂ − E‖² = ‖sym Q − cP‖² + ‖skew Q‖² + ‖M̃w‖²/(K‖P‖²). With U = [W̃, M̃] and
+    R = (UᵀU)^½ (2d×2d), sym Q and skew Q have the spectrum / Frobenius norm of
+    R S R/‖P‖ and R S′R/‖P‖, S = [[0, I], [I, 0]]/2, S′ = [[0, I], [−I, 0]]/2; sym Q
+    maps 1 to 0, so :func:`_centred_dev2` gives the first term. The two blocks of U are
+    scaled to unit Frobenius norm first (P̂ does not depend on their scales), and the
+    eigenvalues of UᵀU below 2d·eps·λ_max are taken as zero."""
     K, d = Mt.shape
-    if K >= d:
-        fro2 = float(((Wz.T @ Wz) * (Mt.T @ Mt)).sum())
-    else:
-        fro2 = float(((Wz @ Mt.T) ** 2).sum())
-    inner = float(dots.sum() - (Wz.sum(0) @ Mt.sum(0)) / K)
-    if fro2 <= 0.0:
+    w = Wz.sum(0)
+    Gww = Wz.T @ Wz - torch.outer(w, w) / K          # W̃ᵀW̃
+    Gwm = Wz.T @ Mt - torch.outer(w, Mt.sum(0)) / K   # W̃ᵀM̃ (Σμ̃ = 0 up to rounding)
+    Gmm = Mt.T @ Mt
+    a, b = float(torch.trace(Gww)), float(torch.trace(Gmm))
+    left = float(w @ (Gmm @ w)) / K                    # ‖1ᵀP‖²/K = ‖M̃w‖²/K
+    fro2 = float((Gww * Gmm).sum()) + left             # ‖P‖_F²
+    if not (fro2 > 0.0 and a > 0.0 and b > 0.0):
         return float("nan")
-    return math.sqrt(max(2.0 - 2.0 * inner / (math.sqrt(fro2) * math.sqrt(K - 1)), 0.0))
+    G = torch.cat([torch.cat([Gww / a, Gwm / math.sqrt(a * b)], 1),
+                   torch.cat([Gwm.T / math.sqrt(a * b), Gmm / b], 1)]).cpu()
+    lam, V = torch.linalg.eigh(0.5 * (G + G.T))
+    # eigenvalues at rounding level (pinv's cutoff) are zero: their square roots (~1e-8)
+    # would be noise in R
+    lam = torch.where(lam > 2 * d * torch.finfo(torch.float64).eps * float(lam.max()), lam, torch.zeros_like(lam))
+    R = (V * lam.sqrt()) @ V.T
+    g = math.sqrt(a * b / fro2)                        # Q in the scaled blocks
+    Z, I = torch.zeros(d, d, dtype=torch.float64), 0.5 * torch.eye(d, dtype=torch.float64)
+    S = torch.cat([torch.cat([Z, I], 1), torch.cat([I, Z], 1)])
+    S_skew = torch.cat([torch.cat([Z, I], 1), torch.cat([-I, Z], 1)])
+    mu = torch.linalg.eigvalsh(R @ S @ R) * g
+    skew2 = float(((R @ S_skew @ R) ** 2).sum()) * g * g
+    err2 = _centred_dev2(mu, K, 1.0 / math.sqrt(K - 1)) + skew2 + left / fro2
+    return math.sqrt(max(err2, 0.0))
 
 
 def _check_kernel(kernel) -> str:
@@ -304,7 +337,7 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         if K < K_all:
             Wz = Wz[nz]
         dots = torch.einsum("kd,kd->k", Wz, Mt)  # ⟨w_k, μ̃_k⟩
-        res.nc3_duality_error = _duality_error(Wz, Mt, dots)
+        res.nc3_duality_error = _duality_error(Wz, Mt)
         res.nc3_uniform_duality = float(dots.var(unbiased=False))
         wn = torch.linalg.vector_norm(Wz, dim=1)
         Xw = Wz.div_(wn[:, None])
