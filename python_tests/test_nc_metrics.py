@@ -263,6 +263,7 @@ def test_bad_input_names_the_argument():
         (dict(W=W.clone().fill_(math.nan)), ValueError, "W"),
         (dict(features=H), ValueError, "features"),
         (dict(W=W, features=H[:, :2]), ValueError, "features"),
+        (dict(W=W, features=3), TypeError, "features"),
     ]
     for kw, exc, name in cases:
         with pytest.raises(exc, match=name):

@@ -273,8 +273,9 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         ``cdnv_exponent``, ``features`` or ``batch_size``; RuntimeError when nothing was
         accumulated.
 
-    Cost: a few K×d×d fp64 GEMMs, one d×d eigendecomposition, and K²·d fp64 flops for
-    the streamed pairwise tiles (twice with W); memory O(K·d + d² + one 64 MiB tile).
+    Cost: a few K×d×d fp64 GEMMs, a few d×d (2d×2d for NC3) eigendecompositions, and
+    K²·d fp64 flops for the streamed pairwise tiles (twice with W); memory
+    O(K·d + d² + one 64 MiB tile).
     """
     if not isinstance(acc, AccumulatorState):
         raise TypeError(f"acc: expected a GNCAccumulator, got {type(acc).__name__}")
@@ -282,14 +283,14 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
     K_all, d = acc.num_classes, acc.dim
     if W is not None:
         check_classifier(W, bias, K_all, d)
-        if bool((W == 0).all(dim=1).any()):
-            raise ValueError(f"W: row {int((W == 0).all(dim=1).nonzero()[0])} is all zeros (it has no direction)")
     elif bias is not None:
         raise ValueError("bias: given without W (it is the classifier's bias, used by nc4_agreement)")
     if bias is not None and features is None:
         raise ValueError("bias: only nc4_agreement uses it, which needs features= (a data pass)")
     if features is not None and W is None:
         raise ValueError("features: nc4_agreement needs the classifier W")
+    if features is not None and not isinstance(features, Tensor) and not hasattr(features, "__iter__"):
+        raise TypeError(f"features: expected a tensor or an iterable of tensors, got {type(features).__name__}")
     batch_size = _validate.integer(batch_size, "batch_size", minimum=1)
     if ood_mean is not None:
         check_ood_mean(ood_mean, d)
@@ -302,6 +303,11 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
     K = int(nz.sum())
     if K < 2:
         raise ValueError(f"acc: the NC metrics need at least 2 non-empty classes, got {K}")
+    if W is not None:
+        zero = (W == 0).all(dim=1) & nz.to(W.device)
+        if bool(zero.any()):
+            raise ValueError(f"W: row {int(zero.nonzero()[0])} (a class with samples) is all zeros (it has no "
+                             "direction)")
     empty_classes(nz, "nc_metrics", stacklevel=4)
     dev = means.device
     # K×d float64 working copies are the memory that matters at large K: M̃ is formed in
