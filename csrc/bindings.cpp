@@ -313,6 +313,49 @@ void ncc_argmax_update(const TensorView& tile, const TensorView& bias, int64_t c
   GNC_DISPATCH_DEVICE(tile, gnc::cpu::ncc_argmax_update(tile, bias, col0, best_val, best_idx),
                       gnc::cuda::ncc_argmax_update(tile, bias, col0, best_val, best_idx, stream));
 }
+// Pairwise-statistics epilogue of nc_metrics (see cpu/metrics.h). CPU only: on CUDA
+// gnc_ext.ops.metrics reduces the tiles with torch.
+void pair_stats_fold(const TensorView& C, const TensorView& Xi, const TensorView& Xj, const TensorView& ri,
+                     const TensorView& rj, const TensorView& si, const TensorView& sj, bool diag, int64_t kernel,
+                     double riesz_s, double cdnv_p, double close_cos, double kshift, const TensorView& rowmax,
+                     const TensorView& colmax, const TensorView& acc) {
+  gnc::check_dim(C, 2, "C");
+  gnc::check_dim(Xi, 2, "Xi");
+  const int64_t bi = C.size(0), bj = C.size(1), d = Xi.size(1);
+  gnc::check_shape(Xi, {bi, d}, "Xi");
+  gnc::check_shape(Xj, {bj, d}, "Xj");
+  gnc::check_shape(rowmax, {bi}, "rowmax");
+  gnc::check_shape(colmax, {bj}, "colmax");
+  gnc::check_shape(acc, {4}, "acc");
+  for (auto* t : {&C, &Xi, &Xj, &rowmax, &colmax, &acc}) gnc::check_dtype(*t, gnc::DType::F64, "C/Xi/Xj/rowmax/colmax/acc");
+  if (diag && bi != bj) gnc::fail("C: a diagonal block must be square");
+  if (ri.numel() > 0) {
+    gnc::check_shape(ri, {bi}, "ri");
+    gnc::check_shape(si, {bi}, "si");
+    gnc::check_shape(rj, {bj}, "rj");
+    gnc::check_shape(sj, {bj}, "sj");
+    for (auto* t : {&ri, &rj, &si, &sj}) {
+      gnc::check_dtype(*t, gnc::DType::F64, "ri/rj/si/sj");
+      if (t->size(0) > 1 && t->stride(0) != 1) gnc::fail("ri/rj/si/sj: must be contiguous");
+      gnc::check_same_device(C, *t, "C", "ri/rj/si/sj");
+    }
+  } else if (rj.numel() > 0 || si.numel() > 0 || sj.numel() > 0) {
+    gnc::fail("ri/rj/si/sj: all four or none");
+  }
+  if (bi > 0 && bj > 1 && C.stride(1) != 1) gnc::fail("C: rows must be contiguous");
+  gnc::check_row_contiguous(Xi, "Xi");
+  gnc::check_row_contiguous(Xj, "Xj");
+  for (auto* t : {&rowmax, &colmax, &acc})
+    if (t->size(0) > 1 && t->stride(0) != 1) gnc::fail("rowmax/colmax/acc: must be contiguous");
+  if (kernel < -1 || kernel > 2) gnc::fail("kernel: expected -1 (none), 0 (log), 1 (riesz) or 2 (distance)");
+  if (!(cdnv_p > 0)) gnc::fail("cdnv_p: must be > 0");
+  for (auto* t : {&Xi, &Xj, &rowmax, &colmax, &acc}) gnc::check_same_device(C, *t, "C", "Xi/Xj/state");
+  GNC_DISPATCH_DEVICE(C,
+                      gnc::cpu::pair_stats_fold(C, Xi, Xj, ri, rj, si, sj, diag, kernel, riesz_s, cdnv_p, close_cos,
+                                                kshift, rowmax, colmax, acc),
+                      throw std::invalid_argument("pair_stats_fold: CPU only (CUDA uses the torch tile path)"));
+}
+
 // Certified argmax fold: approximate fp32 tile + exact fp64 re-scoring (see
 // cpu/metrics.h). Empty bias / y / checked (numel 0) mean "none"; they are never read,
 // so they may live on any device. A and B need unit column stride (any row stride).
@@ -483,6 +526,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("first"), py::arg("normalize"), py::arg("eps"), py::arg("stream") = 0, nogil);
   m.def("ncc_argmax_update", &ncc_argmax_update, py::arg("tile"), py::arg("bias"), py::arg("col0"),
         py::arg("best_val"), py::arg("best_idx"), py::arg("stream") = 0, nogil);
+  m.def("pair_stats_fold", &pair_stats_fold, py::arg("C"), py::arg("Xi"), py::arg("Xj"), py::arg("ri"),
+        py::arg("rj"), py::arg("si"), py::arg("sj"), py::arg("diag"), py::arg("kernel"), py::arg("riesz_s"),
+        py::arg("cdnv_p"), py::arg("close_cos"), py::arg("kshift"), py::arg("rowmax"), py::arg("colmax"),
+        py::arg("acc"), nogil);
   m.def("certified_argmax_fold", &certified_argmax_fold, py::arg("tile"), py::arg("A"), py::arg("B"),
         py::arg("bias"), py::arg("y"), py::arg("col0"), py::arg("eps"), py::arg("approx_max"),
         py::arg("best_val"), py::arg("best_idx"), py::arg("checked"), py::arg("stream") = 0, nogil);

@@ -368,10 +368,8 @@ def test_ncc_screened_is_exact(monkeypatch, emulate_tf32_tile):
     truncation emulated): equal to the float64 brute force wherever the decision is not a
     float32-level near tie, although plain argmax of the TF32 scores is wrong on some of
     those rows (so the exact re-scoring is what makes it right)."""
-    import gnc_ext.metrics.accumulator as accmod
-
     monkeypatch.setattr(gnc_ext._engine, "TILE_BUDGET_BYTES", 4 * 64 * 100)  # several tiles
-    monkeypatch.setattr(accmod, "NCC_SCREEN", "on")
+    monkeypatch.setattr(gnc_ext.config, "ncc_screen", "on")
     K, d, N = 400, 48, 4000
     # class means in near-duplicate pairs: many queries are nearly equidistant from the
     # two members of a pair (gaps far above fp32 rounding, below the TF32 error)
@@ -393,9 +391,8 @@ def test_ncc_screened_is_exact(monkeypatch, emulate_tf32_tile):
     A = torch.nn.functional.normalize(Q, dim=1)
     naive = emulate_tf32_tile(A, M, bias).argmax(1).numpy()
     assert (naive[safe] != want[safe]).sum() >= 1
-    monkeypatch.setattr(accmod, "NCC_SCREEN", "bogus")
-    with pytest.raises(ValueError, match="NCC_SCREEN"):
-        acc.ncc_predict(Q[:3])
+    with pytest.raises(ValueError, match="ncc_screen"):
+        gnc_ext.config.ncc_screen = "bogus"
 
 
 def test_tf32_bound_and_certified_argmax_edge_cases(device, emulate_tf32_tile):
@@ -973,3 +970,77 @@ def test_update_checks_everything_before_writing():
             with pytest.raises(ValueError, match=r"^(features|labels): "):
                 acc.update(X, lab)
             _assert_same_state(before, acc.state_dict())
+
+
+# ----------------------------------------------------------------------------- torchmetrics
+def test_torchmetrics_adapter_matches_accumulator():
+    """GNCMetric (single process): update/compute/reset give the accumulator's numbers,
+    and the metric's state is the accumulator's own (a state_dict round trip)."""
+    tm = pytest.importorskip("torchmetrics", reason="torchmetrics is not installed (extra [torchmetrics])")
+    from gnc_ext.metrics import GNCMetric, nc_metrics
+
+    K, d = 20, 6
+    H, y = random_data(K, d, 300, seed=21)
+    W = torch.randn(K, d, generator=torch.Generator().manual_seed(3))
+    m = GNCMetric(K, d, W=lambda: W, kernel="distance")
+    assert isinstance(m, tm.Metric)
+    for s in range(0, 300, 64):
+        m(H[s:s + 64], y[s:s + 64])  # forward = update
+    got = m.compute()
+    acc = feed(GNCAccumulator(K, d), H, y, [64])
+    assert got["gnc1"].item() == pytest.approx(acc.compute().gnc1, rel=1e-12)
+    assert got["gnc3"].item() == pytest.approx(acc.compute(W, gnc2=False).gnc3, rel=1e-12)
+    ref = nc_metrics(acc, W, kernel="distance")
+    for key in ("nc1_cdnv", "nc2_etf_error", "nc2_kernel_mean", "nc3_duality_error"):
+        assert got[key].item() == pytest.approx(getattr(ref, key), rel=1e-12)
+    st = m.accumulator().state_dict()
+    for k, v in acc.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            assert torch.allclose(st[k], v, rtol=1e-12, atol=1e-14), k
+    m.reset()
+    m.update(H[:40], y[:40])
+    one = feed(GNCAccumulator(K, d), H[:40], y[:40], [40])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert m.compute()["gnc1"].item() == pytest.approx(one.compute().gnc1, rel=1e-12)
+    with pytest.raises(ValueError, match="kernel"):
+        GNCMetric(K, d, kernel="gauss")
+    with pytest.raises(ValueError, match="num_classes"):
+        GNCMetric(0, d)
+
+
+def test_torchmetrics_adapter_ddp_equals_sync(tmp_path):
+    """Two gloo ranks, uneven interleaved shards: GNCMetric.compute() (torchmetrics'
+    gather + Chan merge) equals GNCAccumulator.sync() followed by compute/nc_metrics."""
+    pytest.importorskip("torchmetrics", reason="torchmetrics is not installed (extra [torchmetrics])")
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    K, d, n = 30, 12, 12
+    H, y = collapsed_data(K, d, n, 1e-3, seed=19)
+    y[y == 5] = 6  # an empty class
+    W = torch.randn(K, d, generator=torch.Generator().manual_seed(4))
+    torch.save({"H": H, "y": y, "K": K, "W": W}, tmp_path / "data.pt")
+    _run_two_ranks(tmp_path, "out.pt", "torchmetrics")
+    got = torch.load(tmp_path / "out.pt")
+    metric, synced = got["metric"], got["synced"]
+    assert set(synced) <= set(metric) and len(synced) >= 16
+    for key, v in synced.items():
+        assert metric[key] == pytest.approx(v, rel=1e-10, abs=1e-14), key
+
+
+def test_metrics_work_without_torchmetrics():
+    """torchmetrics is optional: with it unimportable, gnc_ext.metrics imports and works,
+    and only GNCMetric raises ImportError (naming torchmetrics)."""
+    code = ("import sys; sys.modules['torchmetrics'] = None\n"
+            "import torch, gnc_ext.metrics as m\n"
+            "a = m.GNCAccumulator(3, 2).update(torch.randn(6, 2), torch.arange(3).repeat(2))\n"
+            "m.nc_metrics(a)\n"
+            "try:\n    m.GNCMetric\nexcept ImportError as e:\n    print('ImportError', e)\n")
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ImportError" in out.stdout and "torchmetrics" in out.stdout

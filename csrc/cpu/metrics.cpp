@@ -297,5 +297,94 @@ void certified_argmax_fold(const TensorView& tile, const TensorView& A, const Te
     fail(std::string("A: expected float32 or float64, got ") + dtype_name(A.dtype));
 }
 
+void pair_stats_fold(const TensorView& C, const TensorView& Xi, const TensorView& Xj, const TensorView& ri,
+                     const TensorView& rj, const TensorView& si, const TensorView& sj, bool diag, int64_t kernel,
+                     double riesz_s, double cdnv_p, double close_cos, double kshift, const TensorView& rowmax,
+                     const TensorView& colmax, const TensorView& acc) {
+  const int64_t bi = C.size(0), bj = C.size(1), d = Xi.size(1);
+  if (bi == 0 || bj == 0) return;
+  const double* cp = C.data<double>();
+  const int64_t cs = C.stride(0);
+  const double* xi = Xi.data<double>();
+  const double* xj = Xj.data<double>();
+  const int64_t xis = Xi.stride(0), xjs = Xj.stride(0);
+  const bool cd = ri.numel() > 0;
+  const double* rip = cd ? ri.data<double>() : nullptr;
+  const double* rjp = cd ? rj.data<double>() : nullptr;
+  const double* sip = cd ? si.data<double>() : nullptr;
+  const double* sjp = cd ? sj.data<double>() : nullptr;
+  double* rmax = rowmax.data<double>();
+  double* cmax = colmax.data<double>();
+  double* out = acc.data<double>();
+  const double thr = 1.0 - close_cos;
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+  const bool p1 = cdnv_p == 1.0;
+  const double half_s = -0.5 * riesz_s;
+  double cd_sum = 0.0, k_sum = 0.0, k_sq = 0.0, min_e2 = std::numeric_limits<double>::infinity();
+#pragma omp parallel reduction(+ : cd_sum, k_sum, k_sq) reduction(min : min_e2)
+  {
+    std::vector<double> cm(diag ? 0 : bj, neg_inf);
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < bi; ++i) {
+      const double* row = cp + i * cs;
+      double m = rmax[i];
+      for (int64_t j = 0; j < bj; ++j) {
+        if (diag && j == i) continue;
+        m = std::max(m, row[j]);
+        if (!diag) cm[j] = std::max(cm[j], row[j]);
+      }
+      rmax[i] = m;
+      if (!cd && kernel < 0) continue;
+      double rc = 0.0, rk = 0.0, rq = 0.0, rmin = std::numeric_limits<double>::infinity();
+      for (int64_t j = diag ? i + 1 : 0; j < bj; ++j) {
+        const double c = row[j];
+        double e2;
+        if (c > thr) {  // nearly parallel: 2 − 2c has lost its digits
+          e2 = 0.0;
+          const double* a = xi + i * xis;
+          const double* b = xj + j * xjs;
+          for (int64_t t = 0; t < d; ++t) {
+            const double z = a[t] - b[t];
+            e2 += z * z;
+          }
+        } else {
+          e2 = 2.0 - 2.0 * c;
+        }
+        rmin = std::min(rmin, e2);
+        if (cd) {
+          const double dr = rip[i] - rjp[j];
+          double D = dr * dr + rip[i] * rjp[j] * e2;
+          if (!p1) D = std::pow(D, cdnv_p);
+          rc += (sip[i] + sjp[j]) / (2.0 * D);
+        }
+        if (kernel >= 0) {
+          double v;
+          if (kernel == 0)
+            v = -0.5 * std::log(e2);
+          else if (kernel == 1)
+            v = std::pow(e2, half_s);
+          else
+            v = std::sqrt(e2);
+          v -= kshift;
+          rk += v;
+          rq += v * v;
+        }
+      }
+      cd_sum += rc;
+      k_sum += rk;
+      k_sq += rq;
+      min_e2 = std::min(min_e2, rmin);
+    }
+    if (!diag) {
+#pragma omp critical(gnc_pair_stats_colmax)
+      for (int64_t j = 0; j < bj; ++j) cmax[j] = std::max(cmax[j], cm[j]);
+    }
+  }
+  out[0] += cd_sum;
+  out[1] += k_sum;
+  out[2] += k_sq;
+  out[3] = std::min(out[3], min_e2);
+}
+
 }  // namespace cpu
 }  // namespace gnc

@@ -52,5 +52,25 @@ void certified_argmax_fold(const TensorView& tile, const TensorView& A, const Te
                            const TensorView& best_val, const TensorView& best_idx,
                            const TensorView& checked);
 
+// Pairwise-statistics epilogue for one (bi × bj) fp64 tile C = X_i X_jᵀ of unit rows
+// (nc_metrics; CPU only — other devices use the device-agnostic torch path).
+//
+// Xi (bi, d), Xj (bj, d) fp64 row-contiguous (the tile's rows; read only for nearly
+// parallel pairs). ri/rj, si/sj (bi)/(bj) fp64: radii ‖μ̃‖ and spreads σ² for the CDNV,
+// or all four empty (no CDNV). diag: the tile is a diagonal block (Xi = Xj): pairs are
+// j > i only and the diagonal is excluded from the maxima.
+// Per pair: e2 = 2 − 2c, or Σ_t (Xi[i,t] − Xj[j,t])² when c > 1 − close_cos;
+// CDNV term (si + sj) / (2 D^p) with D = (ri − rj)² + ri rj e2; kernel value v
+// (kernel 0 = −log(e2)/2, 1 = e2^(−riesz_s/2), 2 = √e2, −1 = none) minus kshift.
+// State, updated in place: rowmax (bi) and colmax (bj) fp64 running max of c over
+// j ≠ i (colmax untouched when diag: the block is symmetric); acc (4,) fp64 +=
+// [Σ CDNV terms, Σ (v − kshift), Σ (v − kshift)², —] and acc[3] = min(acc[3], min e2).
+// Sums are per row, then per thread, then into acc: no allocation beyond a bj-long
+// column-max buffer per thread.
+void pair_stats_fold(const TensorView& C, const TensorView& Xi, const TensorView& Xj, const TensorView& ri,
+                     const TensorView& rj, const TensorView& si, const TensorView& sj, bool diag, int64_t kernel,
+                     double riesz_s, double cdnv_p, double close_cos, double kshift, const TensorView& rowmax,
+                     const TensorView& colmax, const TensorView& acc);
+
 }  // namespace cpu
 }  // namespace gnc

@@ -1,4 +1,5 @@
-"""Two-pass evaluation of a model: class statistics (GNC1/2/3), then NCC accuracy."""
+"""Two-pass evaluation of a model: class statistics (GNC1/2/3, the NC suite), then NCC
+accuracy and NC4 agreement."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from torch import Tensor
 
 from .. import _validate
 from .accumulator import _INT_DTYPES, GNCAccumulator, GNCResult, _check_gnc2, _check_W
+from .nc import check_nc_options, check_ood_mean, nc_metrics
 
 __all__ = ["evaluate"]
 
@@ -35,7 +37,8 @@ def _split(item) -> Tuple[Any, Tensor]:
 def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Optional[Tensor] = None,
              progress: bool = True, *, num_classes: Optional[int] = None, normalize: bool = True,
              device: Optional[Any] = None, batch_size: int = 4096, centered: bool = False,
-             gnc2: Any = "auto", worst: int = 10) -> GNCResult:
+             gnc2: Any = "auto", worst: int = 10, nc: bool = False, bias: Optional[Tensor] = None,
+             ood_mean: Optional[Tensor] = None, kernel: str = "log", cdnv_exponent: float = 1.0) -> GNCResult:
     """Measure GNC on a model: pass 1 accumulates class statistics, pass 2 measures NCC.
 
     Args:
@@ -56,12 +59,20 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
             device of the first feature batch).
         batch_size: rows per step for precomputed tensors.
         centered, gnc2, worst: passed to :meth:`GNCAccumulator.compute`.
+        nc: bool; also measure the neural-collapse suite (:func:`gnc_ext.metrics.nc_metrics`,
+            after pass 1) and, with W, the NC4 agreement of the linear classifier
+            ``argmax_k(⟨w_k, h⟩ + bias_k)`` with the NCC during pass 2; the result's ``nc``.
+        bias: optional (K,) classifier bias for NC4 (needs ``nc=True`` and W).
+        ood_mean, kernel, cdnv_exponent: passed to :func:`gnc_ext.metrics.nc_metrics`
+            (only with ``nc=True``).
 
     Every argument is checked before the first pass; batches are checked as they come
     (labels in both passes).
 
     Returns:
-        :class:`GNCResult` with ``ncc_accuracy`` and ``ncc_samples`` filled in.
+        :class:`GNCResult` with ``ncc_accuracy`` and ``ncc_samples`` filled in, and with
+        ``nc=True`` its ``nc`` (:class:`NCMetrics`, ``nc4_agreement`` measured on the
+        same samples as the NCC accuracy when W is given).
 
     Raises:
         ValueError/TypeError naming the argument (``loader``, ``feature_fn``,
@@ -79,6 +90,15 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
         device = _validate.device(device, "device")
     if W is not None:
         _check_W(W, None, None)
+    nc = _validate.boolean(nc, "nc")
+    if not nc and (bias is not None or ood_mean is not None or kernel != "log" or cdnv_exponent != 1.0):
+        raise ValueError("nc: bias, ood_mean, kernel and cdnv_exponent are NC-suite options; pass nc=True")
+    if nc:
+        kernel, cdnv_exponent = check_nc_options(kernel, cdnv_exponent)
+        if ood_mean is not None:
+            check_ood_mean(ood_mean, None)
+        if bias is not None and W is None:
+            raise ValueError("bias: given without W (it is the classifier's bias, used by nc4_agreement)")
     if num_classes is not None:
         num_classes = _validate.integer(num_classes, "num_classes", minimum=1)
     precomputed = isinstance(loader, (tuple, list)) and len(loader) == 2 and isinstance(loader[0], torch.Tensor)
@@ -142,6 +162,10 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
                 yield h, y
     if W is not None and W.shape[0] != num_classes:
         raise ValueError(f"W: expected {num_classes} rows (num_classes), got shape {tuple(W.shape)}")
+    if bias is not None:
+        _validate.tensor(bias, "bias", ndim=1)
+        if bias.shape[0] != num_classes:
+            raise ValueError(f"bias: expected shape ({num_classes},) (num_classes), got {tuple(bias.shape)}")
 
     def bar(it, desc):
         if not progress:
@@ -166,18 +190,27 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
     if acc is None or acc.num_samples == 0:
         raise RuntimeError("loader: yielded no " + ("batches" if acc is None else "samples"))
     result = acc.compute(W, centered=centered, gnc2=gnc2, worst=worst)  # checks W's width
-    correct = 0
-    seen = 0
+    if nc:
+        result.nc = nc_metrics(acc, W, ood_mean=ood_mean, kernel=kernel, cdnv_exponent=cdnv_exponent)
+    agree_pass = nc and W is not None
+    correct = agree = seen = 0
     for h, y in bar(batches(), "GNC pass 2/2 (nearest class centre)"):
         if isinstance(y, torch.Tensor) and y.device != acc.device:
             y = y.to(acc.device)
         if h.device != acc.device:
             h = h.to(acc.device)
-        correct += acc._ncc_correct(h, y)  # checks the labels (range too) like update
+        h, y = acc.check_labelled_batch(h, y)  # the labels (range too) like update
+        pred = acc.ncc_predict(h)
+        correct += int((pred == y).sum())
+        if agree_pass:
+            agree += int((acc.linear_predict(h, W, bias) == pred).sum())
         seen += h.shape[0]
     if seen == 0:
         raise ValueError("loader: yielded no samples on the second pass (it must be re-iterable: a list or a "
                          "DataLoader, not a generator or iterator)")
     result.ncc_accuracy = correct / seen
     result.ncc_samples = seen
+    if agree_pass:
+        result.nc.nc4_agreement = agree / seen
+        result.nc.nc4_samples = seen
     return result

@@ -7,6 +7,7 @@ torch.compile and an autograd formula.
 - :mod:`.sce`: spherical cross-entropy (recompute and gradient-in-forward strategies).
 - :mod:`.sce_stored`: spherical cross-entropy, stored-exponent strategy.
 - :mod:`.hardmax`: HardMax loss and cosine argmax (``predict``).
+- :mod:`.metrics`: the metrics family's native epilogues (GNC statistics, NCC, NC pairs).
 - :mod:`.tiles`: tile sizing, GEMM and validation helpers the loss ops share.
 """
 from . import normalize  # noqa: F401
@@ -14,3 +15,4 @@ from . import hull  # noqa: F401
 from . import sce  # noqa: F401
 from . import hardmax  # noqa: F401
 from . import sce_stored  # noqa: F401
+from . import metrics  # noqa: F401
