@@ -4,7 +4,7 @@
     gnc info                                   build information
     gnc demo [--out DIR]                       GNC on the bundled digits (d=2), with plots
     gnc distance W.npy [--normalize]           one-vs-rest distances, certificate, rattlers
-    gnc metrics --features F --labels Y [--weights W]
+    gnc metrics --features F --labels Y [--weights W] [--nc]
     gnc solve softmax-code|tammes --dim d --classes K [--init code.npy] [--save code.npy]
     gnc design --classes K --margin RHO [--plot design.png]
 
@@ -32,8 +32,9 @@ schema of each subcommand is in docs/CLI.md; in short:
   below), distance and lower (lists of K numbers).
 * ``metrics``: samples, classes, dim, normalized, gnc1, ncc_accuracy, gnc2 (object
   {rho, rho_lower, gap, rattlers} or null without weights), gnc3 (number or null),
-  theory (object or null without weights). The key ``nc`` is reserved for a nested
-  object of further neural-collapse measures.
+  theory (object or null without weights); with ``--nc`` also ``nc``: the fields of
+  :class:`gnc_ext.metrics.NCMetrics` (nc1_pinv, nc1_quotient, nc1_cdnv, nc2_*, w_*,
+  nc3_*, nc4_agreement, nc5_ood, ...; numbers, or null where not measured).
 * ``solve``: problem, dim, classes, rho, rho_lower, one_vs_one_min_distance,
   min_angle_cosine, rattlers (list of int), theory, saved (str or null).
 * ``design``: classes, margin, dim, dim_source (the construction or bound that gives d),
@@ -286,6 +287,19 @@ def _cmd_metrics(args) -> int:
             acc.update(H[s : s + 65536], y[s : s + 65536])
         res = acc.compute(W=W)
         ncc = float(acc.ncc_accuracy(H, y))
+        nc = None
+        if args.nc:
+            ood = None
+            if args.ood_features:
+                ood = load_array(args.ood_features, "ood-features", ndim=2, dtype="float").to(torch.float64)
+                if ood.shape[1] != H.shape[1]:
+                    raise CLIError(f"ood-features: expected width {H.shape[1]} (the feature width), got {ood.shape[1]}")
+                if not args.no_normalize:
+                    ood = torch.nn.functional.normalize(ood, dim=1)
+                ood = ood.mean(0)
+            nc = gnc_ext.metrics.nc_metrics(acc, W, ood_mean=ood, kernel=args.kernel,
+                                            cdnv_exponent=args.cdnv_exponent,
+                                            features=H if W is not None else None).to_dict()
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     g2 = res.gnc2
@@ -297,6 +311,8 @@ def _cmd_metrics(args) -> int:
         "gnc3": None if res.gnc3 is None else float(res.gnc3),
         "theory": _theory(H.shape[1], K) if W is not None else None,
     }
+    if args.nc:
+        rows["nc"] = nc
     _emit(args, rows)
     return 0
 
@@ -428,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", default=None, metavar="W", help="(K, d) classifier weights (for GNC2, GNC3)")
     s.add_argument("--classes", type=_positive_int, default=None, help="K (default: from W or max label + 1)")
     s.add_argument("--no-normalize", action="store_true", help="do not L2-normalise features")
+    s.add_argument("--nc", action="store_true",
+                   help="also the neural-collapse suite NC1-NC5 (gnc_ext.metrics.nc_metrics; NC3/NC4 need --weights)")
+    s.add_argument("--kernel", choices=["log", "riesz", "distance"], default="log",
+                   help="kernel of the NC2 hyperspherical-uniformity statistics (with --nc)")
+    s.add_argument("--cdnv-exponent", type=_float, default=1.0, metavar="P",
+                   help="p in the CDNV's |mu_i - mu_j|^(2p) (with --nc; > 0)")
+    s.add_argument("--ood-features", default=None, metavar="F",
+                   help="(M, d) out-of-distribution features for NC5 (with --nc)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_metrics)
 

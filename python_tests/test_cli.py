@@ -229,7 +229,9 @@ def test_every_subcommand_json_follows_the_schema(tmp_path):
     assert len(rep["distance"]) == len(rep["lower"]) == 124
     assert all(isinstance(v, float) for v in rep["distance"]) and all(isinstance(v, int) for v in rep["rattlers"])
     rep = _json_of(["metrics", "--features", "f.npy", "--labels", "y.npy", "--weights", "w.npy"], tmp_path)
-    assert "nc" not in rep  # reserved for a nested object of further measures
+    assert "nc" not in rep  # only with --nc
+    rep = _json_of(["metrics", "--features", "f.npy", "--labels", "y.npy", "--weights", "w.npy", "--nc"], tmp_path)
+    assert isinstance(rep["nc"], dict) and all(v is None or isinstance(v, (int, float, str)) for v in rep["nc"].values())
     rep = _json_of(["solve", "tammes", "-d", "3", "-K", "6", "--restarts", "4"], tmp_path)
     assert rep["saved"] is None and rep["theory"]["closed_form"] == 1.0
     _json_of(["design", "-K", "1000", "-r", "0.1"], tmp_path)
@@ -280,3 +282,38 @@ def test_file_errors_name_the_file(tmp_path):
     _one_line_error(run(["design", "-K", "10", "-r", "1.5"], tmp_path), "--margin")
     _one_line_error(run(["solve", "tammes", "-d", "3", "-K", "4", "--restarts", "1", "--save",
                          "no/such/dir/c.npy"], tmp_path), "save:", "no/such/dir/c.npy")
+
+
+def test_metrics_nc_json_matches_brute_force(tmp_path):
+    """`gnc metrics --nc --json`: NC1 (pinv, quotient), NC3 duality error and NC4
+    agreement equal float64 definitions written here (K x K formed at small K)."""
+    rng = np.random.default_rng(3)
+    K, d, n = 9, 5, 6
+    M = rng.standard_normal((K, d))
+    y = np.repeat(np.arange(K), n)
+    F = M[y] + 0.3 * rng.standard_normal((K * n, d))
+    Wc = rng.standard_normal((K, d))
+    np.save(tmp_path / "f.npy", F)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "w.npy", Wc)
+    rep = _json_of(["metrics", "--features", "f.npy", "--labels", "y.npy", "--weights", "w.npy", "--nc",
+                    "--no-normalize"], tmp_path)
+    nc = rep["nc"]
+    H = F.astype(np.float32).astype(np.float64)  # the CLI reads features as float32
+    W = Wc.astype(np.float32).astype(np.float64)
+    mu = np.stack([H[y == k].mean(0) for k in range(K)])
+    mt = mu - mu.mean(0)
+    Sb = mt.T @ mt / K
+    D = H - mu[y]
+    Sw = D.T @ D / len(H)
+    assert nc["nc1_pinv"] == pytest.approx(np.trace(Sw @ np.linalg.pinv(Sb)) / K, rel=1e-9)
+    assert nc["nc1_quotient"] == pytest.approx(np.trace(Sw) / np.trace(Sb), rel=1e-9)
+    P = W @ mt.T
+    E = (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
+    assert nc["nc3_duality_error"] == pytest.approx(np.linalg.norm(P / np.linalg.norm(P) - E), rel=1e-9, abs=1e-12)
+    lin = (H @ W.T).argmax(1)
+    ncc = ((H[:, None, :] - mu[None]) ** 2).sum(-1).argmin(1)
+    assert nc["nc4_agreement"] == pytest.approx(float((lin == ncc).mean()), abs=1e-12)
+    assert nc["nc5_ood"] is None  # no --ood-features
+    out = run(["metrics", "--features", "f.npy", "--labels", "y.npy", "--nc", "--cdnv-exponent", "0"], tmp_path)
+    _one_line_error(out, "cdnv_exponent")
