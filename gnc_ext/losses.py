@@ -33,13 +33,44 @@ def _check_label_smoothing(v) -> float:
     return v
 
 
-def _check_margin(margin, margin_type) -> tuple:
+def _check_margin(margin, margin_type, margin_grad: str = "exact") -> tuple:
     margin_type = _choice(margin_type, "margin_type", tuple(_sce_ops.MARGIN_CODES))
+    margin_grad = _choice(margin_grad, "margin_grad", MARGIN_GRADS)
     margin = _validate.real(margin, "margin")
     hi = 1.0 if margin_type == "cosface" else math.pi / 2
     if not (math.isfinite(margin) and 0.0 <= margin <= hi):
         raise ValueError(f"margin: expected 0 <= margin <= {hi:g} for margin_type={margin_type!r}, got {margin}")
-    return margin, (_sce_ops.MARGIN_CODES[margin_type] if margin > 0 else 0)
+    if margin == 0:
+        return margin, 0
+    if margin_type == "arcface" and margin_grad == "straight_through":
+        return margin, _sce_ops.ARCFACE_STRAIGHT_THROUGH
+    return margin, _sce_ops.MARGIN_CODES[margin_type]
+
+
+# ---- face-recognition options (InsightFace conventions; see spherical_cross_entropy) ----
+MARGIN_GRADS = ("exact", "straight_through")
+
+
+def check_recognition_options(interclass_filtering_threshold=0.0, num_subcenters=1) -> tuple:
+    """``(threshold, k)`` validated: the interclass filtering threshold in [-1, 1] (0 = off)
+    and the number of sub-centres per class, an int ≥ 1 (ValueError/TypeError naming them).
+    Used by :func:`spherical_cross_entropy` and the loss modules."""
+    t = _validate.real(interclass_filtering_threshold, "interclass_filtering_threshold")
+    if not (math.isfinite(t) and -1.0 <= t <= 1.0):
+        raise ValueError(f"interclass_filtering_threshold: expected a value in [-1, 1] (0 = off), got {t}")
+    k = _validate.integer(num_subcenters, "num_subcenters")
+    if k < 1:
+        raise ValueError(f"num_subcenters: expected an integer >= 1, got {k}")
+    return t, k
+
+
+def check_subcenter_rows(W: Tensor, num_subcenters: int, name: str = "W") -> int:
+    """K for a classifier of K·k sub-centre rows (ValueError naming ``name`` otherwise)."""
+    rows = W.shape[0]
+    if rows % num_subcenters != 0 or rows // num_subcenters < 2:
+        raise ValueError(f"{name}: expected K * num_subcenters rows with K >= 2 and num_subcenters="
+                         f"{num_subcenters}, got {rows} rows")
+    return rows // num_subcenters
 
 
 def _needs(t) -> bool:
@@ -87,6 +118,9 @@ def spherical_cross_entropy(
     margin: float = 0.0,
     margin_type: str = "cosface",
     normalize: bool = True,
+    margin_grad: str = "exact",
+    interclass_filtering_threshold: float = 0.0,
+    num_subcenters: int = 1,
 ) -> Tensor:
     r"""Spherical (cosine) softmax cross-entropy, fused: the B × K logits never exist.
 
@@ -103,6 +137,29 @@ def spherical_cross_entropy(
       rule; note it is discontinuous at ``c = cos(π − m)``). 0 ≤ m ≤ π/2. The gradient
       is the exact derivative of this piecewise function (``φ'(c) = cos m +
       sin m·c/sinθ``, ``cos m`` where the 1e-12 floor is active, 1 in the fallback).
+
+    ``margin_grad`` picks the ArcFace convention (CosFace is the same under both):
+
+    =====================  ===================================  ==========================
+    margin_grad            target logit value                   target gradient dφ/dc
+    =====================  ===================================  ==========================
+    ``"exact"`` (default)  cos(θ + m), fallback c − m·sin m     the exact derivative above
+                           where θ + m > π
+    ``"straight_through"`` cos(θ + m) for every θ, with          1 (the margin is added
+                           θ = arccos(clamp(c, −1, 1))          under no_grad, as in
+                                                                InsightFace's ArcFace)
+    =====================  ===================================  ==========================
+
+    ``interclass_filtering_threshold`` t ∈ [−1, 1] (0 = off; InsightFace's
+    ``interclass_filtering_threshold``): in rows with a label, every non-target cosine
+    above t is replaced by 0 before the margin and the softmax, with no gradient
+    through it.
+
+    ``num_subcenters`` k ≥ 1 (sub-center ArcFace, Deng et al. 2020): W has K·k rows,
+    class-major (rows c·k … c·k + k − 1 belong to class c); the class cosine is the max
+    over its sub-centres and its gradient goes to the arg-max sub-centre. The max is
+    taken per tile, so nothing of size B × K·k exists beyond one tile; k > 1 uses the
+    recompute strategy.
 
     Label smoothing ε as in ``F.cross_entropy``: ``loss_i = (1−ε)(−log p_iy) +
     (ε/K) Σ_k (−log p_ik)`` (the smoothing term uses the margin-adjusted logits).
@@ -151,32 +208,37 @@ def spherical_cross_entropy(
     Raises:
         TypeError/ValueError naming the argument: wrong types/dtypes, shapes or devices,
         B = 0, K < 2, NaN/Inf in H or W (when ``gnc_ext.config.check_finite``), labels
-        outside [0, K) other than ignore_index, τ < 1e-6, ε ∉ [0, 1], margin out of range.
+        outside [0, K) other than ignore_index, τ < 1e-6, ε ∉ [0, 1], margin out of range,
+        an unknown margin_grad, a threshold outside [−1, 1], num_subcenters < 1, W whose
+        row count is not K·num_subcenters.
     """
     tau = _validate.temperature(tau, "tau")
     reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
     ignore_index = _validate.integer(ignore_index, "ignore_index")
     label_smoothing = _check_label_smoothing(label_smoothing)
-    margin, mcode = _check_margin(margin, margin_type)
+    margin, mcode = _check_margin(margin, margin_type, margin_grad)
+    thr, k = check_recognition_options(interclass_filtering_threshold, num_subcenters)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
+    _validate.tensor(W, "W", ndim=2)
+    check_subcenter_rows(W, k)
     need_h, need_w = _needs(H), _needs(W)
     # with normalize=True every path computes ‖w_k‖ anyway (the fused op for all of W, the
     # recompute op block by block) and rejects non-finite W from those norms
     validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index, check_W=not normalize)
-    use_fused = sce_strategy(H, W, reduction=reduction) == "grad_in_forward"
+    use_fused = k == 1 and sce_strategy(H, W, reduction=reduction) == "grad_in_forward"
     if use_fused:
         loss, _, _ = torch.ops.gnc_ext.spherical_ce_fused(
             H, W, y, tau, ignore_index, label_smoothing, margin, mcode, normalize,
-            0 if reduction == "mean" else 1, need_h, need_w, 0)
+            0 if reduction == "mean" else 1, need_h, need_w, 0, thr)
         return loss
     Hn = normalize_rows(H) if normalize else H
     if normalize:  # Ŵ is formed one block of classes at a time, never stored
         rows, _ = torch.ops.gnc_ext.spherical_ce_rows_nw(Hn, W, y, tau, ignore_index, label_smoothing, margin,
-                                                          mcode, 0)
+                                                          mcode, 0, thr, k)
     else:
         rows, _ = torch.ops.gnc_ext.spherical_ce_rows(Hn, W, y, tau, ignore_index, label_smoothing, margin,
-                                                       mcode, 0)
+                                                       mcode, 0, thr, k)
     if reduction == "none":
         return rows
     total = rows.sum()
