@@ -158,8 +158,7 @@ def spherical_cross_entropy(
     ``num_subcenters`` k ≥ 1 (sub-center ArcFace, Deng et al. 2020): W has K·k rows,
     class-major (rows c·k … c·k + k − 1 belong to class c); the class cosine is the max
     over its sub-centres and its gradient goes to the arg-max sub-centre. The max is
-    taken per tile, so nothing of size B × K·k exists beyond one tile; k > 1 uses the
-    recompute strategy.
+    taken per tile, so nothing of size B × K·k exists beyond one tile (both strategies).
 
     Label smoothing ε as in ``F.cross_entropy``: ``loss_i = (1−ε)(−log p_iy) +
     (ε/K) Σ_k (−log p_ik)`` (the smoothing term uses the margin-adjusted logits).
@@ -226,11 +225,11 @@ def spherical_cross_entropy(
     # with normalize=True every path computes ‖w_k‖ anyway (the fused op for all of W, the
     # recompute op block by block) and rejects non-finite W from those norms
     validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index, check_W=not normalize)
-    use_fused = k == 1 and sce_strategy(H, W, reduction=reduction) == "grad_in_forward"
+    use_fused = sce_strategy(H, W, reduction=reduction) == "grad_in_forward"
     if use_fused:
         loss, _, _ = torch.ops.gnc_ext.spherical_ce_fused(
             H, W, y, tau, ignore_index, label_smoothing, margin, mcode, normalize,
-            0 if reduction == "mean" else 1, need_h, need_w, 0, thr)
+            0 if reduction == "mean" else 1, need_h, need_w, 0, thr, k)
         return loss
     Hn = normalize_rows(H) if normalize else H
     if normalize:  # Ŵ is formed one block of classes at a time, never stored

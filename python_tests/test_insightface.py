@@ -134,9 +134,10 @@ def _subcenter_brute(H, W, y, k, **kw):
                            label_smoothing=kw.get("label_smoothing", 0.0))
 
 
+@pytest.mark.parametrize("strategy", ["recompute", "grad_in_forward"])
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("ls", [0.0, 0.1])
-def test_subcenters_against_bruteforce(k, ls, monkeypatch):
+def test_subcenters_against_bruteforce(k, ls, strategy, monkeypatch):
     monkeypatch.setattr(TILES, "TILE_BYTES", 2048)  # several tiles, ragged last one
     g = torch.Generator().manual_seed(5)
     B, K, d = 20, 37, 8
@@ -146,7 +147,14 @@ def test_subcenters_against_bruteforce(k, ls, monkeypatch):
     y[4] = -100
     kw = dict(tau=0.1, margin=0.2, label_smoothing=ls)
     ref = _grads(lambda h, w: _subcenter_brute(h, w, y, k, **kw), H, W)
-    got = _grads(lambda h, w: gnc_ext.spherical_cross_entropy(h, w, y, num_subcenters=k, **kw), H, W)
+    with gnc_ext.config.override(sce_strategy=strategy):
+        got = _grads(lambda h, w: gnc_ext.spherical_cross_entropy(h, w, y, num_subcenters=k, **kw), H, W)
+        if strategy == "grad_in_forward":  # several row blocks of the fused strategy
+            monkeypatch.setattr(gnc_ext.ops.sce, "FUSED_TILE_BYTES", 8 * 37 * 3 * 4)
+            monkeypatch.setattr(gnc_ext.ops.sce, "MIN_ROW_CHUNK", 4)
+            blk = _grads(lambda h, w: gnc_ext.spherical_cross_entropy(h, w, y, num_subcenters=k, **kw), H, W)
+            for a, b in zip(blk, ref):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     if k > 1:  # one sample: only the arg-max sub-centre of each class gets gradient

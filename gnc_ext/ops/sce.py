@@ -29,7 +29,8 @@ interclass_threshold, subcenters)``
     K × d tensors: memory beyond the inputs is dW, dH and per block one (B × chunk) fp32
     tile (its 16-bit copy for the tensor-core products) and two (chunk × d) blocks.
 
-``spherical_ce_fused(H, W, y, ..., normalize, reduction, need_h, need_w, row_chunk, interclass_threshold)``
+``spherical_ce_fused(H, W, y, ..., normalize, reduction, need_h, need_w, row_chunk, interclass_threshold,
+subcenters)``
     **Gradient-in-forward** strategy for ``reduction`` mean/sum when autograd needs
     gradients: blocks of ``row_chunk`` rows see all K classes in one (rows × K) tile
     (fp32/fp64 W; 16-bit W in column chunks), so the row's log-sum-exp is final inside
@@ -369,9 +370,10 @@ torch.library.register_autograd("gnc_ext::spherical_ce_rows_nw", _rows_autograd(
 @torch.library.custom_op("gnc_ext::spherical_ce_fused", mutates_args=(), device_types=("cpu", "cuda"))
 def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
                margin: float, margin_type: int, normalize: bool, reduction: int, need_h: bool, need_w: bool,
-               row_chunk_: int, interclass_threshold: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
+               row_chunk_: int, interclass_threshold: float = 0.0,
+               subcenters: int = 1) -> Tuple[Tensor, Tensor, Tensor]:
     B, d = H.shape
-    K = W.shape[0]
+    K = W.shape[0] // subcenters
     check_labels(y, K, True, ignore_index)
     acc = acc_dtype(H.dtype)
     if W.dtype != acc:
@@ -401,17 +403,21 @@ def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, l
     dHn = torch.empty((B, d), dtype=acc, device=dev) if need_h else None
     dWn = None  # dŴ (K × d): the first row block writes it, later ones add in place
     loss_rows = torch.empty(B, dtype=torch.float64, device=dev)
-    rc = row_chunk_ or row_chunk(B, K)
+    rc = row_chunk_ or row_chunk(B, W.shape[0])
     for r0 in range(0, B, rc):
         r1 = min(B, r0 + rc)
         Hr, yr = Hn[r0:r1], y[r0:r1]
         state = torch.empty((r1 - r0, 4), dtype=torch.float64, device=dev)
         state[:, 0] = -math.inf
         state[:, 1:] = 0.0
-        tile = Hr @ W.T  # (rows × K), every class of these rows
+        tile = Hr @ W.T  # (rows × K·k), every class of these rows
         if invW is not None:
             tile.mul_(invW)
-        native.sce_fold(view(tile), view(yr), 0, view(state), tau, margin_type, margin, ignore_index, st,
+        ctile = tile
+        if subcenters > 1:  # class cosines: the max over each class's sub-centres
+            t3 = tile.view(tile.shape[0], K, subcenters)
+            ctile, arg = t3.max(2)
+        native.sce_fold(view(ctile), view(yr), 0, view(state), tau, margin_type, margin, ignore_index, st,
                         interclass_threshold=interclass_threshold)
         lr, stats = finish_state(state, yr, K, tau, ignore_index, label_smoothing, margin, margin_type)
         lse, q = stats[:, 0], stats[:, 1]
@@ -419,8 +425,11 @@ def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, l
         if not (need_h or need_w):
             continue
         sc = scale_all[r0:r1].contiguous()
-        native.sce_grad(view(tile), view(yr), 0, K, view(lse), view(q), view(sc), tau, margin_type, margin,
+        native.sce_grad(view(ctile), view(yr), 0, K, view(lse), view(q), view(sc), tau, margin_type, margin,
                         label_smoothing, ignore_index, st, interclass_threshold=interclass_threshold)
+        if subcenters > 1:  # each class's gradient to its arg-max sub-centre
+            t3.zero_().scatter_(2, arg.unsqueeze(2), ctile.unsqueeze(2))
+            ctile = arg = t3 = None
         if need_w:  # dŴ += gᵀ·Ĥ_r
             if dWn is None:
                 dWn = tile.T @ Hr
@@ -446,7 +455,7 @@ def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, l
 
 @_sce_fused.register_fake
 def _(H, W, y, tau, ignore_index, label_smoothing, margin, margin_type, normalize, reduction, need_h, need_w,
-      row_chunk_, interclass_threshold=0.0):
+      row_chunk_, interclass_threshold=0.0, subcenters=1):
     loss = H.new_empty((), dtype=acc_dtype(H.dtype))
     dH = torch.empty_like(H, memory_format=torch.contiguous_format) if need_h else H.new_empty(0)
     dW = torch.empty_like(W, memory_format=torch.contiguous_format) if need_w else W.new_empty(0)
@@ -483,7 +492,7 @@ def _fused_backward(ctx, g, g_dH, g_dW):
             if dW.numel() == 0:
                 raise RuntimeError("spherical_ce_fused: the gradient w.r.t. W was not computed in forward")
             gw = _scaled(dW, g)
-    return (gh, gw) + (None,) * 12
+    return (gh, gw) + (None,) * (len(ctx.needs_input_grad) - 2)
 
 
 torch.library.register_autograd("gnc_ext::spherical_ce_fused", _fused_backward, setup_context=_fused_setup)
