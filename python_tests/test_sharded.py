@@ -176,11 +176,11 @@ def test_embedding_dim_name_and_deprecated_dim():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_shard_created_in_its_dtype_with_unit_rows(dtype):
+def test_shard_created_in_its_dtype(dtype):
     crit = ShardedSphericalCELoss(20, 16, dtype=dtype, num_subcenters=2, seed=5)
     assert crit.weight.dtype == dtype and crit.weight.shape == (40, 16)
-    n = crit.weight.detach().double().norm(dim=1)
-    assert torch.allclose(n, torch.ones_like(n), atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    w = crit.weight.detach().double()
+    assert bool(torch.isfinite(w).all()) and 0.7 < float(w.std()) < 1.3  # N(0, 1) entries
     assert torch.equal(crit.weight, ShardedSphericalCELoss(20, 16, dtype=dtype, num_subcenters=2, seed=5).weight)
 
 

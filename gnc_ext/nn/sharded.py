@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from .. import _validate
 from ..losses import _check_label_smoothing, _check_margin, _choice, check_recognition_options, check_subcenter_rows
 from ..ops.sce import finish_state, fold_state, grad_tiles  # the recompute strategy's documented steps
-from ..ops.tiles import acc_dtype, check_finite_rows, col_chunk
+from ..ops.tiles import check_finite_rows, col_chunk
 from ..ops.normalize import normalize_rows
 from .losses import _check_device, _check_dtype
 
@@ -166,8 +166,8 @@ class ShardedSphericalCELoss(nn.Module):
             :func:`gnc_ext.spherical_cross_entropy` (the shard holds K_r·k rows).
         seed: an integer in [-2**63, 2**64) that seeds the initial weights and the class
             sampling; the shard of rank r is drawn from ``seed + r`` (mod 2**64), directly
-            in the module's dtype on its device (i.i.d. normal rows scaled to unit norm;
-            use :meth:`load_full_weight` to start from a given W).
+            in the module's dtype on its device (i.i.d. N(0, 1) entries, as
+            :class:`SphericalCELoss`; use :meth:`load_full_weight` to start from a given W).
         device (cpu or an available cuda; None: torch's default), dtype
             (float32/float64/float16/bfloat16): of the weight shard.
 
@@ -223,13 +223,9 @@ class ShardedSphericalCELoss(nn.Module):
         dev = torch.empty(0, device=device).device  # None: torch's default device
         # seeds taken modulo 2**64, as manual_seed takes negative ones (so nothing changes there)
         g = torch.Generator(device=dev).manual_seed((seed + self.rank) % 2**64)
+        # i.i.d. N(0, 1) rows drawn in place (the loss normalises W, so the scale is
+        # irrelevant), as SphericalCELoss does: no staging copy, no extra pass
         w = torch.randn(size * self.num_subcenters, d, generator=g, dtype=dtype, device=dev)
-        with torch.no_grad():  # unit rows, in place, one block at a time (no copy of the shard)
-            step = max(1, 2**24 // d)
-            for s in range(0, w.shape[0], step):
-                blk = w[s : s + step]
-                nrm = torch.linalg.vector_norm(blk, dim=1, keepdim=True, dtype=acc_dtype(dtype))
-                blk.div_(nrm.clamp_min_(1e-12).to(dtype))
         self.weight = nn.Parameter(w)
         self._sample_gen = torch.Generator(device=dev).manual_seed((seed * 7919 + 17 + self.rank) % 2**64)
         self.last_sample_index: Optional[Tensor] = None
