@@ -237,3 +237,36 @@ def test_migration_example_losses_agree(tmp_path):
     assert len(rows) == 3
     for _, _, a, b, _ in rows:
         assert abs(float(a) - float(b)) <= 1e-5 * abs(float(a)), out
+
+
+def test_ops_with_the_new_options_pass_opcheck_and_compile():
+    g = torch.Generator().manual_seed(8)
+    H = torch.nn.functional.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=1)
+    W = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 3, 5, 1, 2, -100])
+    ops = torch.ops.gnc_ext
+    torch.library.opcheck(ops.spherical_ce_rows_nw.default,
+                          (H.requires_grad_(True), W.requires_grad_(True), y, 0.1, -100, 0.0, 0.4, 3, 0, 0.2, 2))
+    torch.library.opcheck(ops.spherical_ce_fused.default,
+                          (H.detach(), W.detach(), y, 0.1, -100, 0.0, 0.4, 3, True, 0, True, True, 0, 0.2, 2))
+
+    def f(h, w):
+        return gnc_ext.spherical_cross_entropy(h, w, y, tau=0.1, margin=0.4, margin_type="arcface",
+                                               margin_grad="straight_through", interclass_filtering_threshold=0.2,
+                                               num_subcenters=2)
+    eager = f(H.detach(), W)
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(H.detach(), W), eager)
+    with pytest.raises(ValueError, match="y: labels"):  # a label in [K, K·k) is not a class
+        gnc_ext.spherical_cross_entropy(H.detach(), W, torch.tensor([6, 0, 0, 0, 0, 0]), num_subcenters=2)
+
+
+def test_sharded_load_full_weight_checks_subcenter_rows():
+    crit = gnc_ext.nn.ShardedSphericalCELoss(6, 4, num_subcenters=2)
+    assert crit.weight.shape == (12, 4)
+    with pytest.raises(ValueError, match="W"):
+        crit.load_full_weight(torch.randn(6, 4))
+    W = torch.randn(12, 4)
+    crit.load_full_weight(W)
+    assert torch.equal(crit.full_weight(), W)
+    with pytest.raises(ValueError, match="sample_rate"):
+        gnc_ext.nn.ShardedSphericalCELoss(6, 4, sample_rate=1.5)
