@@ -159,6 +159,9 @@ def spherical_cross_entropy(
     class-major (rows c·k … c·k + k − 1 belong to class c); the class cosine is the max
     over its sub-centres and its gradient goes to the arg-max sub-centre. The max is
     taken per tile, so nothing of size B × K·k exists beyond one tile (both strategies).
+    These three options are epilogue features of the recompute and gradient-in-forward
+    strategies: a call with ``margin_grad="straight_through"`` (ArcFace), a non-zero
+    threshold or k > 1 does not take the stored-exponents strategy.
 
     Label smoothing ε as in ``F.cross_entropy``: ``loss_i = (1−ε)(−log p_iy) +
     (ε/K) Σ_k (−log p_ik)`` (the smoothing term uses the margin-adjusted logits).
@@ -219,8 +222,9 @@ def spherical_cross_entropy(
     thr, k = check_recognition_options(interclass_filtering_threshold, num_subcenters)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
-    _validate.tensor(W, "W", ndim=2)
-    check_subcenter_rows(W, k)
+    if k > 1:
+        _validate.tensor(W, "W", ndim=2)
+        check_subcenter_rows(W, k)
     need_h, need_w = _needs(H), _needs(W)
     # with normalize=True every path computes ‖w_k‖ anyway (the fused op for all of W, the
     # recompute op block by block) and rejects non-finite W from those norms

@@ -291,8 +291,8 @@ def _rows_fake(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_typ
 @torch.library.custom_op("gnc_ext::spherical_ce_rows_backward", mutates_args=(), device_types=("cpu", "cuda"))
 def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, tau: float,
                   ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
-                  interclass_threshold: float, subcenters: int, need_h: bool,
-                  need_w: bool) -> Tuple[Tensor, Tensor]:
+                  need_h: bool, need_w: bool, interclass_threshold: float = 0.0,
+                  subcenters: int = 1) -> Tuple[Tensor, Tensor]:
     scale = grad_rows.to(torch.float64).contiguous()
     return grad_tiles(Hn, Wn, y, stats, scale, tau, ignore_index, label_smoothing, margin, margin_type,
                       chunk or col_chunk(Hn.shape[0], Wn.shape[0], Hn.is_cuda), need_h, need_w,
@@ -301,7 +301,7 @@ def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, stats: T
 
 @_sce_rows_bwd.register_fake
 def _rows_bwd_fake(grad_rows, Hn, Wn, y, stats, tau, ignore_index, label_smoothing, margin, margin_type, chunk,
-                   interclass_threshold, subcenters, need_h, need_w):
+                   need_h, need_w, interclass_threshold=0.0, subcenters=1):
     dH = torch.empty_like(Hn, memory_format=torch.contiguous_format) if need_h else Hn.new_empty(0)
     dW = torch.empty_like(Wn, memory_format=torch.contiguous_format) if need_w else Wn.new_empty(0)
     return dH, dW
@@ -324,7 +324,7 @@ def _rows_autograd(backward_op):
         rest = (None,) * (len(ctx.needs_input_grad) - 2)  # y and the non-tensor arguments
         if grad_rows is None or not (need_h or need_w):
             return (None, None) + rest
-        dH, dW = backward_op(grad_rows, Hn, Wn, y, stats, *ctx.args, need_h, need_w)
+        dH, dW = backward_op(grad_rows, Hn, Wn, y, stats, *ctx.args[:6], need_h, need_w, *ctx.args[6:])
         return ((dH if need_h else None), (dW if need_w else None)) + rest
     return backward
 
@@ -353,8 +353,8 @@ _sce_rows_nw.register_fake(_rows_fake)
 @torch.library.custom_op("gnc_ext::spherical_ce_rows_nw_backward", mutates_args=(), device_types=("cpu", "cuda"))
 def _sce_rows_nw_bwd(grad_rows: Tensor, Hn: Tensor, W: Tensor, y: Tensor, stats: Tensor, tau: float,
                      ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
-                     interclass_threshold: float, subcenters: int, need_h: bool,
-                     need_w: bool) -> Tuple[Tensor, Tensor]:
+                     need_h: bool, need_w: bool, interclass_threshold: float = 0.0,
+                     subcenters: int = 1) -> Tuple[Tensor, Tensor]:
     scale = grad_rows.to(torch.float64).contiguous()
     return grad_tiles(Hn, W, y, stats, scale, tau, ignore_index, label_smoothing, margin, margin_type,
                       chunk or col_chunk(Hn.shape[0], W.shape[0], Hn.is_cuda, W.shape[1]), need_h, need_w,
