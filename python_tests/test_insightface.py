@@ -270,3 +270,28 @@ def test_sharded_load_full_weight_checks_subcenter_rows():
     assert torch.equal(crit.full_weight(), W)
     with pytest.raises(ValueError, match="sample_rate"):
         gnc_ext.nn.ShardedSphericalCELoss(6, 4, sample_rate=1.5)
+
+
+@pytest.mark.parametrize("strategy", ["recompute", "grad_in_forward"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_new_options_on_each_device_match_cpu_float64(device, dtype, strategy):
+    """Straight-through ArcFace + interclass filtering + 3 sub-centres on every device
+    (the CUDA epilogues are twins of the CPU ones) against the float64 CPU result, which
+    the tests above tie to the InsightFace reference and the brute force."""
+    if strategy == "grad_in_forward" and dtype == torch.bfloat16:
+        pytest.skip("the gradient-in-forward strategy takes float32/float64 inputs")
+    H, _, y = _problem(10)
+    W = torch.randn(40 * 3, 12, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    kw = dict(tau=1 / 64, margin=0.5, margin_type="arcface", ignore_index=-1, margin_grad="straight_through",
+              interclass_filtering_threshold=0.2, num_subcenters=3)
+    ref = _grads(lambda h, w: gnc_ext.spherical_cross_entropy(h, w, y, **kw), H, W)
+    Hd, Wd = H.to(device, dtype), W.to(device, dtype)
+    with gnc_ext.config.override(sce_strategy=strategy):
+        got = _grads(lambda h, w: gnc_ext.spherical_cross_entropy(h, w, y.to(device), **kw), Hd, Wd)
+    # norm-wise relative error (measured on the CPU: fp32 6e-7, bf16 0.19). bf16 inputs and
+    # normalised rows move the cosines by ~4e-3, the logits by ~0.25 at s = 64, and flip
+    # some arg-max sub-centres and filter decisions; the bf16 bound catches gross errors
+    # (a dropped filter or a wrong scatter changes the gradients by O(1)).
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 0.3}[dtype]
+    for a, b in zip(got, ref):
+        assert float((a.cpu().double() - b).norm() / b.norm()) <= tol, (a, b)
