@@ -223,7 +223,8 @@ def test_module_bad_input(kw, name):
         gnc_ext.nn.ShardedSphericalCELoss(10, 4, **kw)
 
 
-def test_migration_example_losses_agree(tmp_path):
+@pytest.mark.parametrize("world", [1, 2])
+def test_migration_example_losses_agree(world):
     """examples/insightface_migration.py: the InsightFace-style head and the one-line
     gnc_ext swap print the same losses (to float32 rounding) on the first steps."""
     import os
@@ -231,7 +232,7 @@ def test_migration_example_losses_agree(tmp_path):
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, os.path.join(root, "examples", "insightface_migration.py"), "--steps", "3",
-                          "--classes", "50", "--batch", "16"], capture_output=True, text=True, timeout=300,
+                          "--classes", "50", "--batch", "16", "--world-size", str(world)], capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, PYTHONPATH=root), check=True).stdout
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 3
