@@ -174,6 +174,12 @@ class ShardedSphericalCELoss(nn.Module):
     Every argument is checked at construction (TypeError/ValueError naming it), under
     the rules of :func:`gnc_ext.spherical_cross_entropy`.
 
+    InsightFace: ``PartialFC_V2(CombinedMarginLoss(s, 1.0, m, 0.0), embedding_size,
+    num_classes, sample_rate)`` corresponds to ``ShardedSphericalCELoss(num_classes,
+    embedding_size, tau=1/s, margin=m, margin_type="arcface",
+    margin_grad="straight_through", ignore_index=-1, sample_rate=sample_rate)``
+    (CosFace: ``margin_type="cosface"``; ``interclass_filtering_threshold`` as there).
+
     Attributes: ``weight`` (K_r·k, d) Parameter of this rank's shard; ``offset``, ``rank``,
     ``world_size``. :meth:`full_weight` gathers the whole (K·k, d) classifier.
     """
