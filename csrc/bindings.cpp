@@ -213,24 +213,35 @@ void check_loss_devices(const TensorView& first, std::initializer_list<std::pair
   for (auto& o : others) gnc::check_same_device(first, *o.first, first_name, o.second);
 }
 
+void check_epilogue_options(int margin_type, double interclass_threshold) {
+  if (margin_type < 0 || margin_type > 3) gnc::fail("margin_type: expected 0, 1, 2 or 3");
+  if (!(interclass_threshold >= -1.0 && interclass_threshold <= 1.0))
+    gnc::fail("interclass_threshold: expected a value in [-1, 1] (0 = off)");
+}
+
 void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
-              double tau, int margin_type, double margin, int64_t ignore_index, std::uintptr_t stream) {
+              double tau, int margin_type, double margin, int64_t ignore_index, std::uintptr_t stream,
+              double interclass_threshold) {
   check_loss_devices(tile, {{&y, "y"}, {&state, "state"}});
-  if (margin_type < 0 || margin_type > 2) gnc::fail("margin_type: expected 0, 1 or 2");
-  GNC_DISPATCH_DEVICE(tile, gnc::cpu::sce_fold(tile, y, col0, state, tau, margin_type, margin, ignore_index),
-                      gnc::cuda::sce_fold(tile, y, col0, state, tau, margin_type, margin, ignore_index, stream));
+  check_epilogue_options(margin_type, interclass_threshold);
+  GNC_DISPATCH_DEVICE(tile,
+                      gnc::cpu::sce_fold(tile, y, col0, state, tau, margin_type, margin, ignore_index,
+                                         interclass_threshold),
+                      gnc::cuda::sce_fold(tile, y, col0, state, tau, margin_type, margin, ignore_index, stream,
+                                          interclass_threshold));
 }
 
 void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
               const TensorView& lse, const TensorView& q, const TensorView& scale, double tau, int margin_type,
-              double margin, double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
+              double margin, double label_smoothing, int64_t ignore_index, std::uintptr_t stream,
+              double interclass_threshold) {
   check_loss_devices(tile, {{&y, "y"}, {&lse, "lse"}, {&q, "q"}, {&scale, "scale"}});
-  if (margin_type < 0 || margin_type > 2) gnc::fail("margin_type: expected 0, 1 or 2");
+  check_epilogue_options(margin_type, interclass_threshold);
   GNC_DISPATCH_DEVICE(tile,
                       gnc::cpu::sce_grad(tile, y, col0, num_classes, lse, q, scale, tau, margin_type, margin,
-                                         label_smoothing, ignore_index),
+                                         label_smoothing, ignore_index, interclass_threshold),
                       gnc::cuda::sce_grad(tile, y, col0, num_classes, lse, q, scale, tau, margin_type, margin,
-                                          label_smoothing, ignore_index, stream));
+                                          label_smoothing, ignore_index, stream, interclass_threshold));
 }
 
 void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& best,
@@ -508,10 +519,11 @@ PYBIND11_MODULE(_C, m) {
   // [loss] module definitions
   m.def("sce_fold", &sce_fold, py::arg("tile"), py::arg("y"), py::arg("col0"), py::arg("state"),
         py::arg("tau"), py::arg("margin_type"), py::arg("margin"), py::arg("ignore_index"),
-        py::arg("stream") = 0, nogil);
+        py::arg("stream") = 0, py::arg("interclass_threshold") = 0.0, nogil);
   m.def("sce_grad", &sce_grad, py::arg("tile"), py::arg("y"), py::arg("col0"), py::arg("num_classes"),
         py::arg("lse"), py::arg("q"), py::arg("scale"), py::arg("tau"), py::arg("margin_type"), py::arg("margin"),
-        py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("stream") = 0, nogil);
+        py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("stream") = 0,
+        py::arg("interclass_threshold") = 0.0, nogil);
   m.def("masked_argmax_fold", &masked_argmax_fold, py::arg("tile"), py::arg("y"), py::arg("col0"),
         py::arg("best"), py::arg("arg"), py::arg("tgt"), py::arg("stream") = 0, nogil);
   m.def("sce_stored_exp", &sce_stored_exp, py::arg("tile"), py::arg("inv_n"), py::arg("y"), py::arg("col0"),

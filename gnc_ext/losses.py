@@ -34,13 +34,44 @@ def _check_label_smoothing(v) -> float:
     return v
 
 
-def _check_margin(margin, margin_type) -> tuple:
+def _check_margin(margin, margin_type, margin_grad: str = "exact") -> tuple:
     margin_type = _choice(margin_type, "margin_type", tuple(_sce_ops.MARGIN_CODES))
+    margin_grad = _choice(margin_grad, "margin_grad", MARGIN_GRADS)
     margin = _validate.real(margin, "margin")
     hi = 1.0 if margin_type == "cosface" else math.pi / 2
     if not (math.isfinite(margin) and 0.0 <= margin <= hi):
         raise ValueError(f"margin: expected 0 <= margin <= {hi:g} for margin_type={margin_type!r}, got {margin}")
-    return margin, (_sce_ops.MARGIN_CODES[margin_type] if margin > 0 else 0)
+    if margin == 0:
+        return margin, 0
+    if margin_type == "arcface" and margin_grad == "straight_through":
+        return margin, _sce_ops.ARCFACE_STRAIGHT_THROUGH
+    return margin, _sce_ops.MARGIN_CODES[margin_type]
+
+
+# ---- face-recognition options (InsightFace conventions; see spherical_cross_entropy) ----
+MARGIN_GRADS = ("exact", "straight_through")
+
+
+def check_recognition_options(interclass_filtering_threshold=0.0, num_subcenters=1) -> tuple:
+    """``(threshold, k)`` validated: the interclass filtering threshold in [-1, 1] (0 = off)
+    and the number of sub-centres per class, an int ≥ 1 (ValueError/TypeError naming them).
+    Used by :func:`spherical_cross_entropy` and the loss modules."""
+    t = _validate.real(interclass_filtering_threshold, "interclass_filtering_threshold")
+    if not (math.isfinite(t) and -1.0 <= t <= 1.0):
+        raise ValueError(f"interclass_filtering_threshold: expected a value in [-1, 1] (0 = off), got {t}")
+    k = _validate.integer(num_subcenters, "num_subcenters")
+    if k < 1:
+        raise ValueError(f"num_subcenters: expected an integer >= 1, got {k}")
+    return t, k
+
+
+def check_subcenter_rows(W: Tensor, num_subcenters: int, name: str = "W") -> int:
+    """K for a classifier of K·k sub-centre rows (ValueError naming ``name`` otherwise)."""
+    rows = W.shape[0]
+    if rows % num_subcenters != 0 or rows // num_subcenters < 2:
+        raise ValueError(f"{name}: expected K * num_subcenters rows with K >= 2 and num_subcenters="
+                         f"{num_subcenters}, got {rows} rows")
+    return rows // num_subcenters
 
 
 def _needs(t) -> bool:
@@ -50,12 +81,15 @@ def _needs(t) -> bool:
 SCE_STRATEGIES = ("recompute", "grad_in_forward", "stored")
 
 
-def sce_strategy(H: Tensor, W: Tensor, *, reduction: str = "mean") -> str:
-    """The strategy :func:`spherical_cross_entropy` takes for these inputs now, from
-    ``gnc_ext.config.sce_strategy``:
+def sce_strategy(H: Tensor, W: Tensor, *, reduction: str = "mean", margin: float = 0.0,
+                 margin_type: str = "cosface", margin_grad: str = "exact", interclass_filtering_threshold: float = 0.0,
+                 num_subcenters: int = 1) -> str:
+    """The strategy :func:`spherical_cross_entropy` takes for these inputs and options
+    now, from ``gnc_ext.config.sce_strategy``:
 
-    * "stored" where it applies: autograd needs a gradient of H or W, and the inputs are
-      float32, float64 or bfloat16 (:mod:`gnc_ext.ops.sce_stored`: the shifted
+    * "stored" where it applies: autograd needs a gradient of H or W, the inputs are
+      float32, float64 or bfloat16, and none of straight-through ArcFace, interclass
+      filtering or sub-centres is asked for (:mod:`gnc_ext.ops.sce_stored`: the shifted
       exponentials are stored in the forward, the backward is two GEMMs on them);
       "recompute" elsewhere. The budget does not limit an explicit "stored".
     * "grad_in_forward" where it applies: reduction mean/sum, autograd needs a gradient of
@@ -71,11 +105,14 @@ def sce_strategy(H: Tensor, W: Tensor, *, reduction: str = "mean") -> str:
     reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
     _validate.tensor(H, "H", ndim=2)
     _validate.tensor(W, "W", ndim=2)
+    _, mcode = _check_margin(margin, margin_type, margin_grad)
+    thr, k = check_recognition_options(interclass_filtering_threshold, num_subcenters)
     choice = _validate.config.sce_strategy
     need = _needs(H) or _needs(W)
     same = W.dtype == H.dtype
     gif = reduction != "none" and need and same and H.dtype in (torch.float32, torch.float64)
-    stored = need and same and _sce_stored.storage_dtype(H.dtype) is not None
+    plain_epilogue = mcode != _sce_ops.ARCFACE_STRAIGHT_THROUGH and thr == 0.0 and k == 1
+    stored = need and same and plain_epilogue and _sce_stored.storage_dtype(H.dtype) is not None
     if choice == "recompute":
         return "recompute"
     if choice == "stored":
@@ -103,6 +140,9 @@ def spherical_cross_entropy(
     margin: float = 0.0,
     margin_type: str = "cosface",
     normalize: bool = True,
+    margin_grad: str = "exact",
+    interclass_filtering_threshold: float = 0.0,
+    num_subcenters: int = 1,
 ) -> Tensor:
     r"""Spherical (cosine) softmax cross-entropy, fused: the B × K logits never exist.
 
@@ -119,6 +159,31 @@ def spherical_cross_entropy(
       rule; note it is discontinuous at ``c = cos(π − m)``). 0 ≤ m ≤ π/2. The gradient
       is the exact derivative of this piecewise function (``φ'(c) = cos m +
       sin m·c/sinθ``, ``cos m`` where the 1e-12 floor is active, 1 in the fallback).
+
+    ``margin_grad`` picks the ArcFace convention (CosFace is the same under both):
+
+    =====================  ===================================  ==========================
+    margin_grad            target logit value                   target gradient dφ/dc
+    =====================  ===================================  ==========================
+    ``"exact"`` (default)  cos(θ + m), fallback c − m·sin m     the exact derivative above
+                           where θ + m > π
+    ``"straight_through"`` cos(θ + m) for every θ, with          1 (the margin is added
+                           θ = arccos(clamp(c, −1, 1))          under no_grad, as in
+                                                                InsightFace's ArcFace)
+    =====================  ===================================  ==========================
+
+    ``interclass_filtering_threshold`` t ∈ [−1, 1] (0 = off; InsightFace's
+    ``interclass_filtering_threshold``): in rows with a label, every non-target cosine
+    above t is replaced by 0 before the margin and the softmax, with no gradient
+    through it.
+
+    ``num_subcenters`` k ≥ 1 (sub-center ArcFace, Deng et al. 2020): W has K·k rows,
+    class-major (rows c·k … c·k + k − 1 belong to class c); the class cosine is the max
+    over its sub-centres and its gradient goes to the arg-max sub-centre. The max is
+    taken per tile, so nothing of size B × K·k exists beyond one tile (both strategies).
+    These three options are epilogue features of the recompute and gradient-in-forward
+    strategies: a call with ``margin_grad="straight_through"`` (ArcFace), a non-zero
+    threshold or k > 1 does not take the stored-exponents strategy.
 
     Label smoothing ε as in ``F.cross_entropy``: ``loss_i = (1−ε)(−log p_iy) +
     (ε/K) Σ_k (−log p_ik)`` (the smoothing term uses the margin-adjusted logits).
@@ -170,24 +235,31 @@ def spherical_cross_entropy(
     Raises:
         TypeError/ValueError naming the argument: wrong types/dtypes, shapes or devices,
         B = 0, K < 2, NaN/Inf in H or W (when ``gnc_ext.config.check_finite``), labels
-        outside [0, K) other than ignore_index, τ < 1e-6, ε ∉ [0, 1], margin out of range.
+        outside [0, K) other than ignore_index, τ < 1e-6, ε ∉ [0, 1], margin out of range,
+        an unknown margin_grad, a threshold outside [−1, 1], num_subcenters < 1, W whose
+        row count is not K·num_subcenters.
     """
     tau = _validate.temperature(tau, "tau")
     reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
     ignore_index = _validate.integer(ignore_index, "ignore_index")
     label_smoothing = _check_label_smoothing(label_smoothing)
-    margin, mcode = _check_margin(margin, margin_type)
+    margin, mcode = _check_margin(margin, margin_type, margin_grad)
+    thr, k = check_recognition_options(interclass_filtering_threshold, num_subcenters)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
+    if k > 1:
+        _validate.tensor(W, "W", ndim=2)
+        check_subcenter_rows(W, k)
     need_h, need_w = _needs(H), _needs(W)
     # with normalize=True every path computes ‖w_k‖ anyway (the fused op for all of W, the
     # recompute op block by block) and rejects non-finite W from those norms
     validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index, check_W=not normalize)
-    strategy = sce_strategy(H, W, reduction=reduction)
+    strategy = sce_strategy(H, W, reduction=reduction, margin=margin, margin_type=margin_type, margin_grad=margin_grad,
+                            interclass_filtering_threshold=thr, num_subcenters=k)
     if strategy == "grad_in_forward":
         loss, _, _ = torch.ops.gnc_ext.spherical_ce_fused(
             H, W, y, tau, ignore_index, label_smoothing, margin, mcode, normalize,
-            0 if reduction == "mean" else 1, need_h, need_w, 0)
+            0 if reduction == "mean" else 1, need_h, need_w, 0, thr, k)
         return loss
     Hn = normalize_rows(H) if normalize else H
     if strategy == "stored":  # shifted exponentials stored once, backward = two GEMMs on them
@@ -195,10 +267,10 @@ def spherical_cross_entropy(
                                                       normalize, 0)[0]
     elif normalize:  # Ŵ is formed one block of classes at a time, never stored
         rows, _ = torch.ops.gnc_ext.spherical_ce_rows_nw(Hn, W, y, tau, ignore_index, label_smoothing, margin,
-                                                          mcode, 0)
+                                                          mcode, 0, thr, k)
     else:
         rows, _ = torch.ops.gnc_ext.spherical_ce_rows(Hn, W, y, tau, ignore_index, label_smoothing, margin,
-                                                       mcode, 0)
+                                                       mcode, 0, thr, k)
     if reduction == "none":
         return rows
     total = rows.sum()

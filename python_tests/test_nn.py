@@ -247,3 +247,21 @@ def test_module_constructor_accepts_valid_arguments():
     assert gnc_ext.nn.SphericalCELoss(5, 4, label_smoothing=1).label_smoothing == 1.0
     assert gnc_ext.nn.HardMaxLoss(5, 4, dtype=torch.bfloat16, device=torch.device("cpu")).weight.dtype == torch.bfloat16
     assert gnc_ext.nn.HardMaxLoss(5, 4, reduction="none").reduction == "none"
+
+
+def test_subcenter_weight_provider_shape_and_logits():
+    """With num_subcenters=k a weight provider must supply K·k rows (class-major); logits
+    are the per-class max over the sub-centres divided by τ."""
+    torch.manual_seed(9)
+
+    class Provider:
+        weight = torch.randn(40, 6, dtype=torch.float64)
+
+    crit = gnc_ext.nn.SphericalCELoss(20, 6, tau=0.5, num_subcenters=2, classifier=Provider())
+    H = torch.randn(5, 6, dtype=torch.float64)
+    ref = (_brute_cos(H, Provider.weight).view(5, 20, 2).amax(2)) / 0.5
+    torch.testing.assert_close(crit.logits(H, chunk=7), ref)
+    assert torch.equal(crit.predict(H), ref.argmax(1))
+    Provider.weight = torch.randn(20, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="classifier: expected weights of shape \\(40, 6\\)"):
+        crit(H, torch.zeros(5, dtype=torch.int64))

@@ -251,3 +251,38 @@ def test_cuda_stored_matches_cpu(cuda_device, monkeypatch):
         for a, b in zip(*outs):
             s = max(float(a.abs().max()), 1e-6)
             torch.testing.assert_close(b / s, a / s, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("opts", [
+    dict(margin=0.5, margin_type="arcface", margin_grad="straight_through"),
+    dict(interclass_filtering_threshold=0.2),
+    dict(num_subcenters=3),
+], ids=["straight_through", "filtering", "subcenters"])
+def test_recognition_options_never_take_the_stored_strategy(opts, monkeypatch):
+    """The stored epilogue has none of the face-recognition options: with
+    config.sce_strategy="stored" a call that asks for one takes the recompute path and
+    gives its result (float64; the same call without the option, which stored takes,
+    has another gradient, so a stored call that ignored the option would differ)."""
+    k = opts.get("num_subcenters", 1)
+    H, W, y = _problem(5, K=60 * k, dtype=torch.float64)
+    y = y % 60
+    y[2] = 59
+    if "interclass_filtering_threshold" in opts:
+        W[:20] = H[:1].expand(20, -1) + 0.1 * W[:20]  # cosines above the threshold exist
+    losses = {}
+    for strategy in ("stored", "recompute"):
+        monkeypatch.setattr(gnc_ext.config, "sce_strategy", strategy)
+        h, w = H.clone().requires_grad_(True), W.clone().requires_grad_(True)
+        assert gnc_ext.losses.sce_strategy(h, w, **opts) == "recompute"
+        loss = gnc_ext.spherical_cross_entropy(h, w, y, tau=0.1, reduction="sum", **opts)
+        loss.backward()
+        losses[strategy] = (loss.detach(), h.grad, w.grad)
+    for a, b in zip(losses["stored"], losses["recompute"]):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    plain = {key: v for key, v in opts.items() if key not in ("margin_grad", "interclass_filtering_threshold",
+                                                             "num_subcenters")}
+    monkeypatch.setattr(gnc_ext.config, "sce_strategy", "stored")
+    h = H.clone().requires_grad_(True)
+    gnc_ext.spherical_cross_entropy(h, W[:60], y, tau=0.1, reduction="sum", **plain).backward()
+    assert gnc_ext.losses.sce_strategy(h, W[:60], **plain) == "stored"
+    assert not torch.allclose(h.grad, losses["recompute"][1], rtol=1e-6)  # the option matters here

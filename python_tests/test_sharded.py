@@ -35,7 +35,9 @@ def _run(world, cfg, tmp_path):
     dict(K=11, d=4, counts=[3, 3, 2], tau=0.05, margin=0.3, margin_type="arcface", ls=0.1, reduction="sum",
          ignore=True),
     dict(K=10, d=3, counts=[2, 4, 3], tau=1.0, margin=0.2, margin_type="cosface", ls=0.0, reduction="none"),
-], ids=["plain-mean", "arcface-smooth-sum-ignore", "cosface-none"])
+    dict(K=8, d=6, counts=[3, 4, 2], tau=1 / 64, margin=0.5, margin_type="arcface", ls=0.0, reduction="mean",
+         margin_grad="straight_through", threshold=0.1, subcenters=3, ignore=True),
+], ids=["plain-mean", "arcface-smooth-sum-ignore", "cosface-none", "insightface-arcface-filter-subcenters"])
 def test_sharded_equals_single_process(world, cfg, tmp_path):
     res = _run(world, cfg, tmp_path)
     sizes = [r["shard"][1] for r in res]
@@ -89,7 +91,7 @@ def test_single_process_equals_spherical_ce():
     torch.testing.assert_close(crit.weight.grad, W.grad)
 
 
-def test_sampling_keeps_positives_and_is_exact_at_rate_one():
+def test_sampling_keeps_positives_and_takes_int_rate_times_shard():
     torch.manual_seed(1)
     crit = ShardedSphericalCELoss(50, 8, sample_rate=0.2, tau=0.1)
     H = torch.randn(6, 8)
@@ -98,8 +100,88 @@ def test_sampling_keeps_positives_and_is_exact_at_rate_one():
     loss.backward()
     touched = (crit.weight.grad.abs().sum(1) > 0).nonzero().squeeze(1).tolist()
     assert set(y.tolist()) <= set(touched)
-    assert len(touched) <= 10  # ceil(0.2 * 50)
+    idx = crit.last_sample_index
+    assert idx.numel() == 10 and torch.equal(idx, idx.sort()[0])  # int(0.2 * 50), sorted (PartialFC_V2)
+    assert set(touched) <= set(idx.tolist())
     assert torch.isfinite(loss)
+    # more positives than int(rate · K_r): exactly the positives
+    crit = ShardedSphericalCELoss(50, 8, sample_rate=0.05, tau=0.1)
+    crit(H, y)
+    assert crit.last_sample_index.tolist() == sorted(set(y.tolist()))
+    # the same seed gives the same sample sequence
+    a, b = (ShardedSphericalCELoss(50, 8, sample_rate=0.3, seed=4) for _ in range(2))
+    for _ in range(2):
+        a(H, y), b(H, y)
+        assert torch.equal(a.last_sample_index, b.last_sample_index)
+
+
+def test_sampled_loss_is_the_restricted_softmax_single_process():
+    torch.manual_seed(2)
+    crit = ShardedSphericalCELoss(40, 6, sample_rate=0.3, tau=0.1, margin=0.2, dtype=torch.float64)
+    H = torch.randn(7, 6, dtype=torch.float64)
+    y = torch.tensor([0, 39, 7, 7, 20, 33, -100])
+    loss = crit(H, y)
+    loss.backward()
+    idx = crit.last_sample_index
+    W = crit.weight.detach().clone().requires_grad_(True)
+    y_ref = torch.where(y >= 0, torch.searchsorted(idx, y.clamp(min=0)), y)
+    ref = gnc_ext.spherical_cross_entropy(H, W[idx], y_ref, tau=0.1, margin=0.2)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=0, atol=1e-13)
+    torch.testing.assert_close(crit.weight.grad, W.grad, rtol=0, atol=1e-13)
+
+
+def test_sampling_is_exact_at_rate_one():
+    """sample_rate=1 is the full softmax: identical to spherical_cross_entropy, and every
+    class row gets gradient (nothing is sampled away)."""
+    torch.manual_seed(3)
+    crit = ShardedSphericalCELoss(30, 8, sample_rate=1.0, tau=0.1, margin=0.3, margin_type="arcface",
+                                  dtype=torch.float64)
+    H = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 30, (12,))
+    W = crit.weight.detach().clone().requires_grad_(True)
+    H2 = H.detach().clone().requires_grad_(True)
+    loss = crit(H, y)
+    loss.backward()
+    ref = gnc_ext.spherical_cross_entropy(H2, W, y, tau=0.1, margin=0.3, margin_type="arcface")
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=0, atol=1e-13)
+    torch.testing.assert_close(H.grad, H2.grad, rtol=0, atol=1e-13)
+    torch.testing.assert_close(crit.weight.grad, W.grad, rtol=0, atol=1e-13)
+    assert bool((crit.weight.grad.abs().sum(1) > 0).all()) and crit.last_sample_index is None
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("k", [1, 2])
+def test_sampled_sharded_equals_restricted_softmax(world, k, tmp_path):
+    cfg = dict(K=23, d=5, counts=[4, 3, 5], tau=0.1, margin=0.3, margin_type="cosface", ls=0.0,
+               reduction="mean", sample_rate=0.4, subcenters=k, ignore=True)
+    res = _run(world, cfg, tmp_path)
+    for r in res:
+        assert r["loss"] < 1e-12 and r["dH"] < 1e-12 and r["dW"] < 1e-12, r
+        assert r["n_sampled"] is not None and sum(r["n_sampled"]) < cfg["K"], r
+        assert r["sampled_rows_with_grad"] <= max(r["n_sampled"]) * k
+
+
+def test_embedding_dim_name_and_deprecated_dim():
+    crit = ShardedSphericalCELoss(num_classes=6, embedding_dim=4)
+    assert crit.embedding_dim == 4 and crit.weight.shape == (6, 4)
+    with pytest.warns(DeprecationWarning, match="embedding_dim"):
+        old = ShardedSphericalCELoss(num_classes=6, dim=4)
+    assert old.embedding_dim == 4 and old.dim == 4
+    with pytest.raises(TypeError, match="dim"):
+        ShardedSphericalCELoss(6, 4, dim=4)
+    with pytest.raises(TypeError, match="embedding_dim"):
+        ShardedSphericalCELoss(6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_shard_created_in_its_dtype(dtype):
+    crit = ShardedSphericalCELoss(20, 16, dtype=dtype, num_subcenters=2, seed=5)
+    assert crit.weight.dtype == dtype and crit.weight.shape == (40, 16)
+    w = crit.weight.detach().double()
+    assert bool(torch.isfinite(w).all()) and 0.7 < float(w.std()) < 1.3  # N(0, 1) entries
+    assert torch.equal(crit.weight, ShardedSphericalCELoss(20, 16, dtype=dtype, num_subcenters=2, seed=5).weight)
 
 
 def test_bad_inputs():

@@ -52,9 +52,9 @@ bool use_avx512() { return cpu_has_avx512(); }
 }  // namespace
 
 void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
-              double tau, int margin_type, double margin, int64_t ignore_index) {
+              double tau, int margin_type, double margin, int64_t ignore_index, double filter_threshold) {
   check_sce_fold_args(tile, y, state, tau);
-  const auto mg = loss_math::make_margin(margin_type, margin);
+  const auto mg = loss_math::make_margin(margin_type, margin, filter_threshold);
   if (tile.dtype == DType::F32)
     GNC_LOSS_CALL(fold_impl<float>, tile, y, col0, state, tau, mg, ignore_index);
   else
@@ -63,9 +63,9 @@ void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const T
 
 void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
               const TensorView& lse, const TensorView& q, const TensorView& scale, double tau, int margin_type,
-              double margin, double label_smoothing, int64_t ignore_index) {
+              double margin, double label_smoothing, int64_t ignore_index, double filter_threshold) {
   check_sce_grad_args(tile, y, lse, q, scale, tau, num_classes);
-  const auto mg = loss_math::make_margin(margin_type, margin);
+  const auto mg = loss_math::make_margin(margin_type, margin, filter_threshold);
   if (tile.dtype == DType::F32)
     GNC_LOSS_CALL(grad_impl<float>, tile, y, col0, num_classes, lse, q, scale, tau, mg, label_smoothing, ignore_index);
   else

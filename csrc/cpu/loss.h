@@ -13,6 +13,10 @@
 //   and phi'(c) is the exact derivative of that piecewise function
 //   (cos m + sin m * c / sin where 1 - c^2 > 1e-12, cos m in the clamped region; 1 in
 //   the fallback branch).
+//   margin_type 3 (ArcFace, straight-through, InsightFace's convention):
+//       phi(c) = cos(arccos(clamp(c, -1, 1)) + m) for every c (no fallback), phi'(c) = 1.
+// filter_threshold t (interclass filtering; 0 = off): in rows with a label, every
+//   non-target cosine s_ik > t is replaced by 0 before the softmax and gets no gradient.
 #pragma once
 #include <cstdint>
 
@@ -30,7 +34,7 @@ namespace cpu {
 //   in float64, so the loss log(1 + sum_{k!=y} exp(z_k - z_y)) and the non-target mass
 //   q = 1 - p_y stay accurate when p_y rounds to 1 (small tau; a loss of 1e-30 is kept).
 void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
-              double tau, int margin_type, double margin, int64_t ignore_index);
+              double tau, int margin_type, double margin, int64_t ignore_index, double filter_threshold = 0.0);
 
 // Turns a tile of cosines into g_ik = scale_i * dloss_i/ds_ik in place:
 //   g_ik = scale_i / tau * (p_ik - eps/K)                  for k != y_i,
@@ -40,7 +44,8 @@ void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const T
 // y == ignore_index or scale == 0 become exactly 0.
 void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
               const TensorView& lse, const TensorView& q, const TensorView& scale, double tau,
-              int margin_type, double margin, double label_smoothing, int64_t ignore_index);
+              int margin_type, double margin, double label_smoothing, int64_t ignore_index,
+              double filter_threshold = 0.0);
 
 // Masked max/argmax fold: for every row, over the tile's columns k with col0 + k != y_i:
 // best_i = max s_ik, arg_i = its class (the lowest index among ties, given tiles are

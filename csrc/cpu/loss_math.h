@@ -16,10 +16,17 @@ struct Margin {
   double cos_m = 1.0, sin_m = 0.0;
   double th = -1.0;   // cos(pi - m): ArcFace switches to the fallback at c <= th
   double mm = 0.0;    // m * sin(m): the fallback phi(c) = c - mm
+  // interclass filtering: non-target cosines above filt count as 0 (no gradient);
+  // +inf when off (threshold 0 at the API)
+  double filt = INFINITY;
 };
 
-inline Margin make_margin(int type, double m) {
+// type: 0 none, 1 CosFace, 2 ArcFace (exact derivative, fallback beyond theta + m > pi),
+// 3 ArcFace straight-through (InsightFace: cos(theta + m) for every theta, phi' = 1).
+// filter_threshold: 0 = off, else in [-1, 1].
+inline Margin make_margin(int type, double m, double filter_threshold = 0.0) {
   Margin g;
+  g.filt = (filter_threshold == 0.0) ? INFINITY : filter_threshold;
   g.type = (m == 0.0) ? 0 : type;
   g.m = m;
   g.cos_m = std::cos(m);
@@ -42,7 +49,18 @@ GNC_HD A phi(A c, int type, A m, A cos_m, A sin_m, A th, A mm) {
     }
     return c - mm;
   }
+  if (type == 3) {  // cos(arccos(clamp(c, -1, 1)) + m), no fallback
+    const A cc = c > A(1) ? A(1) : (c < A(-1) ? A(-1) : c);
+    const A s2 = A(1) - cc * cc;
+    return cc * cos_m - sqrt(s2 > A(0) ? s2 : A(0)) * sin_m;
+  }
   return c;
+}
+
+// A non-target cosine after interclass filtering (thr = Margin::filt).
+template <typename A>
+GNC_HD A filtered(A c, A thr) {
+  return c > thr ? A(0) : c;
 }
 
 template <typename A>
@@ -55,7 +73,7 @@ GNC_HD A dphi(A c, int type, A cos_m, A sin_m, A th) {
     }
     return A(1);
   }
-  return A(1);
+  return A(1);  // none, CosFace, and the straight-through ArcFace (type 3)
 }
 
 // exp(x) for x <= ~0 in float, branch-free so that `omp simd` vectorises it.

@@ -20,12 +20,12 @@ constexpr int kThreads = 256;
 
 struct MarginArgs {
   int type;
-  double m, cos_m, sin_m, th, mm;
+  double m, cos_m, sin_m, th, mm, filt;
 };
 
-MarginArgs margin_args(int type, double m) {
-  auto g = loss_math::make_margin(type, m);
-  return MarginArgs{g.type, g.m, g.cos_m, g.sin_m, g.th, g.mm};
+MarginArgs margin_args(int type, double m, double filter_threshold) {
+  auto g = loss_math::make_margin(type, m, filter_threshold);
+  return MarginArgs{g.type, g.m, g.cos_m, g.sin_m, g.th, g.mm, g.filt};
 }
 
 template <typename A>
@@ -82,9 +82,10 @@ __global__ void sce_fold_kernel(const A* __restrict__ tile, int64_t R, int64_t C
   // one pass over the row: per thread an online (max, sum of exp relative to it) pair,
   // then the block combines the pairs at the block max (the tile is read once)
   A m_t = -INFINITY, s_t = A(0), zsum = A(0);
+  const A thr = static_cast<A>(mg.filt);
   for (int64_t k = threadIdx.x; k < C; k += kThreads) {
     if (k == t) continue;
-    const A z = row[k] * inv_tau;
+    const A z = loss_math::filtered(row[k], thr) * inv_tau;
     zsum += z;
     if (z > m_t) {
       s_t = s_t * loss_math::exp_nonpos(m_t - z) + A(1);  // exp(-inf) = 0 on the first
@@ -142,8 +143,8 @@ __global__ void sce_grad_kernel(A* __restrict__ tile, int64_t R, int64_t C, int6
       if (k == t) {  // p_t - 1 = -q without cancellation
         *p = u * (eps_minus_uni - static_cast<A>(q[i * qs])) *
              loss_math::dphi<A>(c, mg.type, A(mg.cos_m), A(mg.sin_m), A(mg.th));
-      } else {
-        *p = u * (loss_math::exp_nonpos(c * inv_tau - L) - uni);
+      } else {  // filtered cosines are constants: no gradient
+        *p = c > static_cast<A>(mg.filt) ? A(0) : u * (loss_math::exp_nonpos(c * inv_tau - L) - uni);
       }
     }
   }
@@ -189,13 +190,14 @@ __global__ void argmax_kernel(const A* __restrict__ tile, int64_t R, int64_t C, 
 }  // namespace
 
 void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const TensorView& state,
-              double tau, int margin_type, double margin, int64_t ignore_index, std::uintptr_t stream) {
+              double tau, int margin_type, double margin, int64_t ignore_index, std::uintptr_t stream,
+              double filter_threshold) {
   check_sce_fold_args(tile, y, state, tau);
   const int64_t R = tile.size(0), C = tile.size(1);
   if (R == 0 || C == 0) return;
   if (R > 2147483647LL) fail("tile: too many rows");
   DeviceGuard g(tile.device);
-  const auto mg = margin_args(margin_type, margin);
+  const auto mg = margin_args(margin_type, margin, filter_threshold);
   if (tile.dtype == DType::F32)
     sce_fold_kernel<float><<<static_cast<unsigned>(R), kThreads, 0, as_stream(stream)>>>(
         tile.data<float>(), R, C, tile.stride(0), y.data<int64_t>(), y.stride(0), col0,
@@ -209,12 +211,13 @@ void sce_fold(const TensorView& tile, const TensorView& y, int64_t col0, const T
 
 void sce_grad(const TensorView& tile, const TensorView& y, int64_t col0, int64_t num_classes,
               const TensorView& lse, const TensorView& q, const TensorView& scale, double tau, int margin_type,
-              double margin, double label_smoothing, int64_t ignore_index, std::uintptr_t stream) {
+              double margin, double label_smoothing, int64_t ignore_index, std::uintptr_t stream,
+              double filter_threshold) {
   check_sce_grad_args(tile, y, lse, q, scale, tau, num_classes);
   const int64_t R = tile.size(0), C = tile.size(1);
   if (R == 0 || C == 0) return;
   DeviceGuard g(tile.device);
-  const auto mg = margin_args(margin_type, margin);
+  const auto mg = margin_args(margin_type, margin, filter_threshold);
   const double uni = label_smoothing / static_cast<double>(num_classes);
   // columns: enough blocks to cover a row once (at most 1024); rows: up to 65535 in y,
   // the kernel strides over the rest

@@ -5,10 +5,13 @@
 - :class:`HardMaxLoss` — the HardMax loss, same conventions.
 - :class:`CMFClassifier` — class-mean-feature classifier (EMA of batch class means).
 - :class:`ShardedSphericalCELoss` — spherical CE with W sharded by class over a
-  torch.distributed group.
+  torch.distributed group (Partial FC class sampling with ``sample_rate < 1``).
+- :func:`subcenter_clean` — sub-center ArcFace's cleaning step (dominant sub-centre per
+  class, samples too far from it).
 """
 from .cmf import CMFClassifier
 from .losses import HardMaxLoss, SphericalCELoss
 from .sharded import ShardedSphericalCELoss
+from .subcenter import subcenter_clean
 
-__all__ = ["SphericalCELoss", "HardMaxLoss", "CMFClassifier", "ShardedSphericalCELoss"]
+__all__ = ["SphericalCELoss", "HardMaxLoss", "CMFClassifier", "ShardedSphericalCELoss", "subcenter_clean"]

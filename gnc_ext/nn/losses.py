@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .. import _validate
 from ..losses import (_HM_REDUCTIONS, _SCE_REDUCTIONS, _check_label_smoothing, _check_margin, _choice,
-                      hardmax_loss, spherical_cross_entropy)
+                      check_recognition_options, hardmax_loss, spherical_cross_entropy)
 from ..ops import tiles as _tiles
 from ..ops.normalize import normalize_rows_named
 
@@ -41,13 +41,16 @@ def _check_device(device) -> Optional[torch.device]:
 
 
 class _WeightedLoss(nn.Module):
-    def __init__(self, num_classes: int, embedding_dim: int, classifier=None, dtype=None, device=None):
+    def __init__(self, num_classes: int, embedding_dim: int, classifier=None, dtype=None, device=None,
+                 num_subcenters: int = 1):
         super().__init__()
         self.num_classes = _validate.integer(num_classes, "num_classes", minimum=2)
         self.embedding_dim = _validate.integer(embedding_dim, "embedding_dim", minimum=1)
+        self.num_subcenters = check_recognition_options(0.0, num_subcenters)[1]
         dtype, device = _check_dtype(dtype), _check_device(device)
+        rows = self.num_classes * self.num_subcenters  # class-major sub-centres
         if classifier is None:
-            self.weight = nn.Parameter(torch.randn(self.num_classes, self.embedding_dim, dtype=dtype, device=device))
+            self.weight = nn.Parameter(torch.randn(rows, self.embedding_dim, dtype=dtype, device=device))
             self.classifier = None
         else:
             if not (hasattr(classifier, "weight") or callable(classifier)):
@@ -57,19 +60,23 @@ class _WeightedLoss(nn.Module):
             self.classifier = classifier
 
     def class_weights(self) -> Tensor:
-        """The (K, d) weights in use (own Parameter or the provider's current tensor)."""
+        """The (K·k, d) weights in use (own Parameter or the provider's current tensor;
+        k = ``num_subcenters``, rows c·k … c·k + k − 1 belong to class c)."""
         if self.classifier is None:
             return self.weight
         c = self.classifier
         W = c.weight if hasattr(c, "weight") else c()
-        if not isinstance(W, Tensor) or W.dim() != 2 or tuple(W.shape) != (self.num_classes, self.embedding_dim):
+        rows = self.num_classes * self.num_subcenters
+        if not isinstance(W, Tensor) or W.dim() != 2 or tuple(W.shape) != (rows, self.embedding_dim):
             got = tuple(W.shape) if isinstance(W, Tensor) else type(W).__name__
-            raise ValueError(f"classifier: expected weights of shape ({self.num_classes}, {self.embedding_dim}), got {got}")
+            raise ValueError(f"classifier: expected weights of shape ({rows}, {self.embedding_dim}), got {got}")
         return W
 
     @torch.no_grad()
     def predict(self, features: Tensor, chunk: int = 0) -> Tensor:
         """Top-1 class ``argmax_k ⟨ĥ_i, ŵ_k⟩`` (lowest index among ties) as (B,) int64.
+        With k sub-centres the class cosine is the max over its sub-centres, so the class
+        is the one owning the best of all K·k rows (its row index // k).
 
         Streams tiles of classes through the native argmax epilogue: no (B, K) logits.
         Memory: one fp32 tile and one normalised block of W (no K × d copy; fp32 features
@@ -86,11 +93,13 @@ class _WeightedLoss(nn.Module):
         chunk = _validate.integer(chunk, "chunk", minimum=0)
         _validate.finite(features.detach(), "features")
         _tiles.check_finite_rows(W.detach(), "weight")
-        return torch.ops.gnc_ext.argmax_cosine_nw(features.detach(), W.detach(), chunk)
+        arg = torch.ops.gnc_ext.argmax_cosine_nw(features.detach(), W.detach(), chunk)
+        return arg if self.num_subcenters == 1 else arg // self.num_subcenters
 
     @torch.no_grad()
     def cosines(self, features: Tensor, chunk: Optional[int] = None) -> Tensor:
-        """(B, K) cosines ``⟨ĥ_i, ŵ_k⟩`` (fp32; fp64 for fp64), built ``chunk`` classes at a time."""
+        """(B, K) cosines ``⟨ĥ_i, ŵ_k⟩`` (fp32; fp64 for fp64), built ``chunk`` rows of W at a
+        time (with sub-centres: the max over each class's k rows)."""
         W = self.class_weights()
         _validate.tensor(features, "features", ndim=2)
         _validate.same_device(("features", features), ("weight", W))
@@ -102,6 +111,13 @@ class _WeightedLoss(nn.Module):
         K = Wn.shape[0]
         c = _tiles.col_chunk(Hn.shape[0], K) if chunk is None else _validate.integer(chunk, "chunk", minimum=1)
         out = torch.empty((Hn.shape[0], K), dtype=acc, device=Hn.device)
+        if self.num_subcenters > 1:
+            k = self.num_subcenters
+            out = torch.empty((Hn.shape[0], K // k), dtype=acc, device=Hn.device)
+            c = max(k, c // k * k)
+            for s in range(0, K, c):
+                out[:, s // k : (s + c) // k] = (Hn @ Wn[s : s + c].to(acc).T).view(Hn.shape[0], -1, k).amax(2)
+            return out
         for s in range(0, K, c):
             torch.mm(Hn, Wn[s : s + c].to(acc).T, out=out[:, s : s + c])
         return out
@@ -117,10 +133,17 @@ class SphericalCELoss(_WeightedLoss):
     Args:
         num_classes (K ≥ 2), embedding_dim (d ≥ 1), tau ≥ 1e-6, margin, margin_type
         ("cosface" | "arcface"), label_smoothing, ignore_index, reduction
-        ("mean" | "sum" | "none"), normalize (see spherical_cross_entropy),
-        classifier (optional weight provider), dtype (float32/float64/float16/bfloat16;
-        None: torch's default) and device (cpu or an available cuda; None: torch's
-        default) of the owned Parameter.
+        ("mean" | "sum" | "none"), normalize, margin_grad ("exact" | "straight_through"),
+        interclass_filtering_threshold (0 = off), num_subcenters (k ≥ 1: the weight has
+        K·k rows, class-major) — see spherical_cross_entropy —, classifier (optional
+        weight provider), dtype (float32/float64/float16/bfloat16; None: torch's
+        default) and device (cpu or an available cuda; None: torch's default) of the
+        owned Parameter.
+
+    InsightFace's ``CombinedMarginLoss(64, 1.0, 0.5, 0.0)`` (ArcFace) is
+    ``SphericalCELoss(K, d, tau=1/64, margin=0.5, margin_type="arcface",
+    margin_grad="straight_through", ignore_index=-1)``; ``(64, 1.0, 0.0, 0.4)`` (CosFace)
+    is ``margin=0.4, margin_type="cosface"`` (the same under both ``margin_grad``).
 
     Raises:
         TypeError/ValueError naming the argument, at construction, under the rules of
@@ -129,10 +152,13 @@ class SphericalCELoss(_WeightedLoss):
 
     def __init__(self, num_classes: int, embedding_dim: int, tau: float = 0.05, margin: float = 0.0,
                  margin_type: str = "cosface", label_smoothing: float = 0.0, ignore_index: int = -100,
-                 reduction: str = "mean", normalize: bool = True, classifier=None, dtype=None, device=None):
-        super().__init__(num_classes, embedding_dim, classifier, dtype, device)
+                 reduction: str = "mean", normalize: bool = True, classifier=None, dtype=None, device=None,
+                 margin_grad: str = "exact", interclass_filtering_threshold: float = 0.0, num_subcenters: int = 1):
+        super().__init__(num_classes, embedding_dim, classifier, dtype, device, num_subcenters)
         self.tau = _validate.temperature(tau, "tau")
-        self.margin, self.margin_type = _check_margin(margin, margin_type)[0], margin_type
+        self.margin, self.margin_type = _check_margin(margin, margin_type, margin_grad)[0], margin_type
+        self.margin_grad = margin_grad
+        self.interclass_filtering_threshold = check_recognition_options(interclass_filtering_threshold)[0]
         self.label_smoothing = _check_label_smoothing(label_smoothing)
         self.ignore_index = _validate.integer(ignore_index, "ignore_index")
         self.reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
@@ -142,7 +168,8 @@ class SphericalCELoss(_WeightedLoss):
         return spherical_cross_entropy(
             features, self.class_weights(), labels, tau=self.tau, reduction=self.reduction,
             ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, margin=self.margin,
-            margin_type=self.margin_type, normalize=self.normalize)
+            margin_type=self.margin_type, normalize=self.normalize, margin_grad=self.margin_grad,
+            interclass_filtering_threshold=self.interclass_filtering_threshold, num_subcenters=self.num_subcenters)
 
     @torch.no_grad()
     def logits(self, features: Tensor, chunk: Optional[int] = None) -> Tensor:
@@ -153,7 +180,9 @@ class SphericalCELoss(_WeightedLoss):
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, tau={self.tau}, "
-                f"margin={self.margin}, margin_type={self.margin_type!r}, reduction={self.reduction!r}")
+                f"margin={self.margin}, margin_type={self.margin_type!r}, reduction={self.reduction!r}, "
+                f"margin_grad={self.margin_grad!r}, interclass_filtering_threshold="
+                f"{self.interclass_filtering_threshold}, num_subcenters={self.num_subcenters}")
 
 
 class HardMaxLoss(_WeightedLoss):

@@ -24,14 +24,22 @@ DDP averages backbone gradients over ranks, so the backbone then receives
 1/world_size of the exact gradient of the global loss; multiply the loss (or the
 learning rate) by the world size if you want the exact one.
 
-Class sampling (``sample_rate < 1``, Partial FC's idea) is an *approximation*: each
-rank keeps the positive classes of the global batch that it owns plus uniformly
-random negatives up to ``ceil(sample_rate · shard size)``, and the softmax runs over
-the sampled classes only. Only the sampled weight rows receive gradient.
+Class sampling (``sample_rate < 1``) is InsightFace's ``PartialFC_V2``: per step each
+rank takes every class of the global batch that it owns (the positives) and tops them
+up with uniformly random other classes of its shard to ``int(sample_rate · shard
+size)`` classes (all positives if they are more), sorted by class index; the random
+numbers come from the module's own seeded generator. The softmax then runs over the
+union of the ranks' sampled classes: with the same index set the loss equals the
+full softmax restricted to those classes (an approximation of the full loss), and
+only the sampled weight rows receive gradient. The sampled local class indices of
+the last step are in ``last_sample_index``.
+
+Sub-centres (``num_subcenters`` = k) shard by class: a rank holding classes
+[offset, offset + K_r) holds the K_r·k class-major rows of their sub-centres.
 """
 from __future__ import annotations
 
-import math
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -39,7 +47,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import _validate
-from ..losses import _check_label_smoothing, _check_margin, _choice
+from ..losses import _check_label_smoothing, _check_margin, _choice, check_recognition_options, check_subcenter_rows
 from ..ops.sce import finish_state, fold_state, grad_tiles  # the recompute strategy's documented steps
 from ..ops.tiles import check_finite_rows, col_chunk
 from ..ops.normalize import normalize_rows
@@ -74,11 +82,12 @@ class _ShardedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, Hn_local: Tensor, W: Tensor, y_all: Tensor, y_loc: Tensor, counts: List[int], rank: int,
                 group, tau: float, ignore_index: int, label_smoothing: float, margin: float, margin_type: int,
-                num_classes: int, reduction: int, chunk: int):
+                num_classes: int, reduction: int, chunk: int, threshold: float, subcenters: int):
         distributed = len(counts) > 1
         Hn_all = _all_gather_rows(Hn_local.detach(), counts, group) if distributed else Hn_local.detach()
         # W: this rank's raw class weights, normalised block by block inside (no Ŵ copy)
-        state = fold_state(Hn_all, W.detach(), y_loc, tau, ignore_index, margin, margin_type, chunk, norm_w=True)
+        state = fold_state(Hn_all, W.detach(), y_loc, tau, ignore_index, margin, margin_type, chunk, norm_w=True,
+                           interclass_threshold=threshold, subcenters=subcenters)
         M = state[:, 0].clone()
         if distributed:
             dist.all_reduce(M, op=dist.ReduceOp.MAX, group=group)
@@ -98,7 +107,7 @@ class _ShardedCE(torch.autograd.Function):
         n_valid = int(valid.sum())
         ctx.save_for_backward(Hn_all, W.detach(), y_loc, stats)
         ctx.cfg = (counts, rank, group, tau, ignore_index, label_smoothing, margin, margin_type, num_classes,
-                   reduction, chunk, n_valid, start, distributed)
+                   reduction, chunk, n_valid, start, distributed, threshold, subcenters)
         out_dtype = Hn_local.dtype if Hn_local.dtype == torch.float64 else torch.float32
         if reduction == 0:
             return (loss_rows.sum() / max(n_valid, 1)).to(out_dtype)
@@ -110,7 +119,7 @@ class _ShardedCE(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         Hn_all, W, y_loc, stats = ctx.saved_tensors
         (counts, rank, group, tau, ignore_index, ls, margin, mt, K, reduction, chunk, n_valid, start,
-         distributed) = ctx.cfg
+         distributed, threshold, subcenters) = ctx.cfg
         need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
         B = Hn_all.shape[0]
         if reduction == 2:
@@ -125,14 +134,15 @@ class _ShardedCE(torch.autograd.Function):
                 gs = gs / max(n_valid, 1)
             scale = gs.expand(B).contiguous()
         dH_all, dW = grad_tiles(Hn_all, W, y_loc, stats, scale, tau, ignore_index, ls, margin, mt, chunk,
-                                need_h, need_w, num_classes=K, norm_w=True)
+                                need_h, need_w, num_classes=K, norm_w=True, interclass_threshold=threshold,
+                                subcenters=subcenters)
         dH = None
         if need_h:
             if distributed:
                 dH_all = dH_all.contiguous()
                 dist.all_reduce(dH_all, group=group)
             dH = dH_all[start : start + counts[rank]]
-        return dH, (dW if need_w else None), *([None] * 13)
+        return dH, (dW if need_w else None), *([None] * 15)
 
 
 class ShardedSphericalCELoss(nn.Module):
@@ -141,37 +151,60 @@ class ShardedSphericalCELoss(nn.Module):
 
     Args:
         num_classes: total K over the group (K ≥ 2 and K ≥ world size).
-        dim: feature dimension d.
+        embedding_dim: feature dimension d (the name :class:`SphericalCELoss` uses;
+            ``dim=`` is still accepted with a DeprecationWarning).
         group: process group (default: the world group; without an initialised
             process group the module runs unsharded on one process).
         tau, margin, margin_type, label_smoothing, ignore_index: as in
             :func:`gnc_ext.spherical_cross_entropy`.
         reduction: ``"mean"`` (over non-ignored rows of the global batch), ``"sum"``,
             or ``"none"`` (the losses of this rank's own rows).
-        sample_rate: fraction of each shard used per step (1.0: exact; < 1 samples
-            negatives, an approximation; label smoothing is then not allowed).
-        seed: an integer in [-2**63, 2**64) that seeds the initial weights; the shard of
-            rank r is drawn from ``seed + r`` (mod 2**64; use :meth:`load_full_weight` to
-            start from a given W).
+        sample_rate: in (0, 1]; fraction of each shard used per step (1.0: exact; < 1
+            samples classes as PartialFC_V2, see the module docstring; label smoothing is
+            then not allowed).
+        margin_grad, interclass_filtering_threshold, num_subcenters: as in
+            :func:`gnc_ext.spherical_cross_entropy` (the shard holds K_r·k rows).
+        seed: an integer in [-2**63, 2**64) that seeds the initial weights and the class
+            sampling; the shard of rank r is drawn from ``seed + r`` (mod 2**64), directly
+            in the module's dtype on its device (i.i.d. N(0, 1) entries, as
+            :class:`SphericalCELoss`; use :meth:`load_full_weight` to start from a given W).
         device (cpu or an available cuda; None: torch's default), dtype
             (float32/float64/float16/bfloat16): of the weight shard.
 
     Every argument is checked at construction (TypeError/ValueError naming it), under
     the rules of :func:`gnc_ext.spherical_cross_entropy`.
 
-    Attributes: ``weight`` (K_r, d) Parameter of this rank's shard; ``offset``, ``rank``,
-    ``world_size``. :meth:`full_weight` gathers the whole (K, d) classifier.
+    InsightFace: ``PartialFC_V2(CombinedMarginLoss(s, 1.0, m, 0.0), embedding_size,
+    num_classes, sample_rate)`` corresponds to ``ShardedSphericalCELoss(num_classes,
+    embedding_size, tau=1/s, margin=m, margin_type="arcface",
+    margin_grad="straight_through", ignore_index=-1, sample_rate=sample_rate)``
+    (CosFace: ``margin_type="cosface"``; ``interclass_filtering_threshold`` as there).
+
+    Attributes: ``weight`` (K_r·k, d) Parameter of this rank's shard; ``offset``, ``rank``,
+    ``world_size``. :meth:`full_weight` gathers the whole (K·k, d) classifier.
     """
 
-    def __init__(self, num_classes: int, dim: int, *, group=None, tau: float = 0.05, margin: float = 0.0,
-                 margin_type: str = "cosface", label_smoothing: float = 0.0, ignore_index: int = -100,
-                 reduction: str = "mean", sample_rate: float = 1.0, seed: int = 0, device=None,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(self, num_classes: int, embedding_dim: Optional[int] = None, *, group=None, tau: float = 0.05,
+                 margin: float = 0.0, margin_type: str = "cosface", label_smoothing: float = 0.0,
+                 ignore_index: int = -100, reduction: str = "mean", sample_rate: float = 1.0, seed: int = 0,
+                 device=None, dtype: torch.dtype = torch.float32, margin_grad: str = "exact",
+                 interclass_filtering_threshold: float = 0.0, num_subcenters: int = 1, dim: Optional[int] = None):
         super().__init__()
         K = _validate.integer(num_classes, "num_classes", minimum=2)
-        d = _validate.integer(dim, "dim", minimum=1)
+        if dim is not None:
+            if embedding_dim is not None:
+                raise TypeError("dim: deprecated alias of embedding_dim; pass only embedding_dim")
+            warnings.warn("ShardedSphericalCELoss(dim=...) is deprecated: use embedding_dim=...",
+                          DeprecationWarning, stacklevel=2)
+            embedding_dim = dim
+        if embedding_dim is None:
+            raise TypeError("embedding_dim: missing (the feature dimension d)")
+        d = _validate.integer(embedding_dim, "embedding_dim", minimum=1)
         self.tau = _validate.temperature(tau, "tau")
-        self.margin, self._margin_code = _check_margin(margin, margin_type)
+        self.margin, self._margin_code = _check_margin(margin, margin_type, margin_grad)
+        self.margin_grad = margin_grad
+        self.interclass_filtering_threshold, self.num_subcenters = check_recognition_options(
+            interclass_filtering_threshold, num_subcenters)
         ls = _check_label_smoothing(label_smoothing)
         reduction = _choice(reduction, "reduction", tuple(_REDUCTIONS))
         ignore_index = _validate.integer(ignore_index, "ignore_index")
@@ -188,42 +221,57 @@ class ShardedSphericalCELoss(nn.Module):
         self.rank = dist.get_rank(group) if _dist_on(group) else 0
         if K < self.world_size:
             raise ValueError(f"num_classes: expected at least world_size={self.world_size} classes, got {K}")
-        self.num_classes, self.dim = K, d
+        self.num_classes, self.embedding_dim = K, d
         self.margin_type, self.label_smoothing = margin_type, ls
         self.ignore_index, self.reduction, self.sample_rate = ignore_index, reduction, sr
         self.offset, size = shard_range(K, self.world_size, self.rank)
+        self.num_local = size
+        dev = torch.empty(0, device=device).device  # None: torch's default device
         # seeds taken modulo 2**64, as manual_seed takes negative ones (so nothing changes there)
-        g = torch.Generator().manual_seed((seed + self.rank) % 2**64)
-        w = torch.randn(size, d, generator=g, dtype=torch.float64)
-        w = w / w.norm(dim=1, keepdim=True)
-        self.weight = nn.Parameter(w.to(device=device, dtype=dtype))
-        self._sample_gen = torch.Generator().manual_seed((seed * 7919 + 17 + self.rank) % 2**64)
+        g = torch.Generator(device=dev).manual_seed((seed + self.rank) % 2**64)
+        # i.i.d. N(0, 1) rows drawn in place (the loss normalises W, so the scale is
+        # irrelevant), as SphericalCELoss does: no staging copy, no extra pass
+        w = torch.randn(size * self.num_subcenters, d, generator=g, dtype=dtype, device=dev)
+        self.weight = nn.Parameter(w)
+        self._sample_gen = torch.Generator(device=dev).manual_seed((seed * 7919 + 17 + self.rank) % 2**64)
+        self.last_sample_index: Optional[Tensor] = None
+
+    @property
+    def dim(self) -> int:
+        """Deprecated alias of ``embedding_dim``."""
+        return self.embedding_dim
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, dim={self.dim}, shard=[{self.offset}, "
-                f"{self.offset + self.weight.shape[0]}), world_size={self.world_size}, tau={self.tau}, "
-                f"margin={self.margin} ({self.margin_type}), sample_rate={self.sample_rate}")
+        return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, shard=[{self.offset}, "
+                f"{self.offset + self.num_local}), world_size={self.world_size}, tau={self.tau}, "
+                f"margin={self.margin} ({self.margin_type}, margin_grad={self.margin_grad!r}), "
+                f"sample_rate={self.sample_rate}, interclass_filtering_threshold="
+                f"{self.interclass_filtering_threshold}, num_subcenters={self.num_subcenters}")
 
     @torch.no_grad()
     def load_full_weight(self, W: Tensor) -> None:
-        """Copy this rank's rows of a full (K, d) classifier into the shard."""
+        """Copy this rank's rows of a full (K·k, d) classifier into the shard."""
         _validate.tensor(W, "W", ndim=2)
-        if tuple(W.shape) != (self.num_classes, self.dim):
-            raise ValueError(f"W: expected shape ({self.num_classes}, {self.dim}), got {tuple(W.shape)}")
-        self.weight.copy_(W[self.offset : self.offset + self.weight.shape[0]])
+        k = self.num_subcenters
+        if W.shape[1] != self.embedding_dim:
+            raise ValueError(f"W: expected {self.embedding_dim} columns, got shape {tuple(W.shape)}")
+        if check_subcenter_rows(W, k) != self.num_classes:
+            raise ValueError(f"W: expected {self.num_classes * k} rows, got {W.shape[0]}")
+        self.weight.copy_(W[self.offset * k : (self.offset + self.num_local) * k])
 
     @torch.no_grad()
     def full_weight(self) -> Tensor:
         """The whole (K, d) classifier, gathered from every rank (collective call)."""
         if self.world_size == 1:
             return self.weight.detach().clone()
-        counts = [shard_range(self.num_classes, self.world_size, r)[1] for r in range(self.world_size)]
+        counts = [shard_range(self.num_classes, self.world_size, r)[1] * self.num_subcenters
+                  for r in range(self.world_size)]
         return _all_gather_rows(self.weight.detach(), counts, self.group)
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         _validate.tensor(features, "features", ndim=2)
-        if features.shape[1] != self.dim:
-            raise ValueError(f"features: expected width {self.dim}, got {features.shape[1]}")
+        if features.shape[1] != self.embedding_dim:
+            raise ValueError(f"features: expected width {self.embedding_dim}, got {features.shape[1]}")
         _validate.tensor(labels, "labels", ndim=1, dtypes=(torch.int64,), allow_empty=False)
         if labels.shape[0] != features.shape[0]:
             raise ValueError(f"labels: expected {features.shape[0]} labels, got {labels.shape[0]}")
@@ -247,37 +295,39 @@ class ShardedSphericalCELoss(nn.Module):
             y_all = _all_gather_rows(labels, counts, self.group)
         else:
             counts, y_all = [features.shape[0]], labels
-        K_r = self.weight.shape[0]
+        K_r = self.num_local
         in_shard = (y_all >= self.offset) & (y_all < self.offset + K_r)
         # labels outside this shard select no target column here (-1 is never a column)
         outside = -1 if self.ignore_index != -1 else K_r
         y_loc = torch.where(in_shard, y_all - self.offset, torch.full_like(y_all, outside))
         y_loc = torch.where(y_all == self.ignore_index, torch.full_like(y_all, self.ignore_index), y_loc)
-        K_eff = self.num_classes
         if self.sample_rate < 1.0:
-            W, y_loc, K_eff = self._sample(W, y_loc, in_shard, outside, counts)
+            idx = self.sample(y_loc[in_shard])
+            y_loc = torch.where(in_shard, torch.searchsorted(idx, y_loc.clamp(0, K_r - 1)), y_loc)
+            k = self.num_subcenters
+            rows = idx if k == 1 else (idx[:, None] * k + torch.arange(k, device=idx.device)).reshape(-1)
+            W = W[rows]  # autograd: the gradient reaches the sampled rows only
         return _ShardedCE.apply(Hn, W, y_all, y_loc.contiguous(), counts, self.rank, self.group, self.tau,
-                                self.ignore_index, self.label_smoothing, self.margin, self._margin_code, K_eff,
-                                _REDUCTIONS[self.reduction],
-                                col_chunk(y_all.shape[0], W.shape[0], W.is_cuda, W.shape[1]))
+                                self.ignore_index, self.label_smoothing, self.margin, self._margin_code,
+                                self.num_classes, _REDUCTIONS[self.reduction],
+                                col_chunk(y_all.shape[0], W.shape[0], W.is_cuda, W.shape[1]),
+                                self.interclass_filtering_threshold, self.num_subcenters)
 
-    def _sample(self, Wn: Tensor, y_loc: Tensor, in_shard: Tensor, outside: int, counts: List[int]):
-        K_r = Wn.shape[0]
-        keep = max(1, math.ceil(self.sample_rate * K_r))
-        pos = torch.unique(y_loc[in_shard])
-        mask = torch.zeros(K_r, dtype=torch.bool, device=Wn.device)
-        mask[pos] = True
-        n_neg = max(0, keep - int(pos.numel()))
-        if n_neg > 0:
-            neg_pool = torch.nonzero(~mask).squeeze(1)
-            perm = torch.randperm(neg_pool.numel(), generator=self._sample_gen)[:n_neg].to(Wn.device)
-            mask[neg_pool[perm]] = True
-        idx = torch.nonzero(mask).squeeze(1)
-        remap = torch.full((K_r,), -1, dtype=torch.int64, device=Wn.device)
-        remap[idx] = torch.arange(idx.numel(), device=Wn.device)
-        y_new = torch.where(in_shard, remap[y_loc.clamp(0, K_r - 1)], y_loc)
-        # the sampled class count over the whole group (for documentation/eps of smoothing)
-        total = torch.tensor([idx.numel()], device=Wn.device)
-        if self.world_size > 1:
-            dist.all_reduce(total, group=self.group)
-        return Wn[idx], y_new, int(total)
+    @torch.no_grad()
+    def sample(self, positives: Tensor) -> Tensor:
+        """PartialFC_V2's class sampling on this rank: the sorted local class indices of the
+        step, from the distinct ``positives`` (local indices of the global batch's classes
+        in this shard) topped up with uniformly random other classes to
+        ``int(sample_rate · num_local)`` (only the positives if they are more). Draws from
+        the module's seeded generator; the result is also kept in ``last_sample_index``."""
+        dev = self.weight.device
+        pos = torch.unique(positives.to(dev), sorted=True)
+        num_sample = int(self.sample_rate * self.num_local)
+        if num_sample - pos.numel() >= 0:
+            perm = torch.rand(self.num_local, generator=self._sample_gen, device=dev)
+            perm[pos] = 2.0
+            idx = torch.topk(perm, k=num_sample)[1].sort()[0]
+        else:
+            idx = pos
+        self.last_sample_index = idx
+        return idx

@@ -4,7 +4,8 @@ The cosine matrix ``S = Ĥ·Ŵᵀ`` (B × K) is produced one tile at a time by a
 consumed at once by a native epilogue (``csrc/cpu/loss.cpp``, CUDA twin
 ``csrc/cuda/loss.cu``); the B × K matrix never exists. Tile helpers: :mod:`.tiles`.
 
-``spherical_ce_rows(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk)``
+``spherical_ce_rows(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk,
+interclass_threshold, subcenters)``
     Per-row losses of unit-norm inputs, **recompute** strategy. Forward streams tiles of
     ``chunk`` classes and keeps O(B) state (running max, running sum of exp over the
     non-target classes, target cosine, sum of logits); it returns ``(loss_rows, stats)``
@@ -13,6 +14,11 @@ consumed at once by a native epilogue (``csrc/cpu/loss.cpp``, CUDA twin
     tile, turns it into ``g = dL/dS`` in place and accumulates ``dĤ += g·Ŵ_tile``,
     ``dŴ_tile = gᵀ·Ĥ`` (fp32; fp64 for fp64 inputs). Extra memory: one (B × chunk) tile
     plus the gradients. 4 GEMM passes (2 forward-equivalent + 2 backward).
+    ``interclass_threshold`` (0 = off) and ``margin_type`` 3 (ArcFace straight-through)
+    are options of the native epilogues (cpu/loss.h). ``subcenters`` = k: Wn has K·k
+    rows, class-major; each tile's k columns per class are reduced to their max before
+    the epilogue, and the backward scatters the class gradient to the arg-max column
+    (one tile at a time: nothing of size B × K·k beyond a tile).
 
 ``spherical_ce_rows_nw(Hn, W, y, ...)`` (and ``spherical_ce_rows_nw_backward``)
     The recompute strategy with the **raw** class weights W, what the public
@@ -23,7 +29,8 @@ consumed at once by a native epilogue (``csrc/cpu/loss.cpp``, CUDA twin
     K × d tensors: memory beyond the inputs is dW, dH and per block one (B × chunk) fp32
     tile (its 16-bit copy for the tensor-core products) and two (chunk × d) blocks.
 
-``spherical_ce_fused(H, W, y, ..., normalize, reduction, need_h, need_w, row_chunk)``
+``spherical_ce_fused(H, W, y, ..., normalize, reduction, need_h, need_w, row_chunk, interclass_threshold,
+subcenters)``
     **Gradient-in-forward** strategy for ``reduction`` mean/sum when autograd needs
     gradients: blocks of ``row_chunk`` rows see all K classes in one (rows × K) tile
     (fp32/fp64 W; 16-bit W in column chunks), so the row's log-sum-exp is final inside
@@ -67,6 +74,8 @@ from .tiles import (NORM_EPS, BlockNorms, acc_dtype, check_labels, col_chunk, co
                     lowp_grad_gemm, mm_acc, mm_fp32, norm_block)
 
 MARGIN_CODES = {"cosface": 1, "arcface": 2}
+# ArcFace with InsightFace's straight-through gradient (cpu/loss.h, margin_type 3)
+ARCFACE_STRAIGHT_THROUGH = 3
 # Gradient-in-forward strategy: memory budget of one fp32 (rows × K) tile, and the
 # minimum rows per block (keeps the rank-r update of dŴ compute-bound: each block
 # re-reads and re-writes dŴ once).
@@ -80,8 +89,22 @@ def row_chunk(rows: int, K: int) -> int:
     return int(min(max(rows, 1), r))
 
 
+def subcenter_chunk(chunk: int, subcenters: int) -> int:
+    """``chunk`` rows of W rounded down to whole classes of ``subcenters`` rows (at least one)."""
+    return max(subcenters, chunk // subcenters * subcenters)
+
+
+def class_tile(tile: Tensor, subcenters: int) -> Tensor:
+    """The (rows × c) class cosines of a (rows × c·k) tile of sub-centre cosines: the max
+    over each class's ``subcenters`` consecutive columns (the tile itself when k = 1)."""
+    if subcenters == 1:
+        return tile
+    return tile.view(tile.shape[0], -1, subcenters).amax(2)
+
+
 def fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, margin: float,
-               margin_type: int, chunk: int, norm_w: bool = False, check_w: bool = False) -> Tensor:
+               margin_type: int, chunk: int, norm_w: bool = False, check_w: bool = False,
+               interclass_threshold: float = 0.0, subcenters: int = 1) -> Tensor:
     """Forward of the recompute strategy: the (B × 4) float64 row state of the online
     log-sum-exp over the classes of ``Wn`` (tiles of ``chunk`` classes; layout of the
     native ``sce_fold``: running max of z, sum of exp(z − max) over the non-target
@@ -90,8 +113,14 @@ def fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int,
 
     ``norm_w``: Wn holds the raw class weights; each block is normalised on the fly (Ŵ
     never exists as a K × d tensor). ``check_w``: raise ValueError naming W if a block's
-    norms show NaN/Inf (when ``gnc_ext.config.check_finite``)."""
+    norms show NaN/Inf (when ``gnc_ext.config.check_finite``).
+
+    ``interclass_threshold``: InsightFace's interclass filtering in the native epilogue
+    (0 = off). ``subcenters`` = k: Wn holds K·k rows, class-major; each tile of
+    sub-centre cosines is reduced to class cosines (max over the k columns of a class,
+    :func:`class_tile`) before the fold, so ``chunk`` is rounded to whole classes."""
     B, K = Hn.shape[0], Wn.shape[0]
+    chunk = subcenter_chunk(chunk, subcenters)
     acc = acc_dtype(Hn.dtype)
     state = torch.empty((B, 4), dtype=torch.float64, device=Hn.device)
     state[:, 0] = -math.inf
@@ -105,8 +134,9 @@ def fold_state(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int,
             norms.add(n_c)
         else:
             Wc = Wn[s : s + chunk]
-        tile = cos_tile(Ha, Hn, Wc, acc)
-        native.sce_fold(view(tile), view(y), s, view(state), tau, margin_type, margin, ignore_index, st)
+        tile = class_tile(cos_tile(Ha, Hn, Wc, acc), subcenters)
+        native.sce_fold(view(tile), view(y), s // subcenters, view(state), tau, margin_type, margin, ignore_index,
+                        st, interclass_threshold=interclass_threshold)
         tile = Wc = None  # freed before the next block's are allocated (one block at a time)
     norms.raise_if_bad()
     return state
@@ -131,6 +161,9 @@ def finish_state(state: Tensor, y: Tensor, K: int, tau: float, ignore_index: int
         sin = torch.sqrt(torch.clamp(1 - ct * ct, min=1e-12))
         phi = torch.where(ct > math.cos(math.pi - margin), ct * math.cos(margin) - sin * math.sin(margin),
                           ct - margin * math.sin(margin))
+    elif margin_type == ARCFACE_STRAIGHT_THROUGH and margin > 0:  # cos(θ + m) for every θ
+        c = ct.clamp(-1.0, 1.0)
+        phi = c * math.cos(margin) - torch.sqrt(torch.clamp(1 - c * c, min=0.0)) * math.sin(margin)
     else:
         phi = ct
     zt = phi / tau
@@ -156,7 +189,8 @@ def finish_state(state: Tensor, y: Tensor, K: int, tau: float, ignore_index: int
 
 def grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor, tau: float, ignore_index: int,
                label_smoothing: float, margin: float, margin_type: int, chunk: int, need_h: bool,
-               need_w: bool, num_classes: int = 0, norm_w: bool = False) -> Tuple[Tensor, Tensor]:
+               need_w: bool, num_classes: int = 0, norm_w: bool = False, interclass_threshold: float = 0.0,
+               subcenters: int = 1) -> Tuple[Tensor, Tensor]:
     """Backward of the recompute strategy: ``(dĤ, dW)`` for per-row upstream gradients
     ``scale`` (B,) float64, from ``stats`` of :func:`finish_state`. Every tile of
     ``chunk`` classes is recomputed, turned into g = dL/dS by the native ``sce_grad`` and
@@ -167,8 +201,12 @@ def grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor, 
     larger classifier (the sharded loss); 0 means Wn holds all classes. ``norm_w``: Wn
     holds the raw weights; each block is normalised again and its dŴ_c goes through the
     native ``normalize_rows_backward`` straight into dW[block] (then dW is the gradient
-    w.r.t. the raw weights): no K × d Ŵ or dŴ."""
-    B, K = Hn.shape[0], (num_classes or Wn.shape[0])
+    w.r.t. the raw weights): no K × d Ŵ or dŴ. ``interclass_threshold``, ``subcenters``:
+    as in :func:`fold_state`; with k > 1 sub-centres each class's gradient goes to the
+    column of its arg-max sub-centre (``torch.max``'s pick among exact ties) inside the
+    tile, the other sub-centres of the class get 0."""
+    B, K = Hn.shape[0], (num_classes or Wn.shape[0] // subcenters)
+    chunk = subcenter_chunk(chunk, subcenters)
     acc = acc_dtype(Hn.dtype)
     lse, q = stats[:, 0], stats[:, 1]
     Ha = Hn.to(acc)
@@ -191,8 +229,17 @@ def grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor, 
             Wb = Wn[s:e]
             out = dW[s:e] if need_w else None
         tile = cos_tile(Ha, Hn, Wb, acc)
-        native.sce_grad(view(tile), view(y), s, K, view(lse), view(q), view(scale), tau, margin_type, margin,
-                        label_smoothing, ignore_index, st)
+        if subcenters == 1:
+            native.sce_grad(view(tile), view(y), s, K, view(lse), view(q), view(scale), tau, margin_type, margin,
+                            label_smoothing, ignore_index, st, interclass_threshold=interclass_threshold)
+        else:  # g of the class cosines, scattered to each class's arg-max sub-centre
+            t3 = tile.view(B, -1, subcenters)
+            cls, arg = t3.max(2)
+            native.sce_grad(view(cls), view(y), s // subcenters, K, view(lse), view(q), view(scale), tau,
+                            margin_type, margin, label_smoothing, ignore_index, st,
+                            interclass_threshold=interclass_threshold)
+            t3.zero_().scatter_(2, arg.unsqueeze(2), cls.unsqueeze(2))
+            cls = arg = t3 = None
         if lowp:  # 16-bit CUDA inputs: both products on the tensor cores (fp32 accumulation)
             g16 = tile.to(Wn.dtype)
             if need_h:
@@ -223,16 +270,20 @@ def grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor, 
 # ------------------------------------------------------ op 1: recompute strategy --
 @torch.library.custom_op("gnc_ext::spherical_ce_rows", mutates_args=(), device_types=("cpu", "cuda"))
 def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
-              margin: float, margin_type: int, chunk: int) -> Tuple[Tensor, Tensor]:
-    K = Wn.shape[0]
+              margin: float, margin_type: int, chunk: int, interclass_threshold: float = 0.0,
+              subcenters: int = 1) -> Tuple[Tensor, Tensor]:
+    K = Wn.shape[0] // subcenters
     check_labels(y, K, True, ignore_index)
-    state = fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type, chunk or col_chunk(Hn.shape[0], K, Hn.is_cuda))
+    state = fold_state(Hn, Wn, y, tau, ignore_index, margin, margin_type,
+                       chunk or col_chunk(Hn.shape[0], Wn.shape[0], Hn.is_cuda),
+                       interclass_threshold=interclass_threshold, subcenters=subcenters)
     loss, stats = finish_state(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
     return loss.to(acc_dtype(Hn.dtype)), stats
 
 
 @_sce_rows.register_fake
-def _rows_fake(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk):
+def _rows_fake(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_type, chunk, interclass_threshold=0.0,
+               subcenters=1):
     B = Hn.shape[0]
     return Hn.new_empty((B,), dtype=acc_dtype(Hn.dtype)), Hn.new_empty((B, 2), dtype=torch.float64)
 
@@ -240,25 +291,28 @@ def _rows_fake(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_typ
 @torch.library.custom_op("gnc_ext::spherical_ce_rows_backward", mutates_args=(), device_types=("cpu", "cuda"))
 def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, tau: float,
                   ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
-                  need_h: bool, need_w: bool) -> Tuple[Tensor, Tensor]:
+                  need_h: bool, need_w: bool, interclass_threshold: float = 0.0,
+                  subcenters: int = 1) -> Tuple[Tensor, Tensor]:
     scale = grad_rows.to(torch.float64).contiguous()
     return grad_tiles(Hn, Wn, y, stats, scale, tau, ignore_index, label_smoothing, margin, margin_type,
-                      chunk or col_chunk(Hn.shape[0], Wn.shape[0], Hn.is_cuda), need_h, need_w)
+                      chunk or col_chunk(Hn.shape[0], Wn.shape[0], Hn.is_cuda), need_h, need_w,
+                      interclass_threshold=interclass_threshold, subcenters=subcenters)
 
 
 @_sce_rows_bwd.register_fake
 def _rows_bwd_fake(grad_rows, Hn, Wn, y, stats, tau, ignore_index, label_smoothing, margin, margin_type, chunk,
-                   need_h, need_w):
+                   need_h, need_w, interclass_threshold=0.0, subcenters=1):
     dH = torch.empty_like(Hn, memory_format=torch.contiguous_format) if need_h else Hn.new_empty(0)
     dW = torch.empty_like(Wn, memory_format=torch.contiguous_format) if need_w else Wn.new_empty(0)
     return dH, dW
 
 
 def _sce_rows_setup(ctx, inputs, output):
-    Hn, Wn, y, tau, ignore_index, ls, margin, mt, chunk = inputs
+    Hn, Wn, y, tau, ignore_index, ls, margin, mt, chunk, *opt = inputs
+    thr, k = (tuple(opt) + (0.0, 1)[len(opt):])  # the two options have defaults
     _, stats = output
     ctx.save_for_backward(Hn, Wn, y, stats)
-    ctx.args = (tau, ignore_index, ls, margin, mt, chunk)
+    ctx.args = (tau, ignore_index, ls, margin, mt, chunk, thr, k)
     ctx.mark_non_differentiable(stats)
 
 
@@ -267,10 +321,11 @@ def _rows_autograd(backward_op):
     def backward(ctx, grad_rows, grad_stats):
         Hn, Wn, y, stats = ctx.saved_tensors
         need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        rest = (None,) * (len(ctx.needs_input_grad) - 2)  # y and the non-tensor arguments
         if grad_rows is None or not (need_h or need_w):
-            return None, None, None, None, None, None, None, None, None
-        dH, dW = backward_op(grad_rows, Hn, Wn, y, stats, *ctx.args, need_h, need_w)
-        return (dH if need_h else None), (dW if need_w else None), None, None, None, None, None, None, None
+            return (None, None) + rest
+        dH, dW = backward_op(grad_rows, Hn, Wn, y, stats, *ctx.args[:6], need_h, need_w, *ctx.args[6:])
+        return ((dH if need_h else None), (dW if need_w else None)) + rest
     return backward
 
 
@@ -281,11 +336,13 @@ torch.library.register_autograd("gnc_ext::spherical_ce_rows", _rows_autograd(_sc
 # ---------------------------- op 1b: recompute strategy, W normalised block by block --
 @torch.library.custom_op("gnc_ext::spherical_ce_rows_nw", mutates_args=(), device_types=("cpu", "cuda"))
 def _sce_rows_nw(Hn: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
-                 margin: float, margin_type: int, chunk: int) -> Tuple[Tensor, Tensor]:
-    K = W.shape[0]
+                 margin: float, margin_type: int, chunk: int, interclass_threshold: float = 0.0,
+                 subcenters: int = 1) -> Tuple[Tensor, Tensor]:
+    K = W.shape[0] // subcenters
     check_labels(y, K, True, ignore_index)
-    c = chunk or col_chunk(Hn.shape[0], K, Hn.is_cuda, W.shape[1])
-    state = fold_state(Hn, W, y, tau, ignore_index, margin, margin_type, c, norm_w=True, check_w=True)
+    c = chunk or col_chunk(Hn.shape[0], W.shape[0], Hn.is_cuda, W.shape[1])
+    state = fold_state(Hn, W, y, tau, ignore_index, margin, margin_type, c, norm_w=True, check_w=True,
+                       interclass_threshold=interclass_threshold, subcenters=subcenters)
     loss, stats = finish_state(state, y, K, tau, ignore_index, label_smoothing, margin, margin_type)
     return loss.to(acc_dtype(Hn.dtype)), stats
 
@@ -296,11 +353,12 @@ _sce_rows_nw.register_fake(_rows_fake)
 @torch.library.custom_op("gnc_ext::spherical_ce_rows_nw_backward", mutates_args=(), device_types=("cpu", "cuda"))
 def _sce_rows_nw_bwd(grad_rows: Tensor, Hn: Tensor, W: Tensor, y: Tensor, stats: Tensor, tau: float,
                      ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
-                     need_h: bool, need_w: bool) -> Tuple[Tensor, Tensor]:
+                     need_h: bool, need_w: bool, interclass_threshold: float = 0.0,
+                     subcenters: int = 1) -> Tuple[Tensor, Tensor]:
     scale = grad_rows.to(torch.float64).contiguous()
     return grad_tiles(Hn, W, y, stats, scale, tau, ignore_index, label_smoothing, margin, margin_type,
                       chunk or col_chunk(Hn.shape[0], W.shape[0], Hn.is_cuda, W.shape[1]), need_h, need_w,
-                      norm_w=True)
+                      norm_w=True, interclass_threshold=interclass_threshold, subcenters=subcenters)
 
 
 _sce_rows_nw_bwd.register_fake(_rows_bwd_fake)
@@ -312,9 +370,10 @@ torch.library.register_autograd("gnc_ext::spherical_ce_rows_nw", _rows_autograd(
 @torch.library.custom_op("gnc_ext::spherical_ce_fused", mutates_args=(), device_types=("cpu", "cuda"))
 def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
                margin: float, margin_type: int, normalize: bool, reduction: int, need_h: bool, need_w: bool,
-               row_chunk_: int) -> Tuple[Tensor, Tensor, Tensor]:
+               row_chunk_: int, interclass_threshold: float = 0.0,
+               subcenters: int = 1) -> Tuple[Tensor, Tensor, Tensor]:
     B, d = H.shape
-    K = W.shape[0]
+    K = W.shape[0] // subcenters
     check_labels(y, K, True, ignore_index)
     acc = acc_dtype(H.dtype)
     if W.dtype != acc:
@@ -344,25 +403,33 @@ def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, l
     dHn = torch.empty((B, d), dtype=acc, device=dev) if need_h else None
     dWn = None  # dŴ (K × d): the first row block writes it, later ones add in place
     loss_rows = torch.empty(B, dtype=torch.float64, device=dev)
-    rc = row_chunk_ or row_chunk(B, K)
+    rc = row_chunk_ or row_chunk(B, W.shape[0])
     for r0 in range(0, B, rc):
         r1 = min(B, r0 + rc)
         Hr, yr = Hn[r0:r1], y[r0:r1]
         state = torch.empty((r1 - r0, 4), dtype=torch.float64, device=dev)
         state[:, 0] = -math.inf
         state[:, 1:] = 0.0
-        tile = Hr @ W.T  # (rows × K), every class of these rows
+        tile = Hr @ W.T  # (rows × K·k), every class of these rows
         if invW is not None:
             tile.mul_(invW)
-        native.sce_fold(view(tile), view(yr), 0, view(state), tau, margin_type, margin, ignore_index, st)
+        ctile = tile
+        if subcenters > 1:  # class cosines: the max over each class's sub-centres
+            t3 = tile.view(tile.shape[0], K, subcenters)
+            ctile, arg = t3.max(2)
+        native.sce_fold(view(ctile), view(yr), 0, view(state), tau, margin_type, margin, ignore_index, st,
+                        interclass_threshold=interclass_threshold)
         lr, stats = finish_state(state, yr, K, tau, ignore_index, label_smoothing, margin, margin_type)
         lse, q = stats[:, 0], stats[:, 1]
         loss_rows[r0:r1] = lr
         if not (need_h or need_w):
             continue
         sc = scale_all[r0:r1].contiguous()
-        native.sce_grad(view(tile), view(yr), 0, K, view(lse), view(q), view(sc), tau, margin_type, margin,
-                        label_smoothing, ignore_index, st)
+        native.sce_grad(view(ctile), view(yr), 0, K, view(lse), view(q), view(sc), tau, margin_type, margin,
+                        label_smoothing, ignore_index, st, interclass_threshold=interclass_threshold)
+        if subcenters > 1:  # each class's gradient to its arg-max sub-centre
+            t3.zero_().scatter_(2, arg.unsqueeze(2), ctile.unsqueeze(2))
+            ctile = arg = t3 = None
         if need_w:  # dŴ += gᵀ·Ĥ_r
             if dWn is None:
                 dWn = tile.T @ Hr
@@ -388,7 +455,7 @@ def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, l
 
 @_sce_fused.register_fake
 def _(H, W, y, tau, ignore_index, label_smoothing, margin, margin_type, normalize, reduction, need_h, need_w,
-      row_chunk_):
+      row_chunk_, interclass_threshold=0.0, subcenters=1):
     loss = H.new_empty((), dtype=acc_dtype(H.dtype))
     dH = torch.empty_like(H, memory_format=torch.contiguous_format) if need_h else H.new_empty(0)
     dW = torch.empty_like(W, memory_format=torch.contiguous_format) if need_w else W.new_empty(0)
@@ -425,7 +492,7 @@ def _fused_backward(ctx, g, g_dH, g_dW):
             if dW.numel() == 0:
                 raise RuntimeError("spherical_ce_fused: the gradient w.r.t. W was not computed in forward")
             gw = _scaled(dW, g)
-    return gh, gw, None, None, None, None, None, None, None, None, None, None, None
+    return (gh, gw) + (None,) * (len(ctx.needs_input_grad) - 2)
 
 
 torch.library.register_autograd("gnc_ext::spherical_ce_fused", _fused_backward, setup_context=_fused_setup)
