@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 
 import torch
@@ -172,6 +173,12 @@ def train(rank: int, world: int, args, init_file: str | None) -> None:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+        # Leave the worker without interpreter finalisation, where gloo's threads can
+        # abort the process ("terminate called without an active exception", a c10d/gloo
+        # teardown race); the results above are printed and flushed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv=None) -> None:

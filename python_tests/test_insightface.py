@@ -231,9 +231,11 @@ def test_migration_example_losses_agree(world):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, os.path.join(root, "examples", "insightface_migration.py"), "--steps", "3",
-                          "--classes", "50", "--batch", "16", "--world-size", str(world)], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, PYTHONPATH=root), check=True).stdout
+    proc = subprocess.run([sys.executable, os.path.join(root, "examples", "insightface_migration.py"), "--steps", "3",
+                           "--classes", "50", "--batch", "16", "--world-size", str(world)], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=root))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 3
     for _, _, a, b, _ in rows:
