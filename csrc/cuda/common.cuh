@@ -52,6 +52,15 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;
 }
 
+// Butterfly maximum over the warp (CUDA's max: fmax semantics for float/double, so a NaN
+// loses against a number); every lane ends with the same value.
+template <typename A>
+__device__ __forceinline__ A warp_max(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
 // Warp sum, broadcast from lane 0: the same value in every lane.
 template <typename A>
 __device__ __forceinline__ A warp_sum_bcast(A v) {
@@ -69,10 +78,7 @@ struct WarpTeam {
   __device__ double total(double v) const { return warp_sum_bcast(v); }
   __device__ int count(int v) const { return warp_sum(v); }  // integer sums agree in every lane
   __device__ bool any(bool v) const { return __any_sync(kFullMask, v); }
-  __device__ double max(double v) const {
-    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, o));
-    return v;
-  }
+  __device__ double max(double v) const { return warp_max(v); }
   __device__ int64_t min_index(int64_t v) const {
     long long m = v;
     for (int o = 16; o > 0; o >>= 1) {

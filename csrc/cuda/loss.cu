@@ -28,34 +28,31 @@ MarginArgs margin_args(int type, double m, double filter_threshold) {
   return MarginArgs{g.type, g.m, g.cos_m, g.sin_m, g.th, g.mm, g.filt};
 }
 
-template <typename A>
-__device__ A block_max(A v, A* sh) {
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-  if (lane == 0) sh[w] = v;
-  __syncthreads();
-  if (w == 0) {
-    v = lane < (kThreads / 32) ? sh[lane] : sh[0];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (lane == 0) sh[0] = v;
-  }
-  __syncthreads();
-  v = sh[0];
-  __syncthreads();
-  return v;
-}
+// pad: what the lanes of warp 0 beyond the block's warp count contribute (a value that
+// leaves the result unchanged).
+struct MaxOp {
+  template <typename A>
+  __device__ static A warp(A v) { return warp_max(v); }
+  template <typename A>
+  __device__ static A pad(const A* sh) { return sh[0]; }
+};
+struct SumOp {
+  template <typename A>
+  __device__ static A warp(A v) { return warp_sum(v); }
+  template <typename A>
+  __device__ static A pad(const A*) { return A(0); }
+};
 
-template <typename A>
-__device__ A block_sum(A v, A* sh) {
+// Reduction over the kThreads threads of a block (warps, then the warps' results in
+// warp 0), the result in every thread. `sh` holds kThreads / 32 values.
+template <typename Op, typename A>
+__device__ A block_reduce(A v, A* sh) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  v = warp_sum(v);
+  v = Op::warp(v);
   if (lane == 0) sh[w] = v;
   __syncthreads();
   if (w == 0) {
-    v = lane < (kThreads / 32) ? sh[lane] : A(0);
-    v = warp_sum(v);
+    v = Op::warp(lane < (kThreads / 32) ? sh[lane] : Op::pad(sh));
     if (lane == 0) sh[0] = v;
   }
   __syncthreads();
@@ -94,15 +91,15 @@ __global__ void sce_fold_kernel(const A* __restrict__ tile, int64_t R, int64_t C
       s_t += loss_math::exp_nonpos(z - m_t);
     }
   }
-  A mx = block_max(m_t, sh);
+  A mx = block_reduce<MaxOp>(m_t, sh);
   if (has_t) mx = max(mx, zt);
   double* si = state + 4 * i;
   const double M = fmax(si[0], static_cast<double>(mx));
   const A Ma = static_cast<A>(M);
   // M >= every thread's m_t, so each rescale factor is exp of a value <= 0
   A acc = (m_t == -INFINITY) ? A(0) : s_t * loss_math::exp_nonpos(m_t - Ma);
-  acc = block_sum(acc, sh);
-  zsum = block_sum(zsum, sh);
+  acc = block_reduce<SumOp>(acc, sh);
+  zsum = block_reduce<SumOp>(zsum, sh);
   if (threadIdx.x == 0) {
     if (has_t) {  // the target's exp term is left to the float64 finish (cpu/loss.h)
       zsum += zt;

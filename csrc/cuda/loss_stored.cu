@@ -165,8 +165,7 @@ __global__ void stored_dw_kernel(const A* __restrict__ X, int64_t xs, const T* _
   const T* wr = W + k * wsr;
   A dot = 0;
   for (int64_t j = lane; j < d; j += 32) dot += static_cast<A>(load_f(wr, j)) * (xr[j] - ik * v[j * vs]);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  dot = warp_sum(dot);
   const A coef = (project && ik < big) ? dot * ik * ik : A(0);
   T* orow = dW + k * os;
   for (int64_t j = lane; j < d; j += 32)

@@ -225,8 +225,7 @@ __global__ void certified_argmax_kernel(const float* __restrict__ tile, int64_t 
       const double s = static_cast<double>(row[j]);
       if (j != jm && s > m) m = s;  // NaN never counts
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmax(m, __shfl_xor_sync(0xffffffffu, m, o));
+    m = warp_max(m);
     const double prev = approx_max[i * ams];
     if (prev > m) m = prev;  // a NaN running max never counts (as on the CPU)
     if (lane == 0) approx_max[i * ams] = m;
@@ -249,8 +248,7 @@ __global__ void certified_argmax_kernel(const float* __restrict__ tile, int64_t 
         double acc = 0.0;
         for (int64_t t = lane; t < d; t += 32)
           acc += static_cast<double>(arow[t]) * static_cast<double>(brow[t]);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        acc = warp_sum(acc);
         if (bias != nullptr) acc += static_cast<double>(bias[k * bias_s]);
         if (acc > bv || (acc == bv && k < bi)) {
           bv = acc;
