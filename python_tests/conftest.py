@@ -40,6 +40,20 @@ def cuda_device() -> str:
     return "cuda"
 
 
+def package_subprocess_env(**extra: str) -> dict:
+    """Environment for a child Python that must import the gnc_ext these tests import (the
+    installed package, or the in-tree build on PYTHONPATH): its parent folder first on
+    PYTHONPATH. Run the child with ``cwd`` outside the repository (e.g. ``tmp_path``):
+    ``python -c`` puts the working directory first on sys.path, and from the repository
+    root that is the uncompiled source tree."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "cuda: uses a GPU (select the GPU cases with -m cuda)")

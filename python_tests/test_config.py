@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import gnc_ext
+from conftest import package_subprocess_env
 from gnc_ext.settings import ConfigError
 
 DEFAULTS = {"check_finite": True, "sce_strategy": "auto", "sce_stored_budget_bytes": 2**30,
@@ -74,13 +75,13 @@ def test_set_and_reset():
     assert gnc_ext.config.as_dict() == DEFAULTS
 
 
-def test_environment_is_not_read_at_import():
+def test_environment_is_not_read_at_import(tmp_path):
     """The former environment switches change nothing: settings come only from
     gnc_ext.config (checked in a fresh interpreter)."""
-    env = dict(os.environ, GNC_HARDMAX_SCREEN="bogus", GNC_LOSS_LOWP_GRAD_GEMM="on", GNC_LOSS_CUDA_FP32="tf32",
-               GNC_LOSS_CUDA_FORWARD="fused", GNC_CERTIFIED_SPLITS="7")
+    env = package_subprocess_env(GNC_HARDMAX_SCREEN="bogus", GNC_LOSS_LOWP_GRAD_GEMM="on", GNC_LOSS_CUDA_FP32="tf32",
+                                 GNC_LOSS_CUDA_FORWARD="fused", GNC_CERTIFIED_SPLITS="7", GNC_NCC_SCREEN="on")
     code = "import gnc_ext, json; print(json.dumps(gnc_ext.config.as_dict()))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=tmp_path)
     import json
     assert json.loads(out.stdout.strip().splitlines()[-1]) == DEFAULTS

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import gnc_ext
+from conftest import package_subprocess_env
 from gnc_ext.ops import tiles as TILES
 
 
@@ -224,7 +225,7 @@ def test_module_bad_input(kw, name):
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_migration_example_losses_agree(world):
+def test_migration_example_losses_agree(world, tmp_path):
     """examples/insightface_migration.py: the InsightFace-style head and the one-line
     gnc_ext swap print the same losses (to float32 rounding) on the first steps."""
     import os
@@ -233,7 +234,7 @@ def test_migration_example_losses_agree(world):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, os.path.join(root, "examples", "insightface_migration.py"), "--steps", "3",
                            "--classes", "50", "--batch", "16", "--world-size", str(world)], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=root))
+                          text=True, timeout=300, env=package_subprocess_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]

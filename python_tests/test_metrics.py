@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import gnc_ext
+from conftest import package_subprocess_env
 import gnc_ext._engine
 from gnc_ext.metrics import GNCAccumulator, evaluate
 
@@ -1030,7 +1031,7 @@ def test_torchmetrics_adapter_ddp_equals_sync(tmp_path):
         assert metric[key] == pytest.approx(v, rel=1e-10, abs=1e-14), key
 
 
-def test_metrics_work_without_torchmetrics():
+def test_metrics_work_without_torchmetrics(tmp_path):
     """torchmetrics is optional: with it unimportable, gnc_ext.metrics imports and works,
     and only GNCMetric raises ImportError (naming torchmetrics)."""
     code = ("import sys; sys.modules['torchmetrics'] = None\n"
@@ -1038,9 +1039,7 @@ def test_metrics_work_without_torchmetrics():
             "a = m.GNCAccumulator(3, 2).update(torch.randn(6, 2), torch.arange(3).repeat(2))\n"
             "m.nc_metrics(a)\n"
             "try:\n    m.GNCMetric\nexcept ImportError as e:\n    print('ImportError', e)\n")
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], env=package_subprocess_env(), capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ImportError" in out.stdout and "torchmetrics" in out.stdout

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import gnc_ext
+from conftest import package_subprocess_env
 import gnc_ext._engine
 from gnc_ext.metrics import GNCAccumulator, NCMetrics, evaluate, nc_metrics
 
@@ -311,18 +312,16 @@ _MEM_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _peak_growth(K, d, mode):
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(gnc_ext.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+def _peak_growth(K, d, mode, cwd):
+    env = package_subprocess_env(OMP_NUM_THREADS="2")
     out = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, str(K), str(d), mode], env=env, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     return int(out.stdout.split()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc/self/status (Linux)")
-def test_no_K_by_K_tensor_is_allocated():
+def test_no_K_by_K_tensor_is_allocated(tmp_path):
     """K = 9000: a K × K float64 matrix is 648 MB. The suite's peak RSS grows by less
     than 200 MB (tiles of 64 MiB with their temporaries), while the control — one dense
     K × K Gram — grows it by more than 80% of 648 MB, so the measurement does see such an
@@ -331,8 +330,8 @@ def test_no_K_by_K_tensor_is_allocated():
     allocations, which tracemalloc does not; ru_maxrss would not do: it keeps the
     parent's (pytest's) peak across the exec."""
     K, d = 9000, 16
-    suite = _peak_growth(K, d, "suite")
-    dense = _peak_growth(K, d, "dense")
+    suite = _peak_growth(K, d, "suite", tmp_path)
+    dense = _peak_growth(K, d, "dense", tmp_path)
     assert dense > 0.8 * K * K * 8, dense
     assert suite < 200e6, suite
 
