@@ -221,12 +221,17 @@ def test_edge_sizes(device):
         assert am[0] == np.float64(np.float32(2.45))
 
 
+def _uniform_case(R, K, d, with_bias, seed, rng_seed, width):
+    """A problem, its exact scores and an fp32 tile within ``width`` of them."""
+    A, B, bias = _problem(R, K, d, torch.float64, with_bias, seed=seed)
+    S = _exact_scores(A, B, bias)
+    T, eps = _approx(S, np.full(R, width), "uniform", np.random.default_rng(rng_seed))
+    return A, B, bias, S, T, eps
+
+
 def test_fully_masked_tile_and_all_masked_row(device):
     R, K, d = 6, 9, 3
-    A, B, bias = _problem(R, K, d, torch.float64, False, seed=2)
-    S = _exact_scores(A, B, bias)
-    rng = np.random.default_rng(4)
-    T, eps = _approx(S, np.full(R, 0.1), "uniform", rng)
+    A, B, bias, S, T, eps = _uniform_case(R, K, d, False, seed=2, rng_seed=4, width=0.1)
     y = np.array([4, 4, 0, 8, 100, -1])
     tiles = [(0, 4), (4, 5), (5, 9)]  # rows 0,1 are fully masked in the width-1 tile
     am, bv, bi, ch = _fold(T, A, B, bias, y, eps, tiles, device)
@@ -242,10 +247,7 @@ def test_fully_masked_tile_and_all_masked_row(device):
 
 def test_nan_entries_never_count(device):
     R, K, d = 10, 30, 4
-    A, B, bias = _problem(R, K, d, torch.float64, True, seed=8)
-    S = _exact_scores(A, B, bias)
-    rng = np.random.default_rng(1)
-    T, eps = _approx(S, np.full(R, 0.2), "uniform", rng)
+    A, B, bias, S, T, eps = _uniform_case(R, K, d, True, seed=8, rng_seed=1, width=0.2)
     kb, _ = _brute(S, None)
     T2 = T.copy()
     for i in range(R):
