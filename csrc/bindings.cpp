@@ -65,8 +65,12 @@ void normalize_rows_forward(const TensorView& x, const TensorView& y, const Tens
   gnc::check_shape(norm, {x.size(0)}, "norm");
   gnc::check_dtype(y, x.dtype, "y");
   gnc::check_dtype(norm, x.dtype == gnc::DType::F64 ? gnc::DType::F64 : gnc::DType::F32, "norm");
+  gnc::check_contiguous_1d(norm, "norm");
   gnc::check_same_device(x, y, "x", "y");
   gnc::check_same_device(x, norm, "x", "norm");
+  gnc::check_no_overlap(y, x, "y", "x");
+  gnc::check_no_overlap(norm, x, "norm", "x");
+  gnc::check_no_overlap(norm, y, "norm", "y");
   if (!(eps >= 0)) gnc::fail("eps: must be >= 0");
   GNC_DISPATCH_DEVICE(x, gnc::cpu::normalize_rows_forward(x, y, norm, eps),
                       gnc::cuda::normalize_rows_forward(x, y, norm, eps, stream));
@@ -80,7 +84,17 @@ void normalize_rows_backward(const TensorView& x, const TensorView& norm, const 
   gnc::check_shape(norm, {x.size(0)}, "norm");
   gnc::check_dtype(dy, x.dtype, "grad");
   gnc::check_dtype(dx, x.dtype, "grad_input");
+  gnc::check_dtype(norm, x.dtype == gnc::DType::F64 ? gnc::DType::F64 : gnc::DType::F32, "norm");
+  gnc::check_contiguous_1d(norm, "norm");
   gnc::check_same_device(x, dy, "x", "grad");
+  gnc::check_same_device(x, dx, "x", "grad_input");
+  gnc::check_same_device(x, norm, "x", "norm");
+  // grad_input may be grad itself (in place: each element is read before it is written,
+  // by the same thread); any other sharing of memory with an input is refused.
+  if (!gnc::same_view(dx, dy)) gnc::check_no_overlap(dx, dy, "grad_input", "grad (unless it is grad itself)");
+  gnc::check_no_overlap(dx, x, "grad_input", "x");
+  gnc::check_no_overlap(dx, norm, "grad_input", "norm");
+  if (!(eps >= 0)) gnc::fail("eps: must be >= 0");
   GNC_DISPATCH_DEVICE(x, gnc::cpu::normalize_rows_backward(x, norm, dy, dx, eps),
                       gnc::cuda::normalize_rows_backward(x, norm, dy, dx, eps, stream));
 }
