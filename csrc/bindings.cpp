@@ -183,20 +183,40 @@ void hull_solve(const TensorView& W, const TensorView& classes, const TensorView
   }
   gnc::check_shape(proj, {B, d}, "proj");
   gnc::check_dtype(proj, gnc::DType::F64, "proj");
-  gnc::check_row_contiguous(proj, "proj");
+  gnc::check_distinct_rows(proj, "proj");
   gnc::check_shape(dist, {B}, "dist");
   gnc::check_dtype(dist, gnc::DType::F64, "dist");
+  gnc::check_contiguous_1d(dist, "dist");
   gnc::check_dim(support, 2, "support");
   if (support.size(0) != B || support.size(1) < 1) gnc::fail("support: expected shape (B, s), s >= 1");
   gnc::check_dtype(support, gnc::DType::I64, "support");
   gnc::check_shape(weights, {B, support.size(1)}, "weights");
   gnc::check_dtype(weights, gnc::DType::F64, "weights");
-  gnc::check_row_contiguous(support, "support");
-  gnc::check_row_contiguous(weights, "weights");
+  // outputs: rows written in parallel (each row's own stride is used), 1-D outputs indexed
+  // densely
+  gnc::check_distinct_rows(support, "support");
+  gnc::check_distinct_rows(weights, "weights");
   gnc::check_shape(iters, {B}, "iters");
   gnc::check_dtype(iters, gnc::DType::I64, "iters");
+  gnc::check_contiguous_1d(iters, "iters");
   gnc::check_shape(status, {B}, "status");
   gnc::check_dtype(status, gnc::DType::I64, "status");
+  gnc::check_contiguous_1d(status, "status");
+  {
+    struct Named {
+      const TensorView* t;
+      const char* name;
+    };
+    const Named outs[] = {{&proj, "proj"}, {&dist, "dist"}, {&support, "support"},
+                          {&weights, "weights"}, {&iters, "iters"}, {&status, "status"}};
+    for (size_t a = 0; a < 6; ++a) {
+      for (size_t b = a + 1; b < 6; ++b) gnc::check_no_overlap(*outs[a].t, *outs[b].t, outs[a].name, outs[b].name);
+      for (const Named& in : {Named{&W, "W"}, Named{&classes, "classes"}, Named{&cand, "cand"},
+                              Named{&gram, "gram"}, Named{&init_sup, "init_support"},
+                              Named{&init_wt, "init_weights"}, Named{&workspace, "workspace"}})
+        gnc::check_no_overlap(*outs[a].t, *in.t, outs[a].name, in.name);
+    }
+  }
   for (const TensorView* t : {&classes, &cand, &proj, &dist, &support, &weights, &iters, &status})
     gnc::check_same_device(W, *t, "W", "hull_solve buffers");
   if (init_sup.numel() > 0) {
