@@ -15,6 +15,7 @@
 // [loss] headers
 #include "cpu/loss.h"
 #include "cpu/loss_stored.h"
+#include "cpu/loss_stored_checks.h"
 #ifdef GNC_WITH_CUDA
 #include "cuda/loss.h"
 #include "cuda/loss_stored.h"
@@ -287,9 +288,12 @@ void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col
 // stored-exponent strategy (cpu/loss_stored.h)
 void sce_stored_exp(const TensorView& tile, const TensorView& inv_n, const TensorView& y, int64_t col0,
                     const TensorView& shift, const TensorView& E, const TensorView& state, double tau,
-                    int64_t ignore_index, std::uintptr_t stream) {
+                    int64_t ignore_index, const TensorView& workspace, std::uintptr_t stream) {
+  // workspace: CUDA only (float64, sce_stored_exp_workspace_doubles(rows, cols) values on the
+  // tile's device); the CPU epilogue needs none and ignores it (pass an empty tensor).
   GNC_DISPATCH_DEVICE(tile, gnc::cpu::sce_stored_exp(tile, inv_n, y, col0, shift, E, state, tau, ignore_index),
-                      gnc::cuda::sce_stored_exp(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, stream));
+                      gnc::cuda::sce_stored_exp(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, workspace,
+                                                stream));
 }
 void sce_stored_dw(const TensorView& X, const TensorView& W, const TensorView& inv_n, const TensorView& v,
                    const TensorView& dW, double eps, bool project, std::uintptr_t stream) {
@@ -562,7 +566,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("best"), py::arg("arg"), py::arg("tgt"), py::arg("stream") = 0, nogil);
   m.def("sce_stored_exp", &sce_stored_exp, py::arg("tile"), py::arg("inv_n"), py::arg("y"), py::arg("col0"),
         py::arg("shift"), py::arg("E"), py::arg("state"), py::arg("tau"), py::arg("ignore_index"),
-        py::arg("stream") = 0, nogil);
+        py::arg("workspace"), py::arg("stream") = 0, nogil);
+  m.def("sce_stored_exp_workspace_doubles", &gnc::stored_exp_workspace_doubles, py::arg("rows"), py::arg("cols"),
+        "float64 values of CUDA workspace sce_stored_exp needs for a rows x cols tile (0 rows or columns: 0)");
   m.def("sce_stored_dw", &sce_stored_dw, py::arg("X"), py::arg("W"), py::arg("inv_n"), py::arg("v"), py::arg("dW"),
         py::arg("eps"), py::arg("project"), py::arg("stream") = 0, nogil);
   // end [loss]
