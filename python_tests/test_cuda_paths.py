@@ -172,12 +172,16 @@ def test_stored_exp_every_branch_matches_cpu(cuda_device, R, c, dtype, sdtype, l
     case = _exp_case(R, c, dtype, sdtype, layout, seed=R + c)
     Ec, sc = _run_exp(case, "cpu")
     Eg, sg = _run_exp(case, cuda_device)
-    erel = 2.0 ** -8 if sdtype == torch.bfloat16 else (1e-6 if dtype == torch.float32 else 1e-13)
+    # float32: the same exp_nonpos on both, but FMA contraction of s = t·inv_n into
+    # (s − 1)/τ may differ (|Δz| ≤ ulp(s)/τ ≈ 1e-6 here); bfloat16 stores: one ulp (≤ 2^-7)
+    erel = 2.0 ** -7 if sdtype == torch.bfloat16 else (4e-6 if dtype == torch.float32 else 1e-13)
     torch.testing.assert_close(Eg, Ec, rtol=erel, atol=1e-30)
-    srel = 1e-4 if dtype == torch.float32 else 1e-12
-    torch.testing.assert_close(sg[:, :2], sc[:, :2], rtol=srel, atol=srel)
+    # row sums: float32 partial sums in another order (CPU: SIMD lanes over the row; CUDA:
+    # per thread, then float64 trees); the cosine sum can be near 0, hence the atol
+    srel, sabs = (1e-4, 1e-3) if dtype == torch.float32 else (1e-12, 1e-10)
+    torch.testing.assert_close(sg[:, :2], sc[:, :2], rtol=srel, atol=sabs)
     torch.testing.assert_close(sg[:, 2], sc[:, 2], rtol=0, atol=0)  # one rounding, same on both
-    torch.testing.assert_close(sg[:, 3], sc[:, 3], rtol=1e-6, atol=0)
+    torch.testing.assert_close(sg[:, 3], sc[:, 3], rtol=1e-6, atol=4e-6 if dtype == torch.float32 else 1e-12)
 
 
 def test_stored_exp_refuses_a_short_workspace(cuda_device):
@@ -209,9 +213,14 @@ def test_stored_dw_strided_rows_match_cpu(cuda_device, xdt, wdt, project):
         native.sce_stored_dw(_v(X), _v(W), _v(inv.to(dev)), _v(v.to(dev)), _v(dW), 1e-12, project, _st(X))
         res.append(dWb.double().cpu())
     tol = 1e-12 if xdt == torch.float64 else (1e-5 if wdt == torch.float32 else 1e-2)
-    # the zero-norm row's X - v/eps overflows float16 to inf: on both devices alike
-    scale = res[0][torch.isfinite(res[0])].abs().amax()
-    torch.testing.assert_close(res[1] / scale, res[0] / scale, atol=tol, rtol=0)
+    # row by row against the row's largest entry (the zero-norm row's X − v/eps is ~1e12
+    # and overflows float16 to inf, on both devices alike)
+    a, b = res
+    fin = torch.isfinite(a)
+    assert torch.equal(fin, torch.isfinite(b)) and torch.equal(a[~fin], b[~fin])
+    a, b = torch.where(fin, a, 0.0), torch.where(fin, b, 0.0)
+    scale = a.abs().amax(1, keepdim=True).clamp_min(1e-30)
+    torch.testing.assert_close(b / scale, a / scale, atol=tol, rtol=0)
 
 
 # ---------------------------------------------------------------- chunked-path epilogues
@@ -245,7 +254,9 @@ def test_fold_grad_argmax_tall_tile_offset_slices(cuda_device):
                         0.1, -100, _st(tile), 0.0)
         res[dev] = [t.double().cpu() for t in (state, best, arg, tgt, grad)]
     a, bb = res["cpu"], res[cuda_device]
-    torch.testing.assert_close(bb[0], a[0], rtol=1e-5, atol=1e-6, equal_nan=True)
+    # [0] running max, [1] sum of exp (other order), [2] target cosine, [3] sum of z (can be near 0)
+    torch.testing.assert_close(bb[0][:, :3], a[0][:, :3], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bb[0][:, 3], a[0][:, 3], rtol=1e-5, atol=1e-4)
     for i in (1, 2, 3):
         torch.testing.assert_close(bb[i], a[i], rtol=1e-6, atol=0)
     torch.testing.assert_close(bb[4], a[4], rtol=1e-5, atol=1e-7)
