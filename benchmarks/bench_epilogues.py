@@ -49,6 +49,7 @@ def main() -> None:
         raise SystemExit("bench_epilogues: needs a CUDA device")
     import gnc_ext  # noqa: F401
     from gnc_ext._native import native, stream_of, view
+    from gnc_ext.ops.sce_stored import exp_workspace
 
     dev = "cuda"
     R, c, d = a.rows, a.cols, a.d
@@ -74,6 +75,7 @@ def main() -> None:
     dWb = torch.empty_like(Wb)
     v = torch.randn(d, generator=g, device=dev)
     dst = torch.empty_like(tile)
+    ws = exp_workspace(R, c, dev)  # sce_stored_exp's workspace, allocated once (as a pass does)
 
     n = R * c
     kernels = {
@@ -84,9 +86,9 @@ def main() -> None:
         "masked_argmax_fold": (lambda: native.masked_argmax_fold(view(tile), view(y), 0, view(best), view(arg),
                                                                  view(tgt), st), 4 * n),
         "sce_stored_exp (bf16 E)": (lambda: native.sce_stored_exp(view(tile), view(inv_n), view(y), 0, view(shift),
-                                                                  view(E16), view(state), 0.05, -100, st), 6 * n),
+                                                                  view(E16), view(state), 0.05, -100, view(ws), st), 6 * n),
         "sce_stored_exp (fp32 E)": (lambda: native.sce_stored_exp(view(tile), view(inv_n), view(y), 0, view(shift),
-                                                                  view(E32), view(state), 0.05, -100, st), 8 * n),
+                                                                  view(E32), view(state), 0.05, -100, view(ws), st), 8 * n),
         "sce_stored_dw (bf16 W)": (lambda: native.sce_stored_dw(view(X), view(Wb), view(inv_n), view(v), view(dWb),
                                                                 1e-12, True, st), 8 * c * d),
     }

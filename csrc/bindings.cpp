@@ -15,6 +15,7 @@
 // [loss] headers
 #include "cpu/loss.h"
 #include "cpu/loss_stored.h"
+#include "cpu/loss_stored_checks.h"
 #ifdef GNC_WITH_CUDA
 #include "cuda/loss.h"
 #include "cuda/loss_stored.h"
@@ -65,8 +66,12 @@ void normalize_rows_forward(const TensorView& x, const TensorView& y, const Tens
   gnc::check_shape(norm, {x.size(0)}, "norm");
   gnc::check_dtype(y, x.dtype, "y");
   gnc::check_dtype(norm, x.dtype == gnc::DType::F64 ? gnc::DType::F64 : gnc::DType::F32, "norm");
+  gnc::check_contiguous_1d(norm, "norm");
   gnc::check_same_device(x, y, "x", "y");
   gnc::check_same_device(x, norm, "x", "norm");
+  gnc::check_no_overlap(y, x, "y", "x");
+  gnc::check_no_overlap(norm, x, "norm", "x");
+  gnc::check_no_overlap(norm, y, "norm", "y");
   if (!(eps >= 0)) gnc::fail("eps: must be >= 0");
   GNC_DISPATCH_DEVICE(x, gnc::cpu::normalize_rows_forward(x, y, norm, eps),
                       gnc::cuda::normalize_rows_forward(x, y, norm, eps, stream));
@@ -80,7 +85,17 @@ void normalize_rows_backward(const TensorView& x, const TensorView& norm, const 
   gnc::check_shape(norm, {x.size(0)}, "norm");
   gnc::check_dtype(dy, x.dtype, "grad");
   gnc::check_dtype(dx, x.dtype, "grad_input");
+  gnc::check_dtype(norm, x.dtype == gnc::DType::F64 ? gnc::DType::F64 : gnc::DType::F32, "norm");
+  gnc::check_contiguous_1d(norm, "norm");
   gnc::check_same_device(x, dy, "x", "grad");
+  gnc::check_same_device(x, dx, "x", "grad_input");
+  gnc::check_same_device(x, norm, "x", "norm");
+  // grad_input may be grad itself (in place: each element is read before it is written,
+  // by the same thread); any other sharing of memory with an input is refused.
+  if (!gnc::same_view(dx, dy)) gnc::check_no_overlap(dx, dy, "grad_input", "grad (unless it is grad itself)");
+  gnc::check_no_overlap(dx, x, "grad_input", "x");
+  gnc::check_no_overlap(dx, norm, "grad_input", "norm");
+  if (!(eps >= 0)) gnc::fail("eps: must be >= 0");
   GNC_DISPATCH_DEVICE(x, gnc::cpu::normalize_rows_backward(x, norm, dy, dx, eps),
                       gnc::cuda::normalize_rows_backward(x, norm, dy, dx, eps, stream));
 }
@@ -169,20 +184,40 @@ void hull_solve(const TensorView& W, const TensorView& classes, const TensorView
   }
   gnc::check_shape(proj, {B, d}, "proj");
   gnc::check_dtype(proj, gnc::DType::F64, "proj");
-  gnc::check_row_contiguous(proj, "proj");
+  gnc::check_distinct_rows(proj, "proj");
   gnc::check_shape(dist, {B}, "dist");
   gnc::check_dtype(dist, gnc::DType::F64, "dist");
+  gnc::check_contiguous_1d(dist, "dist");
   gnc::check_dim(support, 2, "support");
   if (support.size(0) != B || support.size(1) < 1) gnc::fail("support: expected shape (B, s), s >= 1");
   gnc::check_dtype(support, gnc::DType::I64, "support");
   gnc::check_shape(weights, {B, support.size(1)}, "weights");
   gnc::check_dtype(weights, gnc::DType::F64, "weights");
-  gnc::check_row_contiguous(support, "support");
-  gnc::check_row_contiguous(weights, "weights");
+  // outputs: rows written in parallel (each row's own stride is used), 1-D outputs indexed
+  // densely
+  gnc::check_distinct_rows(support, "support");
+  gnc::check_distinct_rows(weights, "weights");
   gnc::check_shape(iters, {B}, "iters");
   gnc::check_dtype(iters, gnc::DType::I64, "iters");
+  gnc::check_contiguous_1d(iters, "iters");
   gnc::check_shape(status, {B}, "status");
   gnc::check_dtype(status, gnc::DType::I64, "status");
+  gnc::check_contiguous_1d(status, "status");
+  {
+    struct Named {
+      const TensorView* t;
+      const char* name;
+    };
+    const Named outs[] = {{&proj, "proj"}, {&dist, "dist"}, {&support, "support"},
+                          {&weights, "weights"}, {&iters, "iters"}, {&status, "status"}};
+    for (size_t a = 0; a < 6; ++a) {
+      for (size_t b = a + 1; b < 6; ++b) gnc::check_no_overlap(*outs[a].t, *outs[b].t, outs[a].name, outs[b].name);
+      for (const Named& in : {Named{&W, "W"}, Named{&classes, "classes"}, Named{&cand, "cand"},
+                              Named{&gram, "gram"}, Named{&init_sup, "init_support"},
+                              Named{&init_wt, "init_weights"}, Named{&workspace, "workspace"}})
+        gnc::check_no_overlap(*outs[a].t, *in.t, outs[a].name, in.name);
+    }
+  }
   for (const TensorView* t : {&classes, &cand, &proj, &dist, &support, &weights, &iters, &status})
     gnc::check_same_device(W, *t, "W", "hull_solve buffers");
   if (init_sup.numel() > 0) {
@@ -253,9 +288,12 @@ void masked_argmax_fold(const TensorView& tile, const TensorView& y, int64_t col
 // stored-exponent strategy (cpu/loss_stored.h)
 void sce_stored_exp(const TensorView& tile, const TensorView& inv_n, const TensorView& y, int64_t col0,
                     const TensorView& shift, const TensorView& E, const TensorView& state, double tau,
-                    int64_t ignore_index, std::uintptr_t stream) {
+                    int64_t ignore_index, const TensorView& workspace, std::uintptr_t stream) {
+  // workspace: CUDA only (float64, sce_stored_exp_workspace_doubles(rows, cols) values on the
+  // tile's device); the CPU epilogue needs none and ignores it (pass an empty tensor).
   GNC_DISPATCH_DEVICE(tile, gnc::cpu::sce_stored_exp(tile, inv_n, y, col0, shift, E, state, tau, ignore_index),
-                      gnc::cuda::sce_stored_exp(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, stream));
+                      gnc::cuda::sce_stored_exp(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, workspace,
+                                                stream));
 }
 void sce_stored_dw(const TensorView& X, const TensorView& W, const TensorView& inv_n, const TensorView& v,
                    const TensorView& dW, double eps, bool project, std::uintptr_t stream) {
@@ -528,7 +566,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("best"), py::arg("arg"), py::arg("tgt"), py::arg("stream") = 0, nogil);
   m.def("sce_stored_exp", &sce_stored_exp, py::arg("tile"), py::arg("inv_n"), py::arg("y"), py::arg("col0"),
         py::arg("shift"), py::arg("E"), py::arg("state"), py::arg("tau"), py::arg("ignore_index"),
-        py::arg("stream") = 0, nogil);
+        py::arg("workspace"), py::arg("stream") = 0, nogil);
+  m.def("sce_stored_exp_workspace_doubles", &gnc::stored_exp_workspace_doubles, py::arg("rows"), py::arg("cols"),
+        "float64 values of CUDA workspace sce_stored_exp needs for a rows x cols tile (0 rows or columns: 0)");
   m.def("sce_stored_dw", &sce_stored_dw, py::arg("X"), py::arg("W"), py::arg("inv_n"), py::arg("v"), py::arg("dW"),
         py::arg("eps"), py::arg("project"), py::arg("stream") = 0, nogil);
   // end [loss]

@@ -423,3 +423,80 @@ def test_device_closed_form(device):
     r = gnc_ext.one_vs_rest_distance(W)
     assert abs(r.rho - (1 - math.cos(2 * math.pi / 9))) < 1e-12
     assert r.distance.device.type == device and r.gap <= 1e-10
+
+
+# ---------------------------------------------------------------- native solver arguments
+def _solve_problem(K=12, d=5, seed=8, device="cpu"):
+    """Every class against all the others (n = K - 1 candidates), fp64 unit rows."""
+    W = unit_rows(K, d, seed).to(device)
+    classes = torch.arange(K, device=device)
+    cand = torch.stack([torch.cat([torch.arange(k), torch.arange(k + 1, K)]) for k in range(K)]).to(device)
+    return W, classes, cand, min(K - 1, d + 1)
+
+
+def _solve_outputs(K, d, s, device, pad=0):
+    """(proj, dist, support, weights, iters, status); pad > 0: support and weights are
+    column slices of wider buffers with different row strides (s + pad, s + 2 pad)."""
+    f64, i64 = dict(dtype=torch.float64, device=device), dict(dtype=torch.int64, device=device)
+    sup = torch.full((K, s + pad), -7, **i64)[:, pad:]
+    wt = torch.full((K, s + 2 * pad), float("nan"), **f64)[:, :s]
+    return (torch.empty(K, d, **f64), torch.empty(K, **f64), sup, wt, torch.empty(K, **i64), torch.empty(K, **i64))
+
+
+def test_native_solve_refuses_strided_or_overlapping_outputs():
+    """dist / iters / status are written densely by the kernels (CPU and CUDA): a strided
+    one is refused, as are output rows that overlap (an expanded weights) and outputs that
+    share memory (before: accepted, and the results written to the wrong places)."""
+    from gnc_ext.ops import hull as H
+
+    W, classes, cand, s = _solve_problem()
+    K, d = W.shape
+    good = _solve_outputs(K, d, s, "cpu")
+    H.solve(W, classes, cand, 1e-12, 500, *good)
+    names = ("proj", "dist", "support", "weights", "iters", "status")
+    for i, name in ((1, "dist"), (4, "iters"), (5, "status")):
+        bad = list(_solve_outputs(K, d, s, "cpu"))
+        bad[i] = torch.empty(2 * K, dtype=bad[i].dtype)[::2]
+        with pytest.raises(ValueError, match=rf"{name}: must be contiguous \(stride 1\), got stride 2"):
+            H.solve(W, classes, cand, 1e-12, 500, *bad)
+    bad = list(_solve_outputs(K, d, s, "cpu"))
+    bad[3] = torch.zeros(1, s, dtype=torch.float64).expand(K, s)
+    with pytest.raises(ValueError, match=r"weights: rows overlap \(row stride 0 < row length"):
+        H.solve(W, classes, cand, 1e-12, 500, *bad)
+    bad = list(_solve_outputs(K, d, s, "cpu"))
+    buf = torch.empty(K, d + s, dtype=torch.float64)
+    bad[0], bad[3] = buf[:, :d], buf[:, d:]
+    with pytest.raises(ValueError, match=r"proj: must not share memory with weights"):
+        H.solve(W, classes, cand, 1e-12, 500, *bad)
+    bad = list(_solve_outputs(K, d, s, "cpu"))
+    with pytest.raises(ValueError, match=r"proj: must not share memory with W"):
+        H.solve(W, classes, cand, 1e-12, 500, W[:, :d], *bad[1:])
+    assert len(names) == len(good)
+
+
+def test_solve_honours_each_outputs_own_row_stride(device):
+    """support, weights and the warm start's init_support / init_weights with four different
+    row strides give the results of contiguous buffers (the CUDA kernel used to index
+    weights with support's stride and init_weights with init_support's)."""
+    from gnc_ext.ops import hull as H
+
+    W, classes, cand, s = _solve_problem(device=device)
+    K, d = W.shape
+    ref = _solve_outputs(K, d, s, device)
+    H.solve(W, classes, cand, 1e-13, 500, *ref)
+    got = _solve_outputs(K, d, s, device, pad=3)
+    H.solve(W, classes, cand, 1e-13, 500, *got)
+    for a, b in zip(ref, got):
+        assert torch.equal(torch.nan_to_num(a, 0.0), torch.nan_to_num(b, 0.0))
+    # warm start from a corral stored with other strides than the outputs'
+    isup = torch.full((K, s + 5), -1, dtype=torch.int64, device=device)[:, 5:]
+    iwt = torch.zeros((K, s + 1), dtype=torch.float64, device=device)[:, 1:]
+    isup.copy_(ref[2])
+    iwt.copy_(torch.where(ref[2] >= 0, ref[3], torch.zeros_like(ref[3])))
+    warm_ref = _solve_outputs(K, d, s, device)
+    H.solve(W, classes, cand, 1e-13, 500, *warm_ref, isup.contiguous(), iwt.contiguous())
+    warm = _solve_outputs(K, d, s, device, pad=2)
+    H.solve(W, classes, cand, 1e-13, 500, *warm, isup, iwt)
+    for a, b in zip(warm_ref, warm):
+        assert torch.equal(torch.nan_to_num(a, 0.0), torch.nan_to_num(b, 0.0))
+    torch.testing.assert_close(warm[1], ref[1], atol=1e-12, rtol=0)

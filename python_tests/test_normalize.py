@@ -145,3 +145,104 @@ def test_subnormal_rows_with_tiny_eps_are_an_error_not_inf():
     assert bool(torch.isfinite(gnc_ext.normalize_rows(x)).all())
     y64 = gnc_ext.normalize_rows(x.double(), eps=0.0)
     torch.testing.assert_close(y64, torch.full((2, 3), 3 ** -0.5, dtype=torch.float64))
+
+
+# ---- the native bindings' checks (gnc_ext._C: what every caller of the kernels relies on) ----
+
+def _v(t, device=None):
+    """TensorView of t; with ``device`` it claims that CUDA device for the same host memory
+    (the checks must refuse it before any kernel runs)."""
+    from gnc_ext import _native
+
+    v = _native.view(t)
+    if device is None:
+        return v
+    return _native.native.TensorView(v.ptr, v.dtype, device, list(v.shape), list(v.strides))
+
+
+def _bwd_ref(x, g):
+    """float64 (dY - Y<Y, dY>)/|x| of the unclamped rows."""
+    x, g = x.double(), g.double()
+    n = x.norm(dim=1, keepdim=True)
+    y = x / n
+    return (g - y * (y * g).sum(1, keepdim=True)) / n
+
+
+def test_native_backward_checks_norm_and_devices():
+    """normalize_rows_backward refuses a norm of the wrong dtype or stride, and norm / grad_input
+    on another device than x (before: the CPU kernel read the float64 norm as float32, read
+    a strided norm densely, and wrote through a grad_input said to live on a GPU)."""
+    from gnc_ext._native import native
+
+    g0 = torch.Generator().manual_seed(3)
+    x, g = torch.randn(6, 5, generator=g0), torch.randn(6, 5, generator=g0)
+    n = x.norm(dim=1)
+    dx = torch.empty(6, 5)
+    native.normalize_rows_backward(_v(x), _v(n), _v(g), _v(dx), 1e-12)
+    torch.testing.assert_close(dx.double(), _bwd_ref(x, g), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"norm: expected dtype float32, got float64"):
+        native.normalize_rows_backward(_v(x), _v(n.double()), _v(g), _v(dx), 1e-12)
+    with pytest.raises(ValueError, match=r"norm: must be contiguous \(stride 1\), got stride 2"):
+        native.normalize_rows_backward(_v(x), _v(torch.stack([n, n], 1).flatten()[::2]), _v(g), _v(dx), 1e-12)
+    with pytest.raises(ValueError, match=r"x and grad_input must be on the same device"):
+        native.normalize_rows_backward(_v(x), _v(n), _v(g), _v(dx, device=0), 1e-12)
+    with pytest.raises(ValueError, match=r"x and norm must be on the same device"):
+        native.normalize_rows_backward(_v(x), _v(n, device=0), _v(g), _v(dx), 1e-12)
+    with pytest.raises(ValueError, match=r"eps: must be >= 0"):
+        native.normalize_rows_backward(_v(x), _v(n), _v(g), _v(dx), -1.0)
+    with pytest.raises(ValueError, match=r"norm: must be contiguous"):  # the forward writes norm densely too
+        native.normalize_rows_forward(_v(x), _v(torch.empty(6, 5)), _v(torch.empty(12)[::2]), 1e-12)
+
+
+def test_native_backward_in_place_is_allowed_other_overlaps_are_not():
+    """grad_input may be grad itself (the loss ops use it in place: every element is read,
+    then written, by the same thread, so the CUDA kernel does not mark them __restrict__);
+    any other sharing of memory with an input, or of the forward's outputs with x, is
+    refused by name (before: accepted, undefined behaviour on CUDA)."""
+    from gnc_ext._native import native
+
+    g0 = torch.Generator().manual_seed(4)
+    x, g = torch.randn(6, 5, generator=g0), torch.randn(6, 5, generator=g0)
+    n = x.norm(dim=1)
+    out = torch.empty(6, 5)
+    native.normalize_rows_backward(_v(x), _v(n), _v(g), _v(out), 1e-12)
+    inplace = g.clone()
+    native.normalize_rows_backward(_v(x), _v(n), _v(inplace), _v(inplace), 1e-12)
+    assert torch.equal(inplace, out)
+    gs = torch.randn(8, 7, generator=g0)[1:7, 2:7]  # in place on a strided slice with an offset
+    ref = torch.empty(6, 5)
+    native.normalize_rows_backward(_v(x), _v(n), _v(gs), _v(ref), 1e-12)
+    native.normalize_rows_backward(_v(x), _v(n), _v(gs), _v(gs), 1e-12)
+    assert torch.equal(gs, ref)
+    buf = torch.randn(40, generator=g0)
+    with pytest.raises(ValueError, match=r"grad_input: must not share memory with grad"):
+        native.normalize_rows_backward(_v(x), _v(n), _v(buf[:30].view(6, 5)), _v(buf[5:35].view(6, 5)), 1e-12)
+    sq = torch.randn(5, 5, generator=g0)
+    with pytest.raises(ValueError, match=r"grad_input: must not share memory with grad"):
+        native.normalize_rows_backward(_v(x[:5]), _v(n[:5]), _v(sq), _v(sq.t()), 1e-12)
+    with pytest.raises(ValueError, match=r"grad_input: must not share memory with x"):
+        native.normalize_rows_backward(_v(x), _v(n), _v(g), _v(x), 1e-12)
+    with pytest.raises(ValueError, match=r"y: must not share memory with x"):
+        native.normalize_rows_forward(_v(x), _v(x), _v(torch.empty(6)), 1e-12)
+    with pytest.raises(ValueError, match=r"norm: must not share memory with y"):
+        y = torch.empty(6, 5)
+        native.normalize_rows_forward(_v(x), _v(y), _v(y.view(-1)[:6]), 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradient_of_rows_with_extreme_norms_is_finite(dtype):
+    """Rows with norm ~1e-23 and ~1e20 (eps = 0, so no clamp): the gradient (~1/norm) is
+    representable, and matches float64 (before: <x, dY>/norm^3 overflowed fp32 to inf
+    for the tiny rows)."""
+    g0 = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 40, generator=g0, dtype=torch.float64)
+    x[:2] *= 1e-24
+    x[2:4] *= 1e20
+    x = x.to(dtype)
+    w = torch.randn(6, 40, generator=g0, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    (gnc_ext.normalize_rows(xr, eps=0.0) * w.to(dtype)).sum().backward()
+    ref = _bwd_ref(x, w.to(dtype))
+    assert bool(torch.isfinite(xr.grad).all())
+    rel = (xr.grad.double() - ref).abs().amax(1) / ref.abs().amax(1)
+    assert float(rel.max()) < (1e-5 if dtype == torch.float32 else 3e-2)

@@ -214,7 +214,7 @@ def test_native_arguments_are_checked():
     def call(**over):
         a = {**args, **over}
         _native.native.sce_stored_exp(v(a["tile"]), v(a["inv_n"]), v(a["y"]), 0, v(a["shift"]), v(a["E"]),
-                                      v(a["state"]), 0.1, -100)
+                                      v(a["state"]), 0.1, -100, v(ST.exp_workspace(3, 5, "cpu")))
 
     call()
     for name, bad in (("inv_n", torch.ones(4)), ("E", torch.zeros(3, 5, dtype=torch.float64)),
@@ -229,6 +229,58 @@ def test_native_arguments_are_checked():
     with pytest.raises(ValueError, match=r"\bdW\b"):
         _native.native.sce_stored_dw(v(X), v(Wb), v(torch.ones(4)), v(torch.zeros(3)),
                                      v(torch.zeros(4, 3, dtype=torch.float64)), 1e-12, True)
+
+
+def test_native_dw_refuses_float32_X_with_float64_W():
+    """X float32 with W float64 used to dispatch to no kernel on the CPU: dW was left
+    unwritten without an error. Now a ValueError names W (CPU and CUDA share the check)."""
+    v = _native.view
+    X, W64 = torch.randn(4, 3), torch.randn(4, 3, dtype=torch.float64)
+    dW = torch.full((4, 3), 7.0, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"W: expected float32, bfloat16 or float16 for a float32 X, got float64"):
+        _native.native.sce_stored_dw(v(X), v(W64), v(torch.ones(4)), v(torch.zeros(3)), v(dW), 1e-12, True)
+    assert bool((dW == 7.0).all())
+    # the supported pairs write every entry (float64 reference of dW_k = X_k - w_k <w_k, X_k>/|w_k|^2)
+    for wdt in (torch.float32, torch.bfloat16, torch.float16):
+        W = W64.to(wdt)
+        out = torch.full((4, 3), float("nan"), dtype=wdt)
+        inv = (1 / W.double().norm(dim=1)).float()
+        _native.native.sce_stored_dw(v(X), v(W), v(inv), v(torch.zeros(3)), v(out), 1e-12, True)
+        w = W.double()
+        ref = X.double() - w * ((w * X.double()).sum(1) / w.square().sum(1))[:, None]
+        torch.testing.assert_close(out.double(), ref, atol=2e-2 if wdt != torch.float32 else 1e-6, rtol=0)
+
+
+def test_native_stored_outputs_must_not_alias_inputs():
+    """E / state / dW are written through __restrict__ pointers: sharing memory with an
+    input is refused by name."""
+    v = _native.view
+    buf = torch.zeros(3, 10)
+    tile, E = buf[:, :5], buf[:, 3:8]  # overlapping column ranges of one buffer
+    y, shift = torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.float64)
+    state = torch.zeros(3, 4, dtype=torch.float64)
+    ws = ST.exp_workspace(3, 5, "cpu")
+    with pytest.raises(ValueError, match=r"E: must not share memory with tile"):
+        _native.native.sce_stored_exp(v(tile), v(torch.ones(5)), v(y), 0, v(shift), v(E), v(state), 0.1, -100, v(ws))
+    with pytest.raises(ValueError, match=r"state: must not share memory with shift"):
+        _native.native.sce_stored_exp(v(torch.zeros(3, 5)), v(torch.ones(5)), v(y), 0, v(state[:, 0]),
+                                      v(torch.zeros(3, 5)), v(state), 0.1, -100, v(ws))
+    X = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"dW: must not share memory with X"):
+        _native.native.sce_stored_dw(v(X), v(torch.randn(4, 3)), v(torch.ones(4)), v(torch.zeros(3)), v(X), 1e-12,
+                                     True)
+
+
+def test_exp_workspace_size():
+    """The CUDA workspace: 3 float64 per (row, 4096-column block), rows capped at the 65,535
+    of one launch; the CPU needs none."""
+    n = _native.native.sce_stored_exp_workspace_doubles
+    assert n(0, 5) == 0 and n(5, 0) == 0
+    assert n(1, 1) == 3 and n(10, 4096) == 30 and n(10, 4097) == 60
+    assert n(70000, 9000) == 3 * 65535 * 3
+    with pytest.raises(ValueError, match="rows and cols"):
+        n(-1, 3)
+    assert ST.exp_workspace(10, 10, "cpu").numel() == 0
 
 
 def test_cuda_stored_matches_cpu(cuda_device, monkeypatch):

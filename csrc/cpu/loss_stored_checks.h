@@ -7,6 +7,21 @@
 
 namespace gnc {
 
+// Launch geometry of the CUDA sce_stored_exp (cuda/loss_stored.cu), kept here so that the
+// binding can tell Python the size of the workspace it allocates with torch: one partial
+// row state (3 float64: non-target sum, cosine sum, max) per row and column block, for at
+// most kStoredMaxRowsPerLaunch rows at a time (grid.y limit; larger tiles are launched in
+// row slices that reuse the workspace in stream order).
+constexpr int64_t kStoredColsPerBlock = 4096;
+constexpr int64_t kStoredMaxRowsPerLaunch = 65535;
+constexpr int64_t kStoredPartialDoubles = 3;
+
+inline int64_t stored_exp_workspace_doubles(int64_t rows, int64_t cols) {
+  if (rows < 0 || cols < 0) fail("sce_stored_exp_workspace_doubles: rows and cols must be >= 0");
+  const int64_t r = rows < kStoredMaxRowsPerLaunch ? rows : kStoredMaxRowsPerLaunch;
+  return kStoredPartialDoubles * r * ((cols + kStoredColsPerBlock - 1) / kStoredColsPerBlock);
+}
+
 inline void check_sce_stored_exp_args(const TensorView& tile, const TensorView& inv_n, const TensorView& y,
                                       const TensorView& shift, const TensorView& E, const TensorView& state,
                                       double tau) {
@@ -29,6 +44,15 @@ inline void check_sce_stored_exp_args(const TensorView& tile, const TensorView& 
   if (!(tau > 0)) fail("tau: must be > 0");
   for (const TensorView* t : {&inv_n, &y, &shift, &E, &state})
     if (t->device != tile.device) fail("sce_stored_exp: every tensor must be on the tile's device");
+  struct Named {
+    const TensorView* t;
+    const char* name;
+  };
+  for (const Named& in : {Named{&tile, "tile"}, Named{&inv_n, "inv_n"}, Named{&y, "y"}, Named{&shift, "shift"}}) {
+    check_no_overlap(E, *in.t, "E", in.name);
+    check_no_overlap(state, *in.t, "state", in.name);
+  }
+  check_no_overlap(E, state, "E", "state");
 }
 
 inline void check_sce_stored_dw_args(const TensorView& X, const TensorView& W, const TensorView& inv_n,
@@ -40,6 +64,8 @@ inline void check_sce_stored_dw_args(const TensorView& X, const TensorView& W, c
   check_shape(W, {c, d}, "W");
   if (!is_floating(W.dtype)) fail("W: expected a floating dtype");
   if (X.dtype == DType::F64 && W.dtype != DType::F64) fail("W: expected float64 for a float64 X");
+  if (X.dtype == DType::F32 && W.dtype == DType::F64)
+    fail("W: expected float32, bfloat16 or float16 for a float32 X, got float64");
   if (d > 1 && W.stride(1) != 1) fail("W: rows must be contiguous");
   check_shape(dW, {c, d}, "dW");
   check_dtype(dW, W.dtype, "dW");
@@ -51,6 +77,10 @@ inline void check_sce_stored_dw_args(const TensorView& X, const TensorView& W, c
   check_dtype(v, X.dtype, "v");
   if (d > 1 && v.stride(0) != 1) fail("v: must be contiguous");
   if (!(eps > 0)) fail("eps: must be > 0");
+  check_no_overlap(dW, X, "dW", "X");
+  check_no_overlap(dW, W, "dW", "W");
+  check_no_overlap(dW, inv_n, "dW", "inv_n");
+  check_no_overlap(dW, v, "dW", "v");
   for (const TensorView* t : {&W, &inv_n, &v, &dW})
     if (t->device != X.device) fail("sce_stored_dw: every tensor must be on X's device");
 }

@@ -117,9 +117,10 @@ template <typename T>
 __global__ void solve_kernel(const T* __restrict__ W, int64_t ws0, int64_t d, const int64_t* __restrict__ classes,
                              int64_t cls_s, const int64_t* __restrict__ cand, int64_t cand_s, int64_t n,
                              const double* __restrict__ gram, const int64_t* __restrict__ init_sup,
-                             const double* __restrict__ init_wt, int64_t n_init, int64_t init_s, double gap_tol,
-                             int64_t max_iter, double* proj, int64_t proj_s, double* dist, int64_t* sup_out,
-                             double* wt_out, int64_t s_out, int64_t out_s, int64_t* iters_out,
+                             const double* __restrict__ init_wt, int64_t n_init, int64_t init_s, int64_t init_wt_s,
+                             double gap_tol, int64_t max_iter, double* proj, int64_t proj_s, double* dist,
+                             int64_t* sup_out, double* wt_out, int64_t s_out, int64_t out_s, int64_t wt_s,
+                             int64_t* iters_out,
                              int64_t* status_out, double* workspace, int64_t B) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (b >= B) return;
@@ -136,9 +137,9 @@ __global__ void solve_kernel(const T* __restrict__ W, int64_t ws0, int64_t d, co
   scratch.S = reinterpret_cast<int64_t*>(scratch.c + ld);
   scratch.ld = ld;
   const wolfe::HullProblem<T> prob{W, ws0, d, classes[b * cls_s], cand + b * cand_s, n, gram + b * n * n, n};
-  const wolfe::WarmStart warm{n_init ? init_sup + b * init_s : nullptr, n_init ? init_wt + b * init_s : nullptr,
+  const wolfe::WarmStart warm{n_init ? init_sup + b * init_s : nullptr, n_init ? init_wt + b * init_wt_s : nullptr,
                               n_init};
-  const wolfe::Output out{proj + b * proj_s, dist + b, sup_out + b * out_s, wt_out + b * out_s, s_out,
+  const wolfe::Output out{proj + b * proj_s, dist + b, sup_out + b * out_s, wt_out + b * wt_s, s_out,
                           iters_out + b, status_out + b};
   wolfe::solve(team, prob, warm, gap_tol, max_iter, scratch, out);
 }
@@ -186,8 +187,9 @@ void hull_solve(const TensorView& W, const TensorView& classes, const TensorView
                 const TensorView& status, const TensorView& workspace, std::uintptr_t stream) {
   const int64_t B = classes.size(0), n = cand.size(1), d = W.size(1);
   if (B == 0) return;
-  if (workspace.dtype != DType::F64 || workspace.numel() < B * ws_doubles(n, d))
-    fail("workspace: expected at least B * hull_ws_doubles(n, d) float64 values on the device");
+  if (workspace.dtype != DType::F64 || workspace.numel() < B * ws_doubles(n, d) || !workspace.is_contiguous())
+    fail("workspace: expected a contiguous float64 tensor of at least B * hull_ws_doubles(n, d) values on the "
+         "device");
   check_same_device(W, workspace, "W", "workspace");
   const int64_t n_init = init_sup.numel() > 0 ? init_sup.size(1) : 0;
   DeviceGuard guard(W.device);
@@ -196,9 +198,10 @@ void hull_solve(const TensorView& W, const TensorView& classes, const TensorView
     solve_kernel<T><<<grid_for(B, kWarpsPerBlock), kWarpsPerBlock * 32, 0, as_stream(stream)>>>(
         W.data<T>(), W.stride(0), d, classes.data<int64_t>(), classes.stride(0), cand.data<int64_t>(),
         cand.stride(0), n, gram.data<double>(), n_init ? init_sup.data<int64_t>() : nullptr,
-        n_init ? init_wt.data<double>() : nullptr, n_init, n_init ? init_sup.stride(0) : 0, gap_tol, max_iter,
-        proj.data<double>(), proj.stride(0), dist.data<double>(), support.data<int64_t>(),
-        weights.data<double>(), support.size(1), support.stride(0), iters.data<int64_t>(),
+        n_init ? init_wt.data<double>() : nullptr, n_init, n_init ? init_sup.stride(0) : 0,
+        n_init ? init_wt.stride(0) : 0, gap_tol, max_iter, proj.data<double>(), proj.stride(0),
+        dist.data<double>(), support.data<int64_t>(), weights.data<double>(), support.size(1),
+        support.stride(0), weights.stride(0), iters.data<int64_t>(),
         status.data<int64_t>(), workspace.data<double>(), B);
     return 0;
   });

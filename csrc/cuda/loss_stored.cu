@@ -8,7 +8,10 @@
 // state (non-target sum, cosine sum, max) with a fixed shared-memory tree and writes it
 // to a workspace; a second kernel folds the column blocks into the row state in block
 // order. Deterministic, no atomics. The target cosine is written by the one thread that
-// owns its column.
+// owns its column. The workspace is a float64 tensor the caller allocates with torch
+// (stored_exp_workspace_doubles words, cpu/loss_stored_checks.h); tiles with more than
+// 65,535 rows are launched in row slices that reuse it in stream order. The exponential
+// is loss_math::exp_nonpos, the CPU twin's.
 //
 // sce_stored_dw: one warp per class row (lanes stride over d, an xor-shuffle tree for the
 // dot product: every lane ends with the same bits).
@@ -17,6 +20,7 @@
 #include <type_traits>
 
 #include "common/half.h"
+#include "cpu/loss_math.h"
 #include "cpu/loss_stored_checks.h"
 #include "cuda/common.cuh"
 #include "cuda/loss_stored.h"
@@ -30,13 +34,16 @@ constexpr int kThreads = 256;
 constexpr int kVec = 4;
 constexpr int kSteps = 4;                              // float4 steps per thread per block
 constexpr int64_t kColsPerBlock = kThreads * kVec * kSteps;  // 4096 columns
-constexpr int64_t kMaxRowsPerLaunch = 65535;           // grid.y limit
+constexpr int64_t kMaxRowsPerLaunch = kStoredMaxRowsPerLaunch;  // grid.y limit
+static_assert(kColsPerBlock == kStoredColsPerBlock, "workspace size (cpu/loss_stored_checks.h)");
 
 struct Partial {
   double sum_e, sum_s, mx;
 };
+static_assert(sizeof(Partial) == kStoredPartialDoubles * sizeof(double), "workspace layout");
 
-__device__ __forceinline__ float dev_exp(float x) { return __expf(x); }
+// the CPU twin's exponential (a polynomial, max relative error ~2e-7 for x <= 0)
+__device__ __forceinline__ float dev_exp(float x) { return loss_math::exp_nonpos(x); }
 __device__ __forceinline__ double dev_exp(double x) { return exp(x); }
 
 template <typename S>
@@ -177,16 +184,13 @@ bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15
 template <typename A, typename S>
 void launch_exp(const TensorView& tile, const TensorView& inv_n, const TensorView& y, int64_t col0,
                 const TensorView& shift, const TensorView& E, const TensorView& state, double tau,
-                int64_t ignore_index, cudaStream_t st) {
+                int64_t ignore_index, Partial* ws, cudaStream_t st) {
   const int64_t R = tile.size(0), c = tile.size(1);
   const int64_t nblk = (c + kColsPerBlock - 1) / kColsPerBlock;
   const bool vec = std::is_same<A, float>::value && inv_n.stride(0) == 1 && tile.stride(0) % kVec == 0 &&
                    E.stride(0) % kVec == 0 && aligned16(tile.data<A>()) && aligned16(inv_n.data<A>()) &&
                    (reinterpret_cast<std::uintptr_t>(E.data<S>()) % (kVec * sizeof(S))) == 0;
   const int64_t rows_per = R < kMaxRowsPerLaunch ? R : kMaxRowsPerLaunch;
-  Partial* ws = nullptr;
-  check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&ws), sizeof(Partial) * rows_per * nblk, st),
-             "cudaMallocAsync(sce_stored_exp workspace)");
   for (int64_t r0 = 0; r0 < R; r0 += rows_per) {
     const int64_t nr = R - r0 < rows_per ? R - r0 : rows_per;
     const dim3 grid(static_cast<unsigned>(nblk), static_cast<unsigned>(nr));
@@ -210,24 +214,32 @@ void launch_exp(const TensorView& tile, const TensorView& inv_n, const TensorVie
         ws, nr, nblk, r0, y.data<int64_t>(), y.stride(0), ignore_index, state.data<double>());
     check_launch("sce_stored_exp (merge)");
   }
-  check_cuda(cudaFreeAsync(ws, st), "cudaFreeAsync(sce_stored_exp workspace)");
 }
 
 }  // namespace
 
 void sce_stored_exp(const TensorView& tile, const TensorView& inv_n, const TensorView& y, int64_t col0,
                     const TensorView& shift, const TensorView& E, const TensorView& state, double tau,
-                    int64_t ignore_index, std::uintptr_t stream) {
+                    int64_t ignore_index, const TensorView& workspace, std::uintptr_t stream) {
   check_sce_stored_exp_args(tile, inv_n, y, shift, E, state, tau);
+  const int64_t need = stored_exp_workspace_doubles(tile.size(0), tile.size(1));
+  if (workspace.dtype != DType::F64 || workspace.dim() != 1 || workspace.numel() < need ||
+      (workspace.numel() > 1 && workspace.stride(0) != 1))
+    fail("workspace: expected a contiguous 1-D float64 tensor of at least " + std::to_string(need) +
+         " values (sce_stored_exp_workspace_doubles(rows, cols))");
+  check_same_device(tile, workspace, "tile", "workspace");
   if (tile.size(0) == 0 || tile.size(1) == 0) return;
+  for (const TensorView* t : {&tile, &inv_n, &y, &shift, &E, &state})
+    check_no_overlap(workspace, *t, "workspace", "the other arguments");
   DeviceGuard g(tile.device);
   const cudaStream_t st = as_stream(stream);
+  Partial* ws = workspace.data<Partial>();
   if (tile.dtype == DType::F64)
-    launch_exp<double, double>(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, st);
+    launch_exp<double, double>(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, ws, st);
   else if (E.dtype == DType::BF16)
-    launch_exp<float, bf16_t>(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, st);
+    launch_exp<float, bf16_t>(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, ws, st);
   else
-    launch_exp<float, float>(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, st);
+    launch_exp<float, float>(tile, inv_n, y, col0, shift, E, state, tau, ignore_index, ws, st);
 }
 
 void sce_stored_dw(const TensorView& X, const TensorView& W, const TensorView& inv_n, const TensorView& v,

@@ -1,4 +1,7 @@
-// CUDA twin of cpu/normalize.cpp: one warp per row, fp32 accumulation (fp64 for fp64).
+// CUDA twin of cpu/normalize.cpp: one warp per row. The square sum (and the backward's
+// dot product) is accumulated in fp64 for every input dtype, as on the CPU, so a row's
+// norm neither overflows (fp32 squares above ~1.8e19) nor underflows (below ~3.7e-23)
+// where the CPU twin's does not; the elementwise work stays in the accumulation type A.
 #include "common/dispatch.h"
 #include "cuda/common.cuh"
 #include "cuda/ops.h"
@@ -20,24 +23,28 @@ __global__ void normalize_fwd_kernel(const T* __restrict__ x, T* __restrict__ y,
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (row >= rows) return;
   const T* xr = x + row * xs0;
-  A ss = 0;
+  double ss = 0.0;
   for (int64_t j = lane; j < cols; j += 32) {
-    A v = load_f(xr, j * xs1);
+    const double v = static_cast<double>(load_f(xr, j * xs1));
     ss += v * v;
   }
-  ss = warp_sum(ss);
-  const A n = isfinite(ss) ? sqrt(ss) : A(NAN);  // NaN flags a non-finite row (see cpu twin)
-  const A inv = A(1) / (n > A(eps) ? n : A(eps));
-  if (lane == 0) norm[row] = n;
+  ss = warp_sum_bcast(ss);  // every lane scales by the same inverse
+  // NaN flags a non-finite row (see the cpu twin)
+  const double n = isfinite(ss) ? sqrt(ss) : static_cast<double>(NAN);
+  const A inv = static_cast<A>(1.0 / (n < eps ? eps : n));  // std::max(n, eps), as on the CPU
+  if (lane == 0) norm[row] = static_cast<A>(n);
   T* yr = y + row * ys0;
-  for (int64_t j = lane; j < cols; j += 32) store_f(yr, j * ys1, load_f(xr, j * xs1) * inv);
+  for (int64_t j = lane; j < cols; j += 32) store_f(yr, j * ys1, static_cast<A>(load_f(xr, j * xs1)) * inv);
 }
 
+// dy and dx may be the same tensor (the binding allows exactly that overlap: in place),
+// so they are not __restrict__ and dy is not read through the non-coherent cache; each
+// element is read and then written by the same lane. x and norm never overlap dx.
 template <typename T>
 __global__ void normalize_bwd_kernel(const T* __restrict__ x, const typename Acc<T>::type* __restrict__ norm,
-                                     const T* __restrict__ dy, T* __restrict__ dx, int64_t rows,
-                                     int64_t cols, int64_t xs0, int64_t xs1, int64_t gs0,
-                                     int64_t gs1, int64_t ds0, int64_t ds1, double eps) {
+                                     const T* dy, T* dx, int64_t rows, int64_t cols, int64_t xs0,
+                                     int64_t xs1, int64_t gs0, int64_t gs1, int64_t ds0, int64_t ds1,
+                                     double eps) {
   using A = typename Acc<T>::type;
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
@@ -45,17 +52,20 @@ __global__ void normalize_bwd_kernel(const T* __restrict__ x, const typename Acc
   const T* xr = x + row * xs0;
   const T* gr = dy + row * gs0;
   T* dr = dx + row * ds0;
-  const A n = norm[row];
-  if (n > A(eps)) {
-    A dot = 0;
-    for (int64_t j = lane; j < cols; j += 32) dot += load_f(xr, j * xs1) * load_f(gr, j * gs1);
-    dot = warp_sum(dot);
-    const A inv = A(1) / n;
-    const A c = dot * inv * inv * inv;
+  const double n = static_cast<double>(norm[row]);
+  if (n > eps) {
+    // y = x / n; dx = (dy - x k) / n with k = <x, dy> / n^2 formed in fp64 (as on the CPU:
+    // no factor overflows where dx does not)
+    double dot = 0.0;
     for (int64_t j = lane; j < cols; j += 32)
-      store_f(dr, j * ds1, load_f(gr, j * gs1) * inv - load_f(xr, j * xs1) * c);
+      dot += static_cast<double>(load_f(xr, j * xs1)) * static_cast<double>(load_f(gr, j * gs1));
+    dot = warp_sum_bcast(dot);
+    const A inv = static_cast<A>(1.0 / n);
+    const A k = static_cast<A>(dot / (n * n));
+    for (int64_t j = lane; j < cols; j += 32)
+      store_f(dr, j * ds1, (load_f(gr, j * gs1) - load_f(xr, j * xs1) * k) * inv);
   } else {
-    const A inv = A(1) / A(eps);
+    const A inv = static_cast<A>(1.0 / eps);
     for (int64_t j = lane; j < cols; j += 32) store_f(dr, j * ds1, load_f(gr, j * gs1) * inv);
   }
 }

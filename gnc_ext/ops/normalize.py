@@ -94,7 +94,7 @@ def normalize_rows(X: Tensor, eps: float = 1e-12) -> Tensor:
     """Return ``X`` with each row divided by ``max(‖row‖₂, eps)`` (like ``F.normalize(X, dim=1)``).
 
     One fused native pass (C++/OpenMP on CPU, a warp per row on CUDA); the square sum is
-    accumulated in fp64 on CPU and fp32 on CUDA (fp64 for fp64 input). Differentiable:
+    accumulated in fp64 on both devices. Differentiable:
     the backward is ``(dY − Y⟨Y, dY⟩)/‖x‖`` for rows with ``‖x‖ > eps`` and ``dY/eps``
     otherwise, exactly the gradient of the clamped formula.
 

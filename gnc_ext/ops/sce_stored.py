@@ -112,16 +112,29 @@ def _inv_norms(W: Tensor, normalize_w: bool, chunk: int) -> Tensor:
     return 1.0 / n.clamp_min(NORM_EPS)
 
 
+def exp_workspace(rows: int, cols: int, device) -> Tensor:
+    """The float64 workspace of the native ``sce_stored_exp`` epilogue for tiles of at most
+    ``rows`` × ``cols``, allocated by torch (its caching allocator) on ``device``: the CUDA
+    kernels' per-block partial row sums; empty on the CPU, which needs none. One workspace
+    serves every tile of a pass (the launches reuse it in stream order)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.empty(0, dtype=torch.float64)
+    return torch.empty(native.sce_stored_exp_workspace_doubles(int(rows), int(cols)), dtype=torch.float64,
+                       device=device)
+
+
 def _exp_pass(Hn: Tensor, Ha: Tensor, W: Tensor, y: Tensor, inv_n: Tensor, shift: Tensor, E: Tensor,
               state: Tensor, tau: float, ignore_index: int, chunk: int, st) -> None:
     """One GEMM pass over the classes: tiles Ĥ·W_cᵀ (fp32/fp64; Hn the unit rows in the
     input dtype, Ha the same in the accumulation dtype) handed to the native
     ``sce_stored_exp`` epilogue, which writes E[:, c] and adds to the row state."""
+    ws = exp_workspace(Hn.shape[0], min(chunk, W.shape[0]), Hn.device)
     for s in range(0, W.shape[0], chunk):
         Wc = W[s:s + chunk]
         tile = cos_tile(Ha, Hn, Wc, Ha.dtype)
         native.sce_stored_exp(view(tile), view(inv_n[s:s + chunk]), view(y), s, view(shift), view(E[:, s:s + chunk]),
-                              view(state), tau, ignore_index, st)
+                              view(state), tau, ignore_index, view(ws), st)
         tile = Wc = None
 
 
