@@ -285,7 +285,8 @@ class ShardedSphericalCELoss(OptionsAsAttributes, nn.Module):
             raise ValueError(f"labels: expected values in [0, {self.num_classes}) or ignore_index="
                              f"{o.ignore_index}, got {int(labels[bad][0])}")
         check_finite_rows(self.weight, "weight")
-        Hn = normalize_rows(features.to(dtype))  # autograd casts the gradient back to features' dtype
+        Hn = features.to(dtype)  # autograd casts the gradient back to features' dtype
+        Hn = normalize_rows(Hn) if Hn.shape[0] else Hn
         if self.world_size > 1:
             cnt = torch.tensor([features.shape[0]], device=features.device, dtype=torch.int64)
             all_cnt = [torch.zeros_like(cnt) for _ in range(self.world_size)]
