@@ -233,6 +233,12 @@ class ShardedSphericalCELoss(OptionsAsAttributes, nn.Module):
         self.last_sample_index: Optional[Tensor] = None
 
     @property
+    def sample_generator(self) -> torch.Generator:
+        """The seeded generator of the class sampling (its state is part of a checkpoint,
+        :mod:`gnc_ext.nn.checkpoint`)."""
+        return self._sample_gen
+
+    @property
     def dim(self) -> int:
         """Deprecated alias of ``embedding_dim``."""
         return self.embedding_dim
