@@ -237,8 +237,9 @@ def spherical_cross_entropy(
 
     Args:
         H: (B, d) features, float32/float64/bfloat16/float16, B ≥ 1.
-        W: (K, d) class weights, same dtype and device, K ≥ 2.
-        y: (B,) int64 labels in [0, K) or ``ignore_index``.
+        W: (K, d) class weights on H's device, K ≥ 2; the same dtype as H, or float32
+            master weights against 16-bit H (see "Mixed precision").
+        y: (B,) int64 or int32 labels in [0, K) or ``ignore_index``.
         tau: temperature, >= 1e-6 (``gnc_ext._validate.MIN_TAU``; the τ → 0 limit is
             :func:`hardmax_loss`).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (per-row losses, 0 for ignored rows).
@@ -248,6 +249,21 @@ def spherical_cross_entropy(
     Returns:
         The loss in float32 (float64 for float64 inputs) regardless of the input dtype:
         a scalar, or (B,) for ``reduction="none"``.
+
+    Mixed precision: inside ``torch.autocast`` (CPU bfloat16/float16; CUDA float16 and
+    bfloat16) H and W are cast to the autocast dtype (float64 stays float64), and outside
+    it a 16-bit H against float32 W (or the reverse) is cast to the 16-bit dtype
+    (:func:`gnc_ext.ops.tiles.compute_dtype`); autograd returns each gradient in its
+    input's dtype (the float32 master weights get a float32 gradient). Per step: the
+    normalisation of H and of each block of W in that dtype with fp32 norms; the cosine
+    GEMMs on 16-bit operands with fp32 accumulation and an fp32 tile (on the CPU the
+    operands are upcast per tile, on CUDA tensor cores write fp32); margins, softmax and
+    log-sum-exp in fp32/fp64 (below); the backward products on 16-bit operands with fp32
+    accumulation (CUDA) or upcast per tile (CPU); the loss is float32. The ops run
+    with autocast off inside (their own precision choices hold, also for a backward
+    called inside the region), and ``torch.compile(fullgraph=True)`` traces through the
+    casts. Non-finite upstream gradients (``torch.amp.GradScaler``'s overflow) pass
+    through the backward to the gradients without an error, so the scaler skips the step.
 
     Numerics: cosines are fp32 GEMM tiles (16-bit inputs are upcast per tile, or on
     CUDA multiplied on tensor cores with fp32 output; fp64 inputs stay fp64); online
@@ -335,8 +351,9 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
     ``⟨ŵ_{k*} − ŵ_y, ĥ_i⟩`` (through the normalisation), i.e. a subgradient of the loss.
 
     Args:
-        H: (B, d), W: (K, d) with K ≥ 2, same floating dtype and device;
-        y: (B,) int64 in [0, K) (no ignore_index).
+        H: (B, d), W: (K, d) with K ≥ 2, same floating dtype and device (mixed
+        precision and ``torch.autocast`` as in :func:`spherical_cross_entropy`);
+        y: (B,) int64 or int32 in [0, K) (no ignore_index).
 
     Returns:
         float32 (float64 for float64 inputs) scalar, or (B,) for ``"none"``.

@@ -171,8 +171,8 @@ def test_autocast_training_loop_tracks_fp32():
         assert abs(la - lb) <= 0.05 * lb + 0.05, (a, b)
 
 
-@pytest.mark.parametrize("strategy", ["auto", "recompute", "stored"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("strategy", ["auto", "recompute", "stored", "grad_in_forward"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "no-autocast"])
 def test_gradscaler_inf_passes_through_and_the_step_is_skipped(strategy, dtype):
     torch.manual_seed(0)
     net = torch.nn.Linear(16, 32)
@@ -182,7 +182,8 @@ def test_gradscaler_inf_passes_through_and_the_step_is_skipped(strategy, dtype):
     x, y = torch.randn(32, 16), torch.randint(0, 100, (32,))
     w0, n0 = crit.weight.detach().clone(), net.weight.detach().clone()
     with gnc_ext.config.override(sce_strategy=strategy):
-        with torch.autocast("cpu", dtype=dtype):
+        with torch.autocast("cpu", dtype=torch.bfloat16 if dtype == torch.float32 else dtype,
+                            enabled=dtype != torch.float32):
             loss = crit(net(x), y)
         # an inf reaching the loss's backward (what an fp16 overflow upstream gives)
         scaler.scale(loss * torch.tensor(math.inf)).backward()  # no exception inside backward
@@ -192,7 +193,8 @@ def test_gradscaler_inf_passes_through_and_the_step_is_skipped(strategy, dtype):
     assert torch.equal(crit.weight.detach(), w0) and torch.equal(net.weight.detach(), n0)  # step skipped
     assert scaler.get_scale() == 512.0
     # the next, finite step goes through
-    with torch.autocast("cpu", dtype=dtype):
+    with torch.autocast("cpu", dtype=torch.bfloat16 if dtype == torch.float32 else dtype,
+                        enabled=dtype != torch.float32):
         loss = crit(net(x), y)
     opt.zero_grad()
     scaler.scale(loss).backward()
@@ -314,3 +316,14 @@ def test_sharded_loss_inside_autocast(sample_rate):
     assert abs(float(got.detach()) - float(ref.detach())) < 3e-2 * float(ref.detach())
     assert b.weight.grad.dtype == torch.float32 and Hb.grad.dtype == torch.float32
     assert _cos(Hb.grad, Ha.grad) >= 0.999 and _cos(b.weight.grad, a.weight.grad) >= 0.999
+
+
+def test_sharded_loss_passes_an_inf_upstream_gradient_through():
+    from gnc_ext.nn.sharded import ShardedSphericalCELoss
+    H, W, y = _data()
+    crit = ShardedSphericalCELoss(40, 24, tau=1 / 32, margin=0.2)
+    h = H.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = crit(h, y)
+    (loss * torch.tensor(math.inf)).backward()  # no exception inside backward
+    assert not torch.isfinite(crit.weight.grad).all() and not torch.isfinite(h.grad).all()

@@ -36,6 +36,17 @@ the last step are in ``last_sample_index``.
 
 Sub-centres (``num_subcenters`` = k) shard by class: a rank holding classes
 [offset, offset + K_r) holds the K_r·k class-major rows of their sub-centres.
+
+Ranks may bring different row counts in a step, zero included (a ragged last batch):
+the gathers take variable sizes, and the loss and gradients are those of the rows
+that exist. Every rank must still call the loss in every step (it is a collective);
+create the process group with a ``timeout`` so that a rank that does not call it makes
+the others fail with the group's timeout error rather than wait forever.
+
+Mixed precision: the options, ``torch.autocast`` and 16-bit features against the
+(float32) shard behave as in :func:`gnc_ext.spherical_cross_entropy`. Checkpoints that
+load at another world size (or into a single-process :class:`SphericalCELoss`):
+:mod:`gnc_ext.nn.checkpoint`.
 """
 from __future__ import annotations
 
@@ -183,7 +194,10 @@ class ShardedSphericalCELoss(OptionsAsAttributes, nn.Module):
     (CosFace: ``margin_type="cosface"``; ``interclass_filtering_threshold`` as there).
 
     Attributes: ``weight`` (K_r·k, d) Parameter of this rank's shard; ``offset``, ``rank``,
-    ``world_size``. :meth:`full_weight` gathers the whole (K·k, d) classifier.
+    ``world_size``; ``options`` (the validated :class:`gnc_ext.losses.SCEOptions`, whose
+    fields also read and write as attributes). :meth:`full_weight` gathers the whole
+    (K·k, d) classifier and :meth:`load_full_weight` copies this rank's rows from one;
+    ``full_weight`` is a collective (every rank of the group calls it).
     """
 
     def __init__(self, num_classes: int, embedding_dim: Optional[int] = None, *, group=None, tau: float = 0.05,
@@ -252,7 +266,8 @@ class ShardedSphericalCELoss(OptionsAsAttributes, nn.Module):
 
     @torch.no_grad()
     def load_full_weight(self, W: Tensor) -> None:
-        """Copy this rank's rows of a full (K·k, d) classifier into the shard."""
+        """Copy this rank's rows of a full (K·k, d) classifier into the shard (local: each
+        rank calls it with the same W, e.g. one from :meth:`full_weight`)."""
         _validate.tensor(W, "W", ndim=2)
         k = self.num_subcenters
         if W.shape[1] != self.embedding_dim:
@@ -263,7 +278,8 @@ class ShardedSphericalCELoss(OptionsAsAttributes, nn.Module):
 
     @torch.no_grad()
     def full_weight(self) -> Tensor:
-        """The whole (K, d) classifier, gathered from every rank (collective call)."""
+        """The whole (K·k, d) classifier, gathered from every rank: a collective, every rank
+        of the group calls it (each gets the full tensor, K·k·d values of memory)."""
         if self.world_size == 1:
             return self.weight.detach().clone()
         counts = [shard_range(self.num_classes, self.world_size, r)[1] * self.num_subcenters
