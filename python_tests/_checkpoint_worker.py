@@ -25,12 +25,10 @@ def local_rows(x, rank, world):
     return x[bounds[rank] : bounds[rank + 1]]
 
 
-def main(rank, world, init_file, ckpt, out_file, mode, module):
+def run(rank, world, ckpt, mode, module):
     from gnc_ext.nn import SphericalCELoss, ShardedSphericalCELoss
     from gnc_ext.nn.checkpoint import load_loss_checkpoint, save_loss_checkpoint
 
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     opts = dict(tau=0.1, margin=0.3, margin_type="arcface", margin_grad="straight_through", num_subcenters=K_SUB)
     if module == "single":
         crit = SphericalCELoss(K, D, **opts)
@@ -64,6 +62,13 @@ def main(rank, world, init_file, ckpt, out_file, mode, module):
         out["bitwise"] = bool(torch.equal(W, torch.load(ckpt + ".full_weight.pt")))
     out["loss2"] = step(2)  # uses the loaded weights
     out["loss3"] = step(3, update=False)  # uses the loaded momentum too
+    return out
+
+
+def main(rank, world, init_file, ckpt, out_file, mode, modules):
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    out = {m: run(rank, world, ckpt, mode, m) for m in modules.split(",")}
     if rank == 0:
         with open(out_file, "w") as f:
             json.dump(out, f)

@@ -16,13 +16,13 @@ from gnc_ext.nn.checkpoint import load_loss_checkpoint, save_loss_checkpoint
 WORKER = os.path.join(os.path.dirname(__file__), "_checkpoint_worker.py")
 
 
-def _run(world, ckpt, mode, module, tmp_path):
+def _run(world, ckpt, mode, modules, tmp_path):
     from conftest import package_subprocess_env
-    init = tmp_path / f"init-{mode}-{world}-{module}"
-    out = tmp_path / f"out-{mode}-{world}-{module}.json"
+    init = tmp_path / f"init-{mode}-{world}"
+    out = tmp_path / f"out-{mode}-{world}.json"
     env = dict(package_subprocess_env(), OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, WORKER, str(r), str(world), str(init), str(ckpt), str(out), mode,
-                               module], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               modules], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for r in range(world)]
     for p in procs:
         _, err = p.communicate(timeout=180)
@@ -32,12 +32,13 @@ def _run(world, ckpt, mode, module, tmp_path):
 
 def test_save_at_3_load_at_2_and_1_and_single_process(tmp_path):
     ckpt = tmp_path / "ckpt"
-    ref = _run(3, ckpt, "save", "sharded", tmp_path)
-    for world, module in ((2, "sharded"), (1, "sharded"), (1, "single")):
-        got = _run(world, ckpt, "load", module, tmp_path)
-        assert got["bitwise"], (world, module)
-        for key in ("loss2", "loss3"):
-            assert abs(got[key] - ref[key]) <= 1e-6 * max(1.0, abs(ref[key])), (world, module, got, ref)
+    ref = _run(3, ckpt, "save", "sharded", tmp_path)["sharded"]
+    runs = {2: _run(2, ckpt, "load", "sharded", tmp_path), 1: _run(1, ckpt, "load", "sharded,single", tmp_path)}
+    for world, res in runs.items():
+        for module, got in res.items():
+            assert got["bitwise"], (world, module)
+            for key in ("loss2", "loss3"):
+                assert abs(got[key] - ref[key]) <= 1e-6 * max(1.0, abs(ref[key])), (world, module, got, ref)
 
 
 def test_checkpoint_of_another_classifier_is_refused(tmp_path):

@@ -150,7 +150,12 @@ class SphericalCELoss(OptionsAsAttributes, _WeightedLoss):
 
     Holds W (K, d) as ``self.weight`` (an ``nn.Parameter``) unless ``classifier=`` supplies
     the weights (see the module docstring; used by a CMF classifier whose W is not
-    trained). Calls :func:`gnc_ext.spherical_cross_entropy` with the stored options.
+    trained). Calls :func:`gnc_ext.spherical_cross_entropy` with the stored options:
+    ``self.options``, one validated :class:`gnc_ext.losses.SCEOptions` (shared with
+    :class:`ShardedSphericalCELoss`), whose fields also read and write as attributes
+    (``crit.tau``; assigning one validates it). Labels int64 or int32; features in the
+    weight's dtype, or 16-bit against float32 weights, also inside ``torch.autocast``
+    (see "Mixed precision" in :func:`gnc_ext.spherical_cross_entropy`).
 
     Args:
         num_classes (K ≥ 2), embedding_dim (d ≥ 1), tau ≥ 1e-6, margin, margin_type
