@@ -13,11 +13,16 @@ Single process:
 Class-sharded over a process group (gloo on CPU, NCCL on GPUs), spawned here:
     python examples/face_recognition_synthetic.py --world-size 2 --classes 5000
 (with torchrun, pass --torchrun and launch with `torchrun --nproc-per-node N ...`).
+
+Each rank iterates a DistributedSampler's share of the samples (the same number of
+steps on every rank, last incomplete batch dropped, as InsightFace does), and the
+process group is created with a timeout (``--timeout``, seconds): a rank that misses a
+collective makes the others fail with the group's timeout error instead of hanging.
 """
 from __future__ import annotations
 
 import argparse
-import math
+import datetime
 import os
 import sys
 import tempfile
@@ -72,7 +77,8 @@ def train(rank: int, world: int, args, init_file: str | None = None) -> None:
     if distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         init = f"file://{init_file}" if init_file else "env://"
-        dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
+        dist.init_process_group(backend, init_method=init, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=args.timeout))
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
     torch.manual_seed(args.seed)  # same backbone init on every rank
@@ -96,21 +102,23 @@ def train(rank: int, world: int, args, init_file: str | None = None) -> None:
         crit = gnc_ext.nn.SphericalCELoss(args.classes, args.dim, tau=args.tau, margin=args.margin).to(device)
     params = list(net.parameters()) + [p for p in crit.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(X.shape[0] / (args.batch_size * world))
+    # every rank gets the same number of samples and steps (no rank skips a collective)
+    sampler = torch.utils.data.DistributedSampler(torch.utils.data.TensorDataset(y), num_replicas=world, rank=rank,
+                                                  shuffle=True, seed=args.seed + 1)
+    batches = torch.utils.data.BatchSampler(sampler, args.batch_size, drop_last=True)
+    steps_per_epoch = len(batches)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"--batch-size {args.batch_size} exceeds the {len(sampler)} samples per rank")
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
     if rank == 0:
         print(f"K={args.classes:,} d={args.dim} samples={X.shape[0]:,} world={world} device={device} "
               f"classifier={'sharded' if distributed else args.classifier} tau={args.tau} margin={args.margin}")
-    g = torch.Generator().manual_seed(args.seed + 1)
     t0 = time.time()
     for ep in range(1, args.epochs + 1):
-        perm = torch.randperm(X.shape[0], generator=g)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {ep}", disable=rank != 0 or not args.progress,
-                   leave=False)
-        for it in bar:
-            idx = perm[(it * world + rank) * args.batch_size : (it * world + rank + 1) * args.batch_size]
-            if idx.numel() < 2:
-                continue
+        sampler.set_epoch(ep)
+        bar = tqdm(batches, desc=f"epoch {ep}", disable=rank != 0 or not args.progress, leave=False)
+        for idx in bar:
+            idx = torch.as_tensor(idx)
             xb, yb = X[idx].to(device), y[idx].to(device)
             feats = net(xb)
             loss = crit(feats, yb)
@@ -153,6 +161,8 @@ def main() -> None:
     p.add_argument("--torchrun", action="store_true", help="launched by torchrun: read RANK/WORLD_SIZE")
     p.add_argument("--eval-every", type=int, default=2)
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds a collective may wait for the other ranks before failing (distributed runs)")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="show progress bars (default: only when stderr is a terminal)")
     p.add_argument("--no-progress", dest="progress", action="store_false")

@@ -31,7 +31,7 @@ the two columns then differ by the sampling approximation).
 from __future__ import annotations
 
 import argparse
-import math
+import datetime
 import os
 import sys
 import tempfile
@@ -118,7 +118,9 @@ def make_data(K: int, per_class: int, noise: float, seed: int):
 
 def train(rank: int, world: int, args, init_file: str | None) -> None:
     if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+        # with a timeout: a rank that misses a collective fails the others instead of hanging them
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=args.timeout))
     torch.manual_seed(args.seed)
     X, y = make_data(args.classes, args.per_class, args.noise, args.seed)
     s = 1.0 / args.tau
@@ -197,6 +199,7 @@ def main(argv=None) -> None:
     p.add_argument("--sample-rate", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a collective may wait (world size > 1)")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, args.world_size)))
     if args.world_size == 1:

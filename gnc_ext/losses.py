@@ -6,6 +6,7 @@ memory model; :func:`sce_strategy` says which strategy a call takes.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -15,10 +16,10 @@ from . import _validate
 from .ops import sce as _sce_ops
 from .ops import sce_stored as _sce_stored
 from .ops.normalize import normalize_rows
-from .ops.tiles import validate_inputs
+from .ops.tiles import compute_dtype, validate_inputs
 
 _SCE_REDUCTIONS = ("mean", "sum", "none")
-_HM_REDUCTIONS = ("max", "mean", "sum", "none")
+HARDMAX_REDUCTIONS = ("max", "mean", "sum", "none")
 
 
 def _choice(v, name, options):
@@ -27,35 +28,13 @@ def _choice(v, name, options):
     return v
 
 
-def _check_label_smoothing(v) -> float:
-    v = _validate.real(v, "label_smoothing")
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {v}")
-    return v
-
-
-def _check_margin(margin, margin_type, margin_grad: str = "exact") -> tuple:
-    margin_type = _choice(margin_type, "margin_type", tuple(_sce_ops.MARGIN_CODES))
-    margin_grad = _choice(margin_grad, "margin_grad", MARGIN_GRADS)
-    margin = _validate.real(margin, "margin")
-    hi = 1.0 if margin_type == "cosface" else math.pi / 2
-    if not (math.isfinite(margin) and 0.0 <= margin <= hi):
-        raise ValueError(f"margin: expected 0 <= margin <= {hi:g} for margin_type={margin_type!r}, got {margin}")
-    if margin == 0:
-        return margin, 0
-    if margin_type == "arcface" and margin_grad == "straight_through":
-        return margin, _sce_ops.ARCFACE_STRAIGHT_THROUGH
-    return margin, _sce_ops.MARGIN_CODES[margin_type]
-
-
-# ---- face-recognition options (InsightFace conventions; see spherical_cross_entropy) ----
 MARGIN_GRADS = ("exact", "straight_through")
 
 
 def check_recognition_options(interclass_filtering_threshold=0.0, num_subcenters=1) -> tuple:
     """``(threshold, k)`` validated: the interclass filtering threshold in [-1, 1] (0 = off)
     and the number of sub-centres per class, an int ≥ 1 (ValueError/TypeError naming them).
-    Used by :func:`spherical_cross_entropy` and the loss modules."""
+    Used by :class:`SCEOptions` and the sub-centre helpers."""
     t = _validate.real(interclass_filtering_threshold, "interclass_filtering_threshold")
     if not (math.isfinite(t) and -1.0 <= t <= 1.0):
         raise ValueError(f"interclass_filtering_threshold: expected a value in [-1, 1] (0 = off), got {t}")
@@ -74,6 +53,68 @@ def check_subcenter_rows(W: Tensor, num_subcenters: int, name: str = "W") -> int
     return rows // num_subcenters
 
 
+@dataclasses.dataclass(frozen=True)
+class SCEOptions:
+    """The options of the spherical cross-entropy, validated once (in ``__post_init__``;
+    TypeError/ValueError naming the field) and shared by :func:`spherical_cross_entropy`,
+    :class:`gnc_ext.nn.SphericalCELoss` and :class:`gnc_ext.nn.ShardedSphericalCELoss`.
+    Field meanings: :func:`spherical_cross_entropy`. Numbers are stored as Python
+    floats/ints (numpy scalars are converted); :meth:`replace` gives a validated copy
+    with some fields changed."""
+
+    tau: float = 0.05
+    reduction: str = "mean"
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    margin: float = 0.0
+    margin_type: str = "cosface"
+    normalize: bool = True
+    margin_grad: str = "exact"
+    interclass_filtering_threshold: float = 0.0
+    num_subcenters: int = 1
+
+    def __post_init__(self):
+        put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen: set the validated values)
+        put("tau", _validate.temperature(self.tau, "tau"))
+        put("reduction", _choice(self.reduction, "reduction", _SCE_REDUCTIONS))
+        put("ignore_index", _validate.integer(self.ignore_index, "ignore_index"))
+        ls = _validate.real(self.label_smoothing, "label_smoothing")
+        if not 0.0 <= ls <= 1.0:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1], got {ls}")
+        put("label_smoothing", ls)
+        put("margin_type", _choice(self.margin_type, "margin_type", tuple(_sce_ops.MARGIN_CODES)))
+        put("margin_grad", _choice(self.margin_grad, "margin_grad", MARGIN_GRADS))
+        m = _validate.real(self.margin, "margin")
+        hi = 1.0 if self.margin_type == "cosface" else math.pi / 2
+        if not (math.isfinite(m) and 0.0 <= m <= hi):
+            raise ValueError(f"margin: expected 0 <= margin <= {hi:g} for margin_type={self.margin_type!r}, got {m}")
+        put("margin", m)
+        put("normalize", _validate.boolean(self.normalize, "normalize"))
+        t, k = check_recognition_options(self.interclass_filtering_threshold, self.num_subcenters)
+        put("interclass_filtering_threshold", t)
+        put("num_subcenters", k)
+
+    @property
+    def margin_code(self) -> int:
+        """The native epilogue's margin code (0: none; :data:`gnc_ext.ops.sce.MARGIN_CODES`,
+        :data:`gnc_ext.ops.sce.ARCFACE_STRAIGHT_THROUGH`)."""
+        if self.margin == 0:
+            return 0
+        if self.margin_type == "arcface" and self.margin_grad == "straight_through":
+            return _sce_ops.ARCFACE_STRAIGHT_THROUGH
+        return _sce_ops.MARGIN_CODES[self.margin_type]
+
+    @property
+    def plain_epilogue(self) -> bool:
+        """No straight-through ArcFace, no interclass filtering, no sub-centres: the
+        options the stored-exponents strategy covers."""
+        return (self.margin_code != _sce_ops.ARCFACE_STRAIGHT_THROUGH and self.interclass_filtering_threshold == 0.0
+                and self.num_subcenters == 1)
+
+    def replace(self, **changes) -> "SCEOptions":
+        return dataclasses.replace(self, **changes)
+
+
 def _needs(t) -> bool:
     return torch.is_grad_enabled() and bool(getattr(t, "requires_grad", False))
 
@@ -85,7 +126,9 @@ def sce_strategy(H: Tensor, W: Tensor, *, reduction: str = "mean", margin: float
                  margin_type: str = "cosface", margin_grad: str = "exact", interclass_filtering_threshold: float = 0.0,
                  num_subcenters: int = 1) -> str:
     """The strategy :func:`spherical_cross_entropy` takes for these inputs and options
-    now, from ``gnc_ext.config.sce_strategy``:
+    now, from ``gnc_ext.config.sce_strategy``, for the dtype the GEMMs run in (inside
+    ``torch.autocast`` or with mixed input dtypes that is the 16-bit dtype,
+    :func:`gnc_ext.ops.tiles.compute_dtype`):
 
     * "stored" where it applies: autograd needs a gradient of H or W, the inputs are
       float32, float64 or bfloat16, and none of straight-through ArcFace, interclass
@@ -102,17 +145,18 @@ def sce_strategy(H: Tensor, W: Tensor, *, reduction: str = "mean", margin: float
       there), else "recompute"; on CUDA "recompute" (the stored strategy's CUDA kernels
       have not run on a GPU yet).
     """
-    reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
     _validate.tensor(H, "H", ndim=2)
     _validate.tensor(W, "W", ndim=2)
-    _, mcode = _check_margin(margin, margin_type, margin_grad)
-    thr, k = check_recognition_options(interclass_filtering_threshold, num_subcenters)
+    opts = SCEOptions(reduction=reduction, margin=margin, margin_type=margin_type, margin_grad=margin_grad,
+                      interclass_filtering_threshold=interclass_filtering_threshold, num_subcenters=num_subcenters)
+    return _strategy(H, W, compute_dtype(H, W), opts)
+
+
+def _strategy(H: Tensor, W: Tensor, dtype: torch.dtype, opts: SCEOptions) -> str:
     choice = _validate.config.sce_strategy
     need = _needs(H) or _needs(W)
-    same = W.dtype == H.dtype
-    gif = reduction != "none" and need and same and H.dtype in (torch.float32, torch.float64)
-    plain_epilogue = mcode != _sce_ops.ARCFACE_STRAIGHT_THROUGH and thr == 0.0 and k == 1
-    stored = need and same and plain_epilogue and _sce_stored.storage_dtype(H.dtype) is not None
+    gif = opts.reduction != "none" and need and dtype in (torch.float32, torch.float64)
+    stored = need and opts.plain_epilogue and _sce_stored.storage_dtype(dtype) is not None
     if choice == "recompute":
         return "recompute"
     if choice == "stored":
@@ -123,8 +167,8 @@ def sce_strategy(H: Tensor, W: Tensor, *, reduction: str = "mean", margin: float
         return "recompute"
     if gif:
         return "grad_in_forward"
-    fits = _sce_stored.stored_bytes(H.shape[0], W.shape[0], H.dtype) <= _validate.config.sce_stored_budget_bytes
-    measured = H.dtype in (torch.float32, torch.bfloat16)  # where it beat "recompute" (benchmarks/RESULTS.md)
+    fits = _sce_stored.stored_bytes(H.shape[0], W.shape[0], dtype) <= _validate.config.sce_stored_budget_bytes
+    measured = dtype in (torch.float32, torch.bfloat16)  # where it beat "recompute" (benchmarks/RESULTS.md)
     return "stored" if stored and fits and measured else "recompute"
 
 
@@ -193,8 +237,9 @@ def spherical_cross_entropy(
 
     Args:
         H: (B, d) features, float32/float64/bfloat16/float16, B ≥ 1.
-        W: (K, d) class weights, same dtype and device, K ≥ 2.
-        y: (B,) int64 labels in [0, K) or ``ignore_index``.
+        W: (K, d) class weights on H's device, K ≥ 2; the same dtype as H, or float32
+            master weights against 16-bit H (see "Mixed precision").
+        y: (B,) int64 or int32 labels in [0, K) or ``ignore_index``.
         tau: temperature, >= 1e-6 (``gnc_ext._validate.MIN_TAU``; the τ → 0 limit is
             :func:`hardmax_loss`).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (per-row losses, 0 for ignored rows).
@@ -204,6 +249,21 @@ def spherical_cross_entropy(
     Returns:
         The loss in float32 (float64 for float64 inputs) regardless of the input dtype:
         a scalar, or (B,) for ``reduction="none"``.
+
+    Mixed precision: inside ``torch.autocast`` (CPU bfloat16/float16; CUDA float16 and
+    bfloat16) H and W are cast to the autocast dtype (float64 stays float64), and outside
+    it a 16-bit H against float32 W (or the reverse) is cast to the 16-bit dtype
+    (:func:`gnc_ext.ops.tiles.compute_dtype`); autograd returns each gradient in its
+    input's dtype (the float32 master weights get a float32 gradient). Per step: the
+    normalisation of H and of each block of W in that dtype with fp32 norms; the cosine
+    GEMMs on 16-bit operands with fp32 accumulation and an fp32 tile (on the CPU the
+    operands are upcast per tile, on CUDA tensor cores write fp32); margins, softmax and
+    log-sum-exp in fp32/fp64 (below); the backward products on 16-bit operands with fp32
+    accumulation (CUDA) or upcast per tile (CPU); the loss is float32. The ops run
+    with autocast off inside (their own precision choices hold, also for a backward
+    called inside the region), and ``torch.compile(fullgraph=True)`` traces through the
+    casts. Non-finite upstream gradients (``torch.amp.GradScaler``'s overflow) pass
+    through the backward to the gradients without an error, so the scaler skips the step.
 
     Numerics: cosines are fp32 GEMM tiles (16-bit inputs are upcast per tile, or on
     CUDA multiplied on tensor cores with fp32 output; fp64 inputs stay fp64); online
@@ -239,45 +299,43 @@ def spherical_cross_entropy(
         an unknown margin_grad, a threshold outside [−1, 1], num_subcenters < 1, W whose
         row count is not K·num_subcenters.
     """
-    tau = _validate.temperature(tau, "tau")
-    reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
-    ignore_index = _validate.integer(ignore_index, "ignore_index")
-    label_smoothing = _check_label_smoothing(label_smoothing)
-    margin, mcode = _check_margin(margin, margin_type, margin_grad)
-    thr, k = check_recognition_options(interclass_filtering_threshold, num_subcenters)
-    if not isinstance(normalize, bool):
-        raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
-    if k > 1:
+    opts = SCEOptions(tau, reduction, ignore_index, label_smoothing, margin, margin_type, normalize, margin_grad,
+                      interclass_filtering_threshold, num_subcenters)
+    return sce_with_options(H, W, y, opts)
+
+
+def sce_with_options(H: Tensor, W: Tensor, y: Tensor, options: SCEOptions) -> Tensor:
+    """:func:`spherical_cross_entropy` with its options in one validated
+    :class:`SCEOptions` (what the loss modules call)."""
+    if not isinstance(options, SCEOptions):
+        raise TypeError(f"options: expected a gnc_ext.losses.SCEOptions, got {type(options).__name__}")
+    o = options
+    if o.num_subcenters > 1:
         _validate.tensor(W, "W", ndim=2)
-        check_subcenter_rows(W, k)
-    need_h, need_w = _needs(H), _needs(W)
+        check_subcenter_rows(W, o.num_subcenters)
     # with normalize=True every path computes ‖w_k‖ anyway (the fused op for all of W, the
     # recompute op block by block) and rejects non-finite W from those norms
-    validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index, check_W=not normalize)
-    strategy = sce_strategy(H, W, reduction=reduction, margin=margin, margin_type=margin_type, margin_grad=margin_grad,
-                            interclass_filtering_threshold=thr, num_subcenters=k)
+    y = validate_inputs(H, W, y, allow_ignore=True, ignore_index=o.ignore_index, check_W=not o.normalize)
+    dtype = compute_dtype(H, W)
+    H, W = H.to(dtype), W.to(dtype)  # autocast / mixed dtypes; autograd casts each gradient back
+    strategy = _strategy(H, W, dtype, o)
+    args = (o.tau, o.ignore_index, o.label_smoothing, o.margin, o.margin_code)
+    ops = torch.ops.gnc_ext
     if strategy == "grad_in_forward":
-        loss, _, _ = torch.ops.gnc_ext.spherical_ce_fused(
-            H, W, y, tau, ignore_index, label_smoothing, margin, mcode, normalize,
-            0 if reduction == "mean" else 1, need_h, need_w, 0, thr, k)
-        return loss
-    Hn = normalize_rows(H) if normalize else H
+        return ops.spherical_ce_fused(H, W, y, *args, o.normalize, 0 if o.reduction == "mean" else 1, _needs(H),
+                                      _needs(W), 0, o.interclass_filtering_threshold, o.num_subcenters)[0]
+    Hn = normalize_rows(H) if o.normalize else H
     if strategy == "stored":  # shifted exponentials stored once, backward = two GEMMs on them
-        rows = torch.ops.gnc_ext.spherical_ce_stored(Hn, W, y, tau, ignore_index, label_smoothing, margin, mcode,
-                                                      normalize, 0)[0]
-    elif normalize:  # Ŵ is formed one block of classes at a time, never stored
-        rows, _ = torch.ops.gnc_ext.spherical_ce_rows_nw(Hn, W, y, tau, ignore_index, label_smoothing, margin,
-                                                          mcode, 0, thr, k)
-    else:
-        rows, _ = torch.ops.gnc_ext.spherical_ce_rows(Hn, W, y, tau, ignore_index, label_smoothing, margin,
-                                                       mcode, 0, thr, k)
-    if reduction == "none":
+        rows = ops.spherical_ce_stored(Hn, W, y, *args, o.normalize, 0)[0]
+    else:  # normalize: Ŵ is formed one block of classes at a time, never stored
+        op = ops.spherical_ce_rows_nw if o.normalize else ops.spherical_ce_rows
+        rows = op(Hn, W, y, *args, 0, o.interclass_filtering_threshold, o.num_subcenters)[0]
+    if o.reduction == "none":
         return rows
     total = rows.sum()
-    if reduction == "sum":
+    if o.reduction == "sum":
         return total
-    n_valid = (y != ignore_index).sum().clamp_min(1).to(rows.dtype)
-    return total / n_valid
+    return total / (y != o.ignore_index).sum().clamp_min(1).to(rows.dtype)
 
 
 def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", normalize: bool = True) -> Tensor:
@@ -293,8 +351,9 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
     ``⟨ŵ_{k*} − ŵ_y, ĥ_i⟩`` (through the normalisation), i.e. a subgradient of the loss.
 
     Args:
-        H: (B, d), W: (K, d) with K ≥ 2, same floating dtype and device;
-        y: (B,) int64 in [0, K) (no ignore_index).
+        H: (B, d), W: (K, d) with K ≥ 2, same floating dtype and device (mixed
+        precision and ``torch.autocast`` as in :func:`spherical_cross_entropy`);
+        y: (B,) int64 or int32 in [0, K) (no ignore_index).
 
     Returns:
         float32 (float64 for float64 inputs) scalar, or (B,) for ``"none"``.
@@ -308,11 +367,13 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
     Raises:
         TypeError/ValueError naming the argument (as spherical_cross_entropy).
     """
-    reduction = _choice(reduction, "reduction", _HM_REDUCTIONS)
+    reduction = _choice(reduction, "reduction", HARDMAX_REDUCTIONS)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
     # normalize=True: the op rejects non-finite W from the norms of its blocks
-    validate_inputs(H, W, y, allow_ignore=False, check_W=not normalize)
+    y = validate_inputs(H, W, y, allow_ignore=False, check_W=not normalize)
+    dtype = compute_dtype(H, W)
+    H, W = H.to(dtype), W.to(dtype)  # autocast / mixed dtypes; autograd casts each gradient back
     Hn = normalize_rows(H) if normalize else H
     if normalize:  # Ŵ formed one block of classes at a time; a sparse backward through it
         v, _ = torch.ops.gnc_ext.hardmax_rows_nw(Hn, W, y, 0)

@@ -49,6 +49,24 @@ def test_sharded_equals_single_process(world, cfg, tmp_path):
         assert r["full_weight"] == 0.0
 
 
+_RAGGED_PLAIN = dict(K=7, d=5, tau=0.1, margin=0.2, margin_type="cosface", ls=0.0, reduction="mean", int32=True)
+_RAGGED_IF = dict(K=8, d=6, tau=1 / 64, margin=0.5, margin_type="arcface", ls=0.0, reduction="none",
+                  margin_grad="straight_through", threshold=0.1, subcenters=2, ignore=True, sample_rate=0.5)
+
+
+@pytest.mark.parametrize("world,counts,cfg", [
+    (2, [0, 5], _RAGGED_PLAIN), (2, [4, 0], _RAGGED_IF), (3, [3, 0, 4], _RAGGED_IF), (3, [0, 0, 2], _RAGGED_PLAIN),
+    (2, [0, 0], _RAGGED_PLAIN),
+], ids=["w2-first-empty", "w2-last-empty-insightface", "w3-middle-empty-insightface", "w3-two-empty", "w2-all-empty"])
+def test_sharded_ragged_and_empty_ranks(world, counts, cfg, tmp_path):
+    # a rank with zero rows in a step (a ragged last batch): the variable-size gathers
+    # give every rank the loss and gradients of the rows that exist, no hang
+    res = _run(world, dict(cfg, counts=counts), tmp_path)
+    assert [r["rows"] for r in res] == counts
+    for r in res:
+        assert r["loss"] < 1e-9 and r["dH"] < 1e-9 and r["dW"] < 1e-9, r
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_tiny_losses_keep_relative_accuracy(world, tmp_path):
     # features on their class weights at tau = 0.005: row losses ~1e-15 and below, which

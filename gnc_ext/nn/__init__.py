@@ -8,6 +8,9 @@
   torch.distributed group (Partial FC class sampling with ``sample_rate < 1``).
 - :func:`subcenter_clean` — sub-center ArcFace's cleaning step (dominant sub-centre per
   class, samples too far from it).
+- :mod:`gnc_ext.nn.checkpoint` — ``save_loss_checkpoint`` / ``load_loss_checkpoint``:
+  torch.distributed.checkpoint of the (sharded) classifier and its optimizer state,
+  loadable at another world size.
 """
 from .cmf import CMFClassifier
 from .losses import HardMaxLoss, SphericalCELoss

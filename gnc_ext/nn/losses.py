@@ -11,14 +11,14 @@ skips the dW computation otherwise.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from .. import _validate
-from ..losses import (_HM_REDUCTIONS, _SCE_REDUCTIONS, _check_label_smoothing, _check_margin, _choice,
-                      check_recognition_options, hardmax_loss, spherical_cross_entropy)
+from ..losses import HARDMAX_REDUCTIONS, SCEOptions, check_recognition_options, hardmax_loss, sce_with_options
 from ..ops import tiles as _tiles
 from ..ops.normalize import normalize_rows_named
 
@@ -123,12 +123,39 @@ class _WeightedLoss(nn.Module):
         return out
 
 
-class SphericalCELoss(_WeightedLoss):
+class OptionsAsAttributes:
+    """Mixin for the loss modules holding an :class:`gnc_ext.losses.SCEOptions` as
+    ``self.options``: its fields read and write as attributes (``crit.tau``,
+    ``crit.margin = 0.3``); assigning one replaces ``self.options`` by a validated copy,
+    so the options the loss uses are always the attributes shown. ``num_subcenters``
+    is fixed by the weight's shape and is read-only."""
+
+    _FIELDS = frozenset(f.name for f in dataclasses.fields(SCEOptions))
+
+    def __getattr__(self, name: str):
+        if name in OptionsAsAttributes._FIELDS and "options" in self.__dict__:
+            return getattr(self.__dict__["options"], name)
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in OptionsAsAttributes._FIELDS and "options" in self.__dict__:
+            if name == "num_subcenters":
+                raise AttributeError("num_subcenters: fixed by the weight's shape; build a new module")
+            value, name = self.options.replace(**{name: value}), "options"
+        super().__setattr__(name, value)
+
+
+class SphericalCELoss(OptionsAsAttributes, _WeightedLoss):
     """Drop-in large-K classifier loss: ``loss = criterion(features, labels)``.
 
     Holds W (K, d) as ``self.weight`` (an ``nn.Parameter``) unless ``classifier=`` supplies
     the weights (see the module docstring; used by a CMF classifier whose W is not
-    trained). Calls :func:`gnc_ext.spherical_cross_entropy` with the stored options.
+    trained). Calls :func:`gnc_ext.spherical_cross_entropy` with the stored options:
+    ``self.options``, one validated :class:`gnc_ext.losses.SCEOptions` (shared with
+    :class:`ShardedSphericalCELoss`), whose fields also read and write as attributes
+    (``crit.tau``; assigning one validates it). Labels int64 or int32; features in the
+    weight's dtype, or 16-bit against float32 weights, also inside ``torch.autocast``
+    (see "Mixed precision" in :func:`gnc_ext.spherical_cross_entropy`).
 
     Args:
         num_classes (K ≥ 2), embedding_dim (d ≥ 1), tau ≥ 1e-6, margin, margin_type
@@ -155,21 +182,13 @@ class SphericalCELoss(_WeightedLoss):
                  reduction: str = "mean", normalize: bool = True, classifier=None, dtype=None, device=None,
                  margin_grad: str = "exact", interclass_filtering_threshold: float = 0.0, num_subcenters: int = 1):
         super().__init__(num_classes, embedding_dim, classifier, dtype, device, num_subcenters)
-        self.tau = _validate.temperature(tau, "tau")
-        self.margin, self.margin_type = _check_margin(margin, margin_type, margin_grad)[0], margin_type
-        self.margin_grad = margin_grad
-        self.interclass_filtering_threshold = check_recognition_options(interclass_filtering_threshold)[0]
-        self.label_smoothing = _check_label_smoothing(label_smoothing)
-        self.ignore_index = _validate.integer(ignore_index, "ignore_index")
-        self.reduction = _choice(reduction, "reduction", _SCE_REDUCTIONS)
-        self.normalize = _validate.boolean(normalize, "normalize")
+        self.options = SCEOptions(tau, reduction, ignore_index, label_smoothing, margin, margin_type, normalize,
+                                  margin_grad, interclass_filtering_threshold, self.num_subcenters)
+
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        return spherical_cross_entropy(
-            features, self.class_weights(), labels, tau=self.tau, reduction=self.reduction,
-            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, margin=self.margin,
-            margin_type=self.margin_type, normalize=self.normalize, margin_grad=self.margin_grad,
-            interclass_filtering_threshold=self.interclass_filtering_threshold, num_subcenters=self.num_subcenters)
+        _validate.tensor(labels, "labels", ndim=1, dtypes=(torch.int64, torch.int32), allow_empty=True)
+        return sce_with_options(features, self.class_weights(), labels, self.options)
 
     @torch.no_grad()
     def logits(self, features: Tensor, chunk: Optional[int] = None) -> Tensor:
@@ -195,10 +214,13 @@ class HardMaxLoss(_WeightedLoss):
     def __init__(self, num_classes: int, embedding_dim: int, reduction: str = "max", normalize: bool = True,
                  classifier=None, dtype=None, device=None):
         super().__init__(num_classes, embedding_dim, classifier, dtype, device)
-        self.reduction = _choice(reduction, "reduction", _HM_REDUCTIONS)
+        if not isinstance(reduction, str) or reduction not in HARDMAX_REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {', '.join(map(repr, HARDMAX_REDUCTIONS))}, got {reduction!r}")
+        self.reduction = reduction
         self.normalize = _validate.boolean(normalize, "normalize")
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        _validate.tensor(labels, "labels", ndim=1, dtypes=(torch.int64, torch.int32), allow_empty=True)
         return hardmax_loss(features, self.class_weights(), labels, reduction=self.reduction,
                             normalize=self.normalize)
 

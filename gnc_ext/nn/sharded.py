@@ -36,6 +36,17 @@ the last step are in ``last_sample_index``.
 
 Sub-centres (``num_subcenters`` = k) shard by class: a rank holding classes
 [offset, offset + K_r) holds the K_r·k class-major rows of their sub-centres.
+
+Ranks may bring different row counts in a step, zero included (a ragged last batch):
+the gathers take variable sizes, and the loss and gradients are those of the rows
+that exist. Every rank must still call the loss in every step (it is a collective);
+create the process group with a ``timeout`` so that a rank that does not call it makes
+the others fail with the group's timeout error rather than wait forever.
+
+Mixed precision: the options, ``torch.autocast`` and 16-bit features against the
+(float32) shard behave as in :func:`gnc_ext.spherical_cross_entropy`. Checkpoints that
+load at another world size (or into a single-process :class:`SphericalCELoss`):
+:mod:`gnc_ext.nn.checkpoint`.
 """
 from __future__ import annotations
 
@@ -47,11 +58,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import _validate
-from ..losses import _check_label_smoothing, _check_margin, _choice, check_recognition_options, check_subcenter_rows
+from ..losses import SCEOptions, check_subcenter_rows
 from ..ops.sce import finish_state, fold_state, grad_tiles  # the recompute strategy's documented steps
-from ..ops.tiles import check_finite_rows, col_chunk
+from ..ops.tiles import autocast_off, check_finite_rows, col_chunk, compute_dtype
 from ..ops.normalize import normalize_rows
-from .losses import _check_device, _check_dtype
+from .losses import OptionsAsAttributes, _check_device, _check_dtype
 
 _REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
 
@@ -80,6 +91,7 @@ def _all_gather_rows(x: Tensor, counts: List[int], group) -> Tensor:
 
 class _ShardedCE(torch.autograd.Function):
     @staticmethod
+    @autocast_off
     def forward(ctx, Hn_local: Tensor, W: Tensor, y_all: Tensor, y_loc: Tensor, counts: List[int], rank: int,
                 group, tau: float, ignore_index: int, label_smoothing: float, margin: float, margin_type: int,
                 num_classes: int, reduction: int, chunk: int, threshold: float, subcenters: int):
@@ -116,6 +128,7 @@ class _ShardedCE(torch.autograd.Function):
         return loss_rows[start : start + counts[rank]].to(out_dtype)
 
     @staticmethod
+    @autocast_off
     def backward(ctx, g: Tensor):
         Hn_all, W, y_loc, stats = ctx.saved_tensors
         (counts, rank, group, tau, ignore_index, ls, margin, mt, K, reduction, chunk, n_valid, start,
@@ -145,7 +158,7 @@ class _ShardedCE(torch.autograd.Function):
         return dH, (dW if need_w else None), *([None] * 15)
 
 
-class ShardedSphericalCELoss(nn.Module):
+class ShardedSphericalCELoss(OptionsAsAttributes, nn.Module):
     """Spherical cross-entropy whose (K, d) classifier is sharded by class over a
     ``torch.distributed`` group (see the module docstring for the algorithm).
 
@@ -181,7 +194,10 @@ class ShardedSphericalCELoss(nn.Module):
     (CosFace: ``margin_type="cosface"``; ``interclass_filtering_threshold`` as there).
 
     Attributes: ``weight`` (K_r·k, d) Parameter of this rank's shard; ``offset``, ``rank``,
-    ``world_size``. :meth:`full_weight` gathers the whole (K·k, d) classifier.
+    ``world_size``; ``options`` (the validated :class:`gnc_ext.losses.SCEOptions`, whose
+    fields also read and write as attributes). :meth:`full_weight` gathers the whole
+    (K·k, d) classifier and :meth:`load_full_weight` copies this rank's rows from one;
+    ``full_weight`` is a collective (every rank of the group calls it).
     """
 
     def __init__(self, num_classes: int, embedding_dim: Optional[int] = None, *, group=None, tau: float = 0.05,
@@ -200,18 +216,12 @@ class ShardedSphericalCELoss(nn.Module):
         if embedding_dim is None:
             raise TypeError("embedding_dim: missing (the feature dimension d)")
         d = _validate.integer(embedding_dim, "embedding_dim", minimum=1)
-        self.tau = _validate.temperature(tau, "tau")
-        self.margin, self._margin_code = _check_margin(margin, margin_type, margin_grad)
-        self.margin_grad = margin_grad
-        self.interclass_filtering_threshold, self.num_subcenters = check_recognition_options(
-            interclass_filtering_threshold, num_subcenters)
-        ls = _check_label_smoothing(label_smoothing)
-        reduction = _choice(reduction, "reduction", tuple(_REDUCTIONS))
-        ignore_index = _validate.integer(ignore_index, "ignore_index")
+        opts = SCEOptions(tau, reduction, ignore_index, label_smoothing, margin, margin_type, True, margin_grad,
+                          interclass_filtering_threshold, num_subcenters)
         sr = _validate.real(sample_rate, "sample_rate")
         if not 0.0 < sr <= 1.0:
             raise ValueError(f"sample_rate: expected a value in (0, 1], got {sr}")
-        if sr < 1.0 and ls > 0:
+        if sr < 1.0 and opts.label_smoothing > 0:
             raise ValueError("label_smoothing: not supported together with sample_rate < 1")
         seed = _validate.integer(seed, "seed", maximum=2**64 - 1)  # what manual_seed takes
         dtype = _check_dtype(dtype, allow_none=False)
@@ -221,9 +231,9 @@ class ShardedSphericalCELoss(nn.Module):
         self.rank = dist.get_rank(group) if _dist_on(group) else 0
         if K < self.world_size:
             raise ValueError(f"num_classes: expected at least world_size={self.world_size} classes, got {K}")
-        self.num_classes, self.embedding_dim = K, d
-        self.margin_type, self.label_smoothing = margin_type, ls
-        self.ignore_index, self.reduction, self.sample_rate = ignore_index, reduction, sr
+        self.num_classes, self.embedding_dim, self.sample_rate = K, d, sr
+        self.num_subcenters = opts.num_subcenters
+        self.options = opts  # the loss options, also readable as attributes (crit.tau, ...)
         self.offset, size = shard_range(K, self.world_size, self.rank)
         self.num_local = size
         dev = torch.empty(0, device=device).device  # None: torch's default device
@@ -235,6 +245,12 @@ class ShardedSphericalCELoss(nn.Module):
         self.weight = nn.Parameter(w)
         self._sample_gen = torch.Generator(device=dev).manual_seed((seed * 7919 + 17 + self.rank) % 2**64)
         self.last_sample_index: Optional[Tensor] = None
+
+    @property
+    def sample_generator(self) -> torch.Generator:
+        """The seeded generator of the class sampling (its state is part of a checkpoint,
+        :mod:`gnc_ext.nn.checkpoint`)."""
+        return self._sample_gen
 
     @property
     def dim(self) -> int:
@@ -250,7 +266,8 @@ class ShardedSphericalCELoss(nn.Module):
 
     @torch.no_grad()
     def load_full_weight(self, W: Tensor) -> None:
-        """Copy this rank's rows of a full (K·k, d) classifier into the shard."""
+        """Copy this rank's rows of a full (K·k, d) classifier into the shard (local: each
+        rank calls it with the same W, e.g. one from :meth:`full_weight`)."""
         _validate.tensor(W, "W", ndim=2)
         k = self.num_subcenters
         if W.shape[1] != self.embedding_dim:
@@ -261,7 +278,8 @@ class ShardedSphericalCELoss(nn.Module):
 
     @torch.no_grad()
     def full_weight(self) -> Tensor:
-        """The whole (K, d) classifier, gathered from every rank (collective call)."""
+        """The whole (K·k, d) classifier, gathered from every rank: a collective, every rank
+        of the group calls it (each gets the full tensor, K·k·d values of memory)."""
         if self.world_size == 1:
             return self.weight.detach().clone()
         counts = [shard_range(self.num_classes, self.world_size, r)[1] * self.num_subcenters
@@ -269,25 +287,29 @@ class ShardedSphericalCELoss(nn.Module):
         return _all_gather_rows(self.weight.detach(), counts, self.group)
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        _validate.tensor(features, "features", ndim=2)
+        """The loss of the group's batch (see the class docstring). Ranks may bring
+        different row counts, zero included (the gathers take variable sizes); every rank
+        of the group must call it in the same step. Labels int64 or int32."""
+        _validate.tensor(features, "features", ndim=2, allow_empty=True)
         if features.shape[1] != self.embedding_dim:
             raise ValueError(f"features: expected width {self.embedding_dim}, got {features.shape[1]}")
-        _validate.tensor(labels, "labels", ndim=1, dtypes=(torch.int64,), allow_empty=False)
+        _validate.tensor(labels, "labels", ndim=1, dtypes=(torch.int64, torch.int32), allow_empty=True)
         if labels.shape[0] != features.shape[0]:
             raise ValueError(f"labels: expected {features.shape[0]} labels, got {labels.shape[0]}")
         _validate.same_device(("weight", self.weight), ("features", features), ("labels", labels))
-        _validate.finite(features, "features")
-        bad = (labels != self.ignore_index) & ((labels < 0) | (labels >= self.num_classes))
+        dtype = compute_dtype(features, self.weight)  # autocast / mixed dtypes (gnc_ext.ops.tiles)
+        labels = labels.to(torch.int64)
+        if features.shape[0]:
+            _validate.finite(features, "features")
+        o = self.options
+        bad = (labels != o.ignore_index) & ((labels < 0) | (labels >= self.num_classes))
         if bool(bad.any()):
             raise ValueError(f"labels: expected values in [0, {self.num_classes}) or ignore_index="
-                             f"{self.ignore_index}, got {int(labels[bad][0])}")
+                             f"{o.ignore_index}, got {int(labels[bad][0])}")
         check_finite_rows(self.weight, "weight")
-        Hn = normalize_rows(features)
-        W = self.weight  # normalised block by block inside the op
-        if features.dtype != self.weight.dtype:
-            Hn = Hn.to(self.weight.dtype)
-        distributed = self.world_size > 1
-        if distributed:
+        Hn = features.to(dtype)  # autograd casts the gradient back to features' dtype
+        Hn = normalize_rows(Hn) if Hn.shape[0] else Hn
+        if self.world_size > 1:
             cnt = torch.tensor([features.shape[0]], device=features.device, dtype=torch.int64)
             all_cnt = [torch.zeros_like(cnt) for _ in range(self.world_size)]
             dist.all_gather(all_cnt, cnt, group=self.group)
@@ -298,20 +320,26 @@ class ShardedSphericalCELoss(nn.Module):
         K_r = self.num_local
         in_shard = (y_all >= self.offset) & (y_all < self.offset + K_r)
         # labels outside this shard select no target column here (-1 is never a column)
-        outside = -1 if self.ignore_index != -1 else K_r
+        outside = -1 if o.ignore_index != -1 else K_r
         y_loc = torch.where(in_shard, y_all - self.offset, torch.full_like(y_all, outside))
-        y_loc = torch.where(y_all == self.ignore_index, torch.full_like(y_all, self.ignore_index), y_loc)
+        y_loc = torch.where(y_all == o.ignore_index, torch.full_like(y_all, o.ignore_index), y_loc)
+        W = self.weight  # raw: normalised block by block inside the op
         if self.sample_rate < 1.0:
             idx = self.sample(y_loc[in_shard])
             y_loc = torch.where(in_shard, torch.searchsorted(idx, y_loc.clamp(0, K_r - 1)), y_loc)
             k = self.num_subcenters
             rows = idx if k == 1 else (idx[:, None] * k + torch.arange(k, device=idx.device)).reshape(-1)
             W = W[rows]  # autograd: the gradient reaches the sampled rows only
-        return _ShardedCE.apply(Hn, W, y_all, y_loc.contiguous(), counts, self.rank, self.group, self.tau,
-                                self.ignore_index, self.label_smoothing, self.margin, self._margin_code,
-                                self.num_classes, _REDUCTIONS[self.reduction],
+        W = W.to(dtype)  # autocast: the GEMM dtype; the gradient comes back in the weight's dtype
+        if sum(counts) == 0:  # no rows anywhere in this step: loss 0, zero gradients
+            zero = (Hn.sum() + W.sum()) * 0.0
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            return zero.to(acc) if o.reduction != "none" else Hn.new_zeros((0,), dtype=acc) + zero.to(acc)
+        return _ShardedCE.apply(Hn, W, y_all, y_loc.contiguous(), counts, self.rank, self.group, o.tau,
+                                o.ignore_index, o.label_smoothing, o.margin, o.margin_code,
+                                self.num_classes, _REDUCTIONS[o.reduction],
                                 col_chunk(y_all.shape[0], W.shape[0], W.is_cuda, W.shape[1]),
-                                self.interclass_filtering_threshold, self.num_subcenters)
+                                o.interclass_filtering_threshold, self.num_subcenters)
 
     @torch.no_grad()
     def sample(self, positives: Tensor) -> Tensor:

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from .. import _engine, _validate
 from .._native import native, stream_of, view
-from .tiles import NORM_EPS, BlockNorms, acc_dtype, check_labels, col_chunk, cos_tile, norm_block, rows_sum_by_index
+from .tiles import (NORM_EPS, BlockNorms, acc_dtype, autocast_off, check_labels, col_chunk, cos_tile, norm_block,
+                    rows_sum_by_index)
 
 
 def screened(Hn: Tensor, Wn: Tensor) -> bool:
@@ -45,6 +46,7 @@ def screened(Hn: Tensor, Wn: Tensor) -> bool:
 
 # ------------------------------------------------------------ op 3: HardMax rows --
 @torch.library.custom_op("gnc_ext::hardmax_rows", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _hardmax_rows(Hn: Tensor, Wn: Tensor, y: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
     B, K = Hn.shape[0], Wn.shape[0]
     check_labels(y, K, False)
@@ -99,6 +101,7 @@ torch.library.register_autograd("gnc_ext::hardmax_rows", _hm_autograd(False), se
 
 # ---------------------------------------- op 3b: HardMax rows, W normalised block by block --
 @torch.library.custom_op("gnc_ext::hardmax_rows_nw", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _hardmax_rows_nw(Hn: Tensor, W: Tensor, y: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
     """:func:`_hardmax_rows` with the raw weights W: each block of classes is normalised on
     the fly (also on the screened path, which re-scores candidates from the block)."""
@@ -139,6 +142,7 @@ def _(Hn, W, y, chunk):
 
 
 @torch.library.custom_op("gnc_ext::hardmax_rows_backward", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _hm_rows_bwd(g: Tensor, Hn: Tensor, W: Tensor, y: Tensor, arg: Tensor, normalize_w: bool, need_h: bool,
                  need_w: bool) -> Tuple[Tensor, Tensor]:
     """Sparse HardMax backward for ``dL/dv = g``: ``dĤ_i = g_i (ŵ_{arg_i} − ŵ_{y_i})`` and
@@ -200,6 +204,7 @@ def _argmax_blocks(H: Tensor, W: Tensor, chunk: int, normalize_w: bool) -> Tenso
 
 
 @torch.library.custom_op("gnc_ext::argmax_cosine", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _argmax_cosine(H: Tensor, Wn: Tensor, chunk: int) -> Tensor:
     """argmax_k <H_i, Wn_k> (lowest index among ties) via the masked-argmax epilogue."""
     c = chunk or col_chunk(H.shape[0], Wn.shape[0], H.is_cuda)
@@ -214,6 +219,7 @@ def _argmax_fake(H, Wn, chunk):
 
 
 @torch.library.custom_op("gnc_ext::argmax_cosine_nw", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _argmax_cosine_nw(H: Tensor, W: Tensor, chunk: int) -> Tensor:
     """:func:`_argmax_cosine` with raw weights W (any floating dtype): each block of classes
     is normalised and cast to H's dtype when its tile is formed, so no K × d copy exists."""

@@ -70,7 +70,7 @@ from torch import Tensor
 
 from .. import _validate
 from .._native import native, stream_of, view
-from .tiles import (NORM_EPS, BlockNorms, acc_dtype, check_labels, col_chunk, cos_tile, gemm_mode,
+from .tiles import (NORM_EPS, BlockNorms, acc_dtype, autocast_off, check_labels, col_chunk, cos_tile, gemm_mode,
                     lowp_grad_gemm, mm_acc, mm_fp32, norm_block)
 
 MARGIN_CODES = {"cosface": 1, "arcface": 2}
@@ -269,6 +269,7 @@ def grad_tiles(Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, scale: Tensor, 
 
 # ------------------------------------------------------ op 1: recompute strategy --
 @torch.library.custom_op("gnc_ext::spherical_ce_rows", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _sce_rows(Hn: Tensor, Wn: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
               margin: float, margin_type: int, chunk: int, interclass_threshold: float = 0.0,
               subcenters: int = 1) -> Tuple[Tensor, Tensor]:
@@ -289,6 +290,7 @@ def _rows_fake(Hn, Wn, y, tau, ignore_index, label_smoothing, margin, margin_typ
 
 
 @torch.library.custom_op("gnc_ext::spherical_ce_rows_backward", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _sce_rows_bwd(grad_rows: Tensor, Hn: Tensor, Wn: Tensor, y: Tensor, stats: Tensor, tau: float,
                   ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
                   need_h: bool, need_w: bool, interclass_threshold: float = 0.0,
@@ -335,6 +337,7 @@ torch.library.register_autograd("gnc_ext::spherical_ce_rows", _rows_autograd(_sc
 
 # ---------------------------- op 1b: recompute strategy, W normalised block by block --
 @torch.library.custom_op("gnc_ext::spherical_ce_rows_nw", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _sce_rows_nw(Hn: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
                  margin: float, margin_type: int, chunk: int, interclass_threshold: float = 0.0,
                  subcenters: int = 1) -> Tuple[Tensor, Tensor]:
@@ -351,6 +354,7 @@ _sce_rows_nw.register_fake(_rows_fake)
 
 
 @torch.library.custom_op("gnc_ext::spherical_ce_rows_nw_backward", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _sce_rows_nw_bwd(grad_rows: Tensor, Hn: Tensor, W: Tensor, y: Tensor, stats: Tensor, tau: float,
                      ignore_index: int, label_smoothing: float, margin: float, margin_type: int, chunk: int,
                      need_h: bool, need_w: bool, interclass_threshold: float = 0.0,
@@ -368,6 +372,7 @@ torch.library.register_autograd("gnc_ext::spherical_ce_rows_nw", _rows_autograd(
 
 # ----------------------------------------------- op 2: gradient-in-forward strategy --
 @torch.library.custom_op("gnc_ext::spherical_ce_fused", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _sce_fused(H: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
                margin: float, margin_type: int, normalize: bool, reduction: int, need_h: bool, need_w: bool,
                row_chunk_: int, interclass_threshold: float = 0.0,

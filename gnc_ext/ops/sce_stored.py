@@ -50,7 +50,7 @@ from torch import Tensor
 
 from .. import _validate
 from .._native import native, stream_of, view
-from .tiles import (NORM_EPS, BlockNorms, acc_dtype, check_labels, col_chunk, cos_tile, mm_acc,
+from .tiles import (NORM_EPS, BlockNorms, acc_dtype, autocast_off, check_labels, col_chunk, cos_tile, mm_acc,
                     rows_sum_by_index)
 
 # Rows whose largest shifted logit (s − 1)/τ lies below this are recomputed with their
@@ -139,6 +139,7 @@ def _exp_pass(Hn: Tensor, Ha: Tensor, W: Tensor, y: Tensor, inv_n: Tensor, shift
 
 
 @torch.library.custom_op("gnc_ext::spherical_ce_stored", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _sce_stored(Hn: Tensor, W: Tensor, y: Tensor, tau: float, ignore_index: int, label_smoothing: float,
                 margin: float, margin_type: int, normalize_w: bool, chunk: int
                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -200,6 +201,7 @@ def _(Hn, W, y, tau, ignore_index, label_smoothing, margin, margin_type, normali
 
 
 @torch.library.custom_op("gnc_ext::spherical_ce_stored_backward", mutates_args=(), device_types=("cpu", "cuda"))
+@autocast_off
 def _sce_stored_bwd(grad_rows: Tensor, Hn: Tensor, W: Tensor, y: Tensor, E: Tensor, stats: Tensor, inv_n: Tensor,
                     tau: float, ignore_index: int, label_smoothing: float, margin: float, margin_type: int,
                     normalize_w: bool, chunk: int, need_h: bool, need_w: bool) -> Tuple[Tensor, Tensor]:

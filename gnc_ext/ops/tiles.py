@@ -8,7 +8,8 @@ inputs the loss functions share. Settings read here (``gnc_ext.config``):
 """
 from __future__ import annotations
 
-from typing import Tuple
+import functools
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -148,15 +149,75 @@ def rows_sum_by_index(idx: Tensor, G: Tensor) -> Tuple[Tensor, Tensor]:
     return u, S
 
 
+# ------------------------------------------------------------ mixed precision --
+LOWP_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype of the enclosing ``torch.autocast`` region on ``device_type``, or None."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def compute_dtype(H: Tensor, W: Tensor) -> torch.dtype:
+    """The dtype the loss ops run their GEMMs in for features H and weights W:
+
+    * inside ``torch.autocast`` on H's device: the autocast dtype (float64 inputs are
+      left alone, as autocast does);
+    * otherwise H's dtype when both agree, and with one 16-bit input against float32
+      (16-bit features against float32 master weights, or the reverse) the 16-bit dtype.
+
+    The loss functions cast both inputs to it (autograd returns each gradient in its
+    input's dtype); the GEMMs accumulate in float32 and the softmax/margin arithmetic
+    runs in float32/float64 whatever it is. Raises TypeError naming W for other
+    combinations (float64 against anything else, float16 against bfloat16 outside
+    autocast)."""
+    a, b = H.dtype, W.dtype
+    if torch.float64 in (a, b):
+        if a != b:
+            raise TypeError(f"W: expected dtype {a} (the dtype of H), got {b}")
+        return a
+    ac = autocast_dtype(H.device.type)
+    if ac is not None:
+        return ac
+    if a == b:
+        return a
+    low = [t for t in (a, b) if t in LOWP_DTYPES]
+    if len(low) == 1:
+        return low[0]
+    raise TypeError(f"W: expected dtype {a} (the dtype of H) or float32, got {b}")
+
+
+def autocast_off(fn):
+    """Decorator for the implementation of a loss custom op: the body runs with autocast
+    disabled on its tensors' device, so its GEMMs and epilogues see the dtypes the
+    caller chose (:func:`compute_dtype`) even when the op, or its backward, is called
+    inside ``torch.autocast`` (autocast would otherwise turn the fp32 tiles into 16-bit
+    ones). The body is opaque to torch.compile (the op's fake kernel is traced), so this
+    does not affect ``fullgraph=True``."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        dev = next(a for a in args if isinstance(a, Tensor)).device.type
+        if torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return run
+
+
 # ------------------------------------------------------------------- validation --
-def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100, check_W: bool = True) -> None:
-    """The checks every loss function makes at the door: H (B, d) and W (K, d) floating,
-    same dtype and device, B ≥ 1, K ≥ 2; y (B,) int64 labels in [0, K) (or
-    ``ignore_index`` when ``allow_ignore``); NaN/Inf in H (and in W when ``check_W``)
-    rejected when ``config.check_finite``. Raises TypeError/ValueError naming the argument."""
+def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100, check_W: bool = True,
+                    label_name: str = "y") -> Tensor:
+    """The checks every loss function makes at the door: H (B, d) and W (K, d) floating
+    on one device, dtypes that :func:`compute_dtype` accepts, B ≥ 1, K ≥ 2; y (B,) int32
+    or int64 labels in [0, K) (or ``ignore_index`` when ``allow_ignore``); NaN/Inf in H
+    (and in W when ``check_W``) rejected when ``config.check_finite``. Returns the labels
+    as int64 (what the ops take). Raises TypeError/ValueError naming the argument
+    (``label_name`` for y)."""
     _validate.tensor(H, "H", ndim=2)
     _validate.tensor(W, "W", ndim=2)
-    _validate.tensor(y, "y", ndim=1, dtypes=(torch.int64,), allow_empty=True)
+    _validate.tensor(y, label_name, ndim=1, dtypes=(torch.int64, torch.int32), allow_empty=True)
     _validate.same_device(("H", H), ("W", W), ("y", y))
     if H.shape[0] == 0:
         raise ValueError("H: expected at least one row (B >= 1), got shape " + str(tuple(H.shape)))
@@ -164,16 +225,17 @@ def validate_inputs(H, W, y, *, allow_ignore: bool, ignore_index: int = -100, ch
         raise ValueError(f"W: expected at least 2 classes (K >= 2), got shape {tuple(W.shape)}")
     if H.shape[1] != W.shape[1]:
         raise ValueError(f"W: expected {H.shape[1]} columns (the feature dimension of H), got shape {tuple(W.shape)}")
-    if H.dtype != W.dtype:
-        raise TypeError(f"W: expected dtype {H.dtype} (the dtype of H), got {W.dtype}")
+    compute_dtype(H, W)
     if y.shape[0] != H.shape[0]:
-        raise ValueError(f"y: expected shape ({H.shape[0]},) (one label per row of H), got {tuple(y.shape)}")
+        raise ValueError(f"{label_name}: expected shape ({H.shape[0]},) (one label per row of H), got {tuple(y.shape)}")
+    y = y.to(torch.int64)
     if torch.compiler.is_compiling():
-        return  # data-dependent checks: labels are re-checked inside the ops at run time
+        return y  # data-dependent checks: labels are re-checked inside the ops at run time
     check_finite_rows(H, "H")
     if check_W:
         check_finite_rows(W, "W")
-    check_labels(y, W.shape[0], allow_ignore, ignore_index)
+    check_labels(y, W.shape[0], allow_ignore, ignore_index, label_name)
+    return y
 
 
 def check_finite_rows(x: Tensor, name: str) -> None:
@@ -189,12 +251,12 @@ def check_finite_rows(x: Tensor, name: str) -> None:
             raise ValueError(f"{name}: contains NaN or Inf values (or rows whose sum overflows)")
 
 
-def check_labels(y: Tensor, K: int, allow_ignore: bool, ignore_index: int = -100) -> None:
-    """Raise ValueError naming ``y`` if a label is outside [0, K) (and not ignore_index)."""
+def check_labels(y: Tensor, K: int, allow_ignore: bool, ignore_index: int = -100, name: str = "y") -> None:
+    """Raise ValueError naming ``name`` if a label is outside [0, K) (and not ignore_index)."""
     bad = (y < 0) | (y >= K)
     if allow_ignore:
         bad = bad & (y != ignore_index)
     if bool(bad.any()):
         v = int(y[bad][0])
         extra = f" or ignore_index={ignore_index}" if allow_ignore else ""
-        raise ValueError(f"y: labels must lie in [0, {K - 1}]{extra}; got {v}")
+        raise ValueError(f"{name}: labels must lie in [0, {K - 1}]{extra}; got {v}")
