@@ -13,7 +13,7 @@ holds several arrays needs the key: ``FILE.npz:KEY`` (a path that exists as writ
 always taken as a path, so file names containing ``:`` still work).
 
 Exit codes: 0 success; 1 bad input (one line on stderr, ``gnc CMD: error: ...``, naming
-the file or argument); 2 bad usage (argparse's message); 141 (128 + SIGPIPE) when the
+the option and file as typed, e.g. ``--labels y.npy: ...``); 2 bad usage (argparse's message); 141 (128 + SIGPIPE) when the
 reader of stdout went away (``gnc distance W.npy --json | head``): no message then.
 
 JSON output (``--json``): one object per run, keys in snake_case, numbers as JSON
@@ -27,16 +27,21 @@ schema of each subcommand is in docs/CLI.md; in short:
   gpu_usable, omp_num_threads_env).
 * ``demo``: rho_opt, seconds, runs (list of {tau, final: {metric: number}, gnc2_over_opt}),
   files (list of str).
-* ``distance``: classes, dim, normalized, rho, rho_lower, max_gap, argmin_class,
-  rattler_tol, rattlers (list of int), one_vs_one_min_distance, theory (object: see
-  below), distance and lower (lists of K numbers).
+* ``distance``: classes, dim, normalized, rho, rho_lower, max_gap (the per-class worst
+  certificate gap), argmin_class, rattler_tol, rattlers (list of int), rattler_count,
+  one_vs_one_min_distance, theory (object: see below), distance and lower (lists of K numbers).
 * ``metrics``: samples, classes, dim, normalized, gnc1, ncc_accuracy, gnc2 (object
-  {rho, rho_lower, gap, rattlers} or null without weights), gnc3 (number or null),
+  {rho, rho_lower, max_gap, gap (max_gap's former name), rattlers, rattler_count} or
+  null without weights), gnc3 (number or null),
   theory (object or null without weights); with ``--nc`` also ``nc``: the fields of
   :class:`gnc_ext.metrics.NCMetrics` (nc1_pinv, nc1_quotient, nc1_cdnv, nc2_*, w_*,
   nc3_*, nc4_agreement, nc5_ood, ...; numbers, or null where not measured).
 * ``solve``: problem, dim, classes, rho, rho_lower, one_vs_one_min_distance,
-  min_angle_cosine, rattlers (list of int), theory, saved (str or null).
+  min_angle_cosine, rattlers (list of int), rattler_count, theory, saved (str or null).
+
+``--device`` (demo, distance, metrics, solve) is checked before any work;
+``--progress/--no-progress`` (the same four) forces or silences the bar, which by
+default shows on a terminal once a run has taken a second.
 * ``design``: classes, margin, dim, dim_source (the construction or bound that gives d),
   theory (at that d).
 

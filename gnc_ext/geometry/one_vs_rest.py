@@ -23,7 +23,7 @@ generation around an exact small solver:
    (Lemma C.4); ``distance_k − lower_k = max_j ⟨w_j − p_k, u_k⟩ ≤ tol`` on exit.
 
 On CUDA the GEMMs are torch's (cuBLAS) per block of classes, followed by the native
-epilogue kernels of ``csrc/cuda/hull.cu`` (the chunked engine of DESIGN.md); the small
+epilogue kernels of ``csrc/cuda/hull.cu`` (the chunked engine, docs/ARCHITECTURE.md); the small
 problems run in fp64, one warp per class.
 """
 from __future__ import annotations
