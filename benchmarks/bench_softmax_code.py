@@ -29,7 +29,7 @@ import time
 import torch
 
 from gnc_ext.solvers import certify_code, softmax_code, tammes
-from _solvers2_md import write_section
+from harness import write_section
 
 CASES = [(3, K) for K in range(4, 31)] + [(4, K) for K in range(6, 31)]
 
