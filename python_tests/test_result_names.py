@@ -35,10 +35,10 @@ def test_rattlers_are_int64_tensors_everywhere():
     assert _is_index_tensor(sc.rattlers)
     tm = tammes(3, 8, seed=0, restarts=2, progress=False)
     assert _is_index_tensor(tm.rattlers)
-    # Tammes rattlers: points with no neighbour at the minimal distance (within contact_tol 1e-6 in cosine)
+    # Tammes rattlers: points with no neighbour at the minimal distance (within the default contact_tol 1e-8 in cosine)
     C = tm.W.numpy() @ tm.W.numpy().T
     np.fill_diagonal(C, -2.0)
-    brute = [k for k in range(8) if not (C[k] >= C.max() - 1e-6).any()]
+    brute = [k for k in range(8) if not (C[k] >= C.max() - 1e-8).any()]
     assert tm.rattlers.tolist() == brute
 
 
