@@ -215,7 +215,7 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
         bs = max(1, min(B, (2 * _TILE_BYTES) // (8 * per)))
         if dev.type == "cuda":
             bs = max(1, min(bs, (256 * 2**20) // (8 * _hull_ops.solve_workspace_doubles(n, d))))
-        if progress and bs > 2048:
+        if _progress.enabled(progress) and bs > 2048:  # a bar may show: update it every 2048 classes
             bs = 2048
         bar = _bar(progress, B, f"hull solve (round {rounds})")
         for b0 in range(0, B, bs):
