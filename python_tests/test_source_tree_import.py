@@ -8,8 +8,7 @@ import sys
 import gnc_ext
 from conftest import package_subprocess_env
 
-PKG = os.path.dirname(os.path.abspath(gnc_ext.__file__))
-REPO = os.path.dirname(PKG)
+PKG = os.path.dirname(os.path.abspath(gnc_ext.__file__))  # the package under test, installed or in-tree
 
 
 def _copy_package(dst):
@@ -29,7 +28,7 @@ def test_source_checkout_without_core_names_folder_and_ways_out(tmp_path):
     checkout = tmp_path / "checkout"
     _copy_package(checkout / "gnc_ext")
     (checkout / "csrc").mkdir()
-    shutil.copy(os.path.join(REPO, "pyproject.toml"), checkout / "pyproject.toml")
+    (checkout / "pyproject.toml").write_text('[project]\nname = "gnc_ext"\n')  # what a checkout has beside the package
     out = _import(checkout)
     assert out.returncode != 0
     msg = _last_line(out.stderr)
