@@ -29,7 +29,7 @@ import time
 import torch
 
 from gnc_ext.solvers import certify_code, softmax_code, tammes
-from _solvers2_md import write_section
+from harness import write_section
 
 CASES = [(3, K) for K in range(4, 31)] + [(4, K) for K in range(6, 31)]
 
@@ -70,8 +70,8 @@ def main():
         if verdict in ("SC>T", "T>SC"):  # is the better-rho code also the better Tammes code?
             mism.append((d, K, (drho > 0) == (dcos < 0)))
         rows.append(f"| {d} | {K} | {sc.rho:.9f} | {ct['rho']:.9f} | {drho:+.1e} | {sc.max_cosine:.7f} | "
-                    f"{tm.max_cosine:.7f} | {sc.rattlers} | {ct['rattlers']} | {tm.rattlers} | {verdict} | "
-                    f"{best_rho.rho:.9f} | {best_cos.max_cosine:.7f} | {cb['rho']:.9f} | {best_rho.rattlers} | "
+                    f"{tm.max_cosine:.7f} | {sc.rattlers.tolist()} | {ct['rattlers'].tolist()} | {tm.rattlers.tolist()} | {verdict} | "
+                    f"{best_rho.rho:.9f} | {best_cos.max_cosine:.7f} | {cb['rho']:.9f} | {best_rho.rattlers.tolist()} | "
                     f"{after} | {dt:.0f} |")
         print(rows[-1], flush=True)
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))

@@ -13,7 +13,7 @@ import torch
 
 from gnc_ext import theory
 from gnc_ext.solvers import hardmax_problem, train_ufm
-from _solvers2_md import write_section
+from harness import write_section
 
 TAUS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02)
 SEEDS = (0, 1, 2)

@@ -17,6 +17,8 @@ case and implementation, in the same process and run:
   (``ratio = baseline_ms / impl_ms``; > 1 is faster) and the memory ratio.
 
 Results are written as JSON and as a markdown table (``--out DIR``) and printed.
+``write_section`` keeps the solver benchmarks' shared page
+(``results/solvers2_cpu.md``) one named section per script.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -246,3 +249,18 @@ def main(cases: List[Case], title: str, argv: Optional[List[str]] = None) -> Lis
         with open(os.path.join(args.out, stem + ".md"), "w") as f:
             f.write(header + "\n" + table + "\n")
     return rows
+
+
+SOLVERS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "solvers2_cpu.md")
+
+
+def write_section(name: str, text: str, path: str = SOLVERS_MD) -> None:
+    """Write (or replace) the section ``name`` of the markdown page ``path``; the other
+    sections are kept. Used by the solver benchmarks, which share one results page."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    old = open(path).read() if os.path.exists(path) else "# solvers2 (Softmax Codes, UFM, HardMax) — CPU results\n\n"
+    block = f"<!-- {name} -->\n{text.rstrip()}\n<!-- /{name} -->\n"
+    pat = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->\n", re.S)
+    new = pat.sub(lambda m: block, old) if pat.search(old) else old.rstrip() + "\n\n" + block
+    with open(path, "w") as f:
+        f.write(new)

@@ -12,7 +12,7 @@ import torch
 
 from gnc_ext import theory
 from gnc_ext.solvers import softmax_code
-from _solvers2_md import write_section
+from harness import write_section
 
 K = 30
 DIMS = range(3, 11)

@@ -66,7 +66,7 @@ def gnc_report(net, W, X, y, K, device, rank0=True):
     net.train()
     return {"gnc1": res.gnc1, "gnc3": res.gnc3, "ncc": ncc,
             "rho": None if res.gnc2 is None else res.gnc2.rho,
-            "rho_gap": None if res.gnc2 is None else res.gnc2.gap,
+            "rho_gap": None if res.gnc2 is None else res.gnc2.max_gap,
             "classes_seen": res.num_nonempty}
 
 

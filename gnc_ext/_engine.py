@@ -1,4 +1,4 @@
-"""The similarity-reduce engine's chunked driver (DESIGN.md).
+"""The similarity-reduce engine's chunked driver (docs/ARCHITECTURE.md).
 
 Every large-K computation is S = A·Bᵀ reduced along K. Where a fused native kernel
 does not exist for a device yet, ops stream B in blocks of classes: one GEMM per block

@@ -20,14 +20,50 @@ from typing import Any, Dict
 
 import torch
 
+
+def _source_checkout(package_dir: str):
+    """The repository root when ``package_dir`` is the ``gnc_ext`` folder of a source
+    checkout (``pyproject.toml`` and ``csrc/`` beside it), else None."""
+    root = os.path.dirname(package_dir)
+    if os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(os.path.join(root, "csrc")):
+        return root
+    return None
+
+
+def _installed_elsewhere(root: str):
+    """Another ``gnc_ext`` package on ``sys.path`` (the one a source checkout shadows), or None."""
+    import sys
+
+    for entry in sys.path:
+        where = os.path.realpath(entry or os.getcwd())
+        if where != os.path.realpath(root) and os.path.isfile(os.path.join(where, "gnc_ext", "__init__.py")):
+            return os.path.join(where, "gnc_ext")
+    return None
+
+
+def _import_error(exc: ImportError) -> ImportError:
+    """The message for a missing or unloadable ``gnc_ext._C``: a source checkout imported
+    in place of the installed package is named as such, with the two ways out."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = _source_checkout(here)
+    if root is None:
+        return ImportError(
+            "gnc_ext's native core (gnc_ext._C) could not be imported. Install the package "
+            "with `pip install .` from the source tree (this compiles the C++/CUDA core); "
+            f"original error: {exc}")
+    other = _installed_elsewhere(root)
+    shadow = f"; it shadows the installed gnc_ext in {other}" if other else ""
+    return ImportError(
+        f"gnc_ext is being imported from the source checkout {root} (the current folder or "
+        f"PYTHONPATH puts it first on sys.path), where the native core gnc_ext._C has not been "
+        f"built{shadow}. Either run Python from another folder, or install this checkout in "
+        f"editable mode with `pip install -e .` (run in {root}). Original error: {exc}")
+
+
 try:
     from . import _C  # type: ignore[attr-defined]
-except ImportError as exc:  # pragma: no cover - exercised only on broken installs
-    raise ImportError(
-        "gnc_ext's native core (gnc_ext._C) could not be imported. Install the package "
-        "with `pip install .` from the source tree (this compiles the C++/CUDA core); "
-        f"original error: {exc}"
-    ) from exc
+except ImportError as _exc:
+    raise _import_error(_exc) from _exc
 
 __all__ = ["view", "stream_of", "build_info", "native"]
 

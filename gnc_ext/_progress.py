@@ -3,7 +3,9 @@
 Every function of the package that can show a tqdm bar takes ``progress``:
 
 * ``None`` (the default): a bar only when stderr is a terminal (``sys.stderr.isatty()``),
-  so logs, pipes and CI output get no bar text;
+  so logs, pipes and CI output get no bar text, and only once the work has run for
+  ``AUTO_DELAY_S`` seconds (tqdm's ``delay``), so every long run shows one and a short
+  run shows none, whatever its size;
 * ``True``: always a bar (on stderr, wherever it goes);
 * ``False``: never.
 
@@ -16,7 +18,9 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-__all__ = ["enabled", "bar"]
+__all__ = ["enabled", "bar", "AUTO_DELAY_S"]
+
+AUTO_DELAY_S = 1.0
 
 
 def enabled(progress, name: str = "progress") -> bool:
@@ -36,7 +40,10 @@ def enabled(progress, name: str = "progress") -> bool:
 
 def bar(progress, total: Optional[int], desc: str, **kw):
     """A ``tqdm.auto.tqdm`` bar (``leave=False`` unless given) when :func:`enabled`, else None.
-    ``progress`` must already be validated or is validated here."""
+    ``progress`` must already be validated or is validated here; with ``None`` the bar
+    appears only after ``AUTO_DELAY_S`` seconds (unless ``delay`` is given)."""
+    if progress is None:
+        kw.setdefault("delay", AUTO_DELAY_S)
     if not enabled(progress):
         return None
     try:

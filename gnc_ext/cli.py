@@ -13,7 +13,7 @@ holds several arrays needs the key: ``FILE.npz:KEY`` (a path that exists as writ
 always taken as a path, so file names containing ``:`` still work).
 
 Exit codes: 0 success; 1 bad input (one line on stderr, ``gnc CMD: error: ...``, naming
-the file or argument); 2 bad usage (argparse's message); 141 (128 + SIGPIPE) when the
+the option and file as typed, e.g. ``--labels y.npy: ...``); 2 bad usage (argparse's message); 141 (128 + SIGPIPE) when the
 reader of stdout went away (``gnc distance W.npy --json | head``): no message then.
 
 JSON output (``--json``): one object per run, keys in snake_case, numbers as JSON
@@ -27,16 +27,21 @@ schema of each subcommand is in docs/CLI.md; in short:
   gpu_usable, omp_num_threads_env).
 * ``demo``: rho_opt, seconds, runs (list of {tau, final: {metric: number}, gnc2_over_opt}),
   files (list of str).
-* ``distance``: classes, dim, normalized, rho, rho_lower, max_gap, argmin_class,
-  rattler_tol, rattlers (list of int), one_vs_one_min_distance, theory (object: see
-  below), distance and lower (lists of K numbers).
+* ``distance``: classes, dim, normalized, rho, rho_lower, max_gap (the per-class worst
+  certificate gap), argmin_class, rattler_tol, rattlers (list of int), rattler_count,
+  one_vs_one_min_distance, theory (object: see below), distance and lower (lists of K numbers).
 * ``metrics``: samples, classes, dim, normalized, gnc1, ncc_accuracy, gnc2 (object
-  {rho, rho_lower, gap, rattlers} or null without weights), gnc3 (number or null),
+  {rho, rho_lower, max_gap, gap (max_gap's former name), rattlers, rattler_count} or
+  null without weights), gnc3 (number or null),
   theory (object or null without weights); with ``--nc`` also ``nc``: the fields of
   :class:`gnc_ext.metrics.NCMetrics` (nc1_pinv, nc1_quotient, nc1_cdnv, nc2_*, w_*,
   nc3_*, nc4_agreement, nc5_ood, ...; numbers, or null where not measured).
 * ``solve``: problem, dim, classes, rho, rho_lower, one_vs_one_min_distance,
-  min_angle_cosine, rattlers (list of int), theory, saved (str or null).
+  min_angle_cosine, rattlers (list of int), rattler_count, theory, saved (str or null).
+
+``--device`` (demo, distance, metrics, solve) is checked before any work;
+``--progress/--no-progress`` (the same four) forces or silences the bar, which by
+default shows on a terminal once a run has taken a second.
 * ``design``: classes, margin, dim, dim_source (the construction or bound that gives d),
   theory (at that d).
 
@@ -141,72 +146,122 @@ def _split_key(path: str):
     return path, None
 
 
-def _pick(name: str, path: str, keys: List[str], key: Optional[str], what: str):
+def _pick(lead: str, path: str, keys: List[str], key: Optional[str], what: str):
     if key is not None:
         if key not in keys:
-            raise CLIError(f"{name}: {path} has no {what} {key!r} (it holds: {', '.join(keys)})")
+            raise CLIError(f"{lead}: has no {what} {key!r} (it holds: {', '.join(keys)})")
         return key
     if len(keys) == 1:
         return keys[0]
     if not keys:
-        raise CLIError(f"{name}: {path} holds no {what}")
+        raise CLIError(f"{lead}: holds no {what}")
     shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
-    raise CLIError(f"{name}: {path} holds {len(keys)} {what}s ({shown}); name one as {path}:KEY")
+    raise CLIError(f"{lead}: holds {len(keys)} {what}s ({shown}); name one as {path}:KEY")
 
 
-def load_array(path: str, name: str, *, ndim: int, dtype=None):
+def _lead(option: Optional[str], path: str) -> str:
+    """How an error names an input: ``--option FILE`` for an option, ``FILE`` for a
+    positional argument (``option`` None)."""
+    return path if option is None else f"{option} {path}"
+
+
+def load_array(path: str, option: Optional[str], *, ndim: int, dtype=None):
     """Load a .npy / .npz / .pt tensor as a torch tensor, checked. ``FILE.npz:KEY`` (or
-    ``FILE.pt:KEY`` for a dict of tensors) picks one array of several."""
+    ``FILE.pt:KEY`` for a dict of tensors) picks one array of several. Errors name the
+    input as the user typed it: ``--option FILE``, or ``FILE`` when ``option`` is None."""
     import numpy as np
     import torch
 
     if not path:
-        raise CLIError(f"{name}: no file given")
+        raise CLIError(f"{option or 'input'}: no file given")
+    typed = path
     path, key = _split_key(path)
+    lead = _lead(option, typed)
     if not os.path.isfile(path):
-        raise CLIError(f"{name}: no such file: {path}")
+        raise CLIError(f"{lead}: no such file")
     ext = os.path.splitext(path)[1].lower()
     if key is not None and ext == ".npy":
-        raise CLIError(f"{name}: {path} is a .npy file (one array); drop the ':{key}'")
+        raise CLIError(f"{lead}: {path} is a .npy file (one array); drop the ':{key}'")
     try:
         if ext == ".npy":
             with open(path, "rb") as f:
                 if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
-                    raise CLIError(f"{name}: {path} is not a NumPy .npy array file (no NPY header)")
+                    raise CLIError(f"{lead}: not a NumPy .npy array file (no NPY header)")
             t = torch.from_numpy(np.load(path, allow_pickle=False))
         elif ext == ".npz":
             import zipfile
 
             if not zipfile.is_zipfile(path):
-                raise CLIError(f"{name}: {path} is not a NumPy .npz archive (not a zip file)")
+                raise CLIError(f"{lead}: not a NumPy .npz archive (not a zip file)")
             with np.load(path, allow_pickle=False) as z:
-                t = torch.from_numpy(z[_pick(name, path, list(z.files), key, "array")])
+                t = torch.from_numpy(z[_pick(lead, path, list(z.files), key, "array")])
         elif ext in (".pt", ".pth"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
-                obj = obj[_pick(name, path, [str(k) for k in obj], key, "entry")] if obj else None
+                obj = obj[_pick(lead, path, [str(k) for k in obj], key, "entry")] if obj else None
             if not isinstance(obj, torch.Tensor):
-                raise CLIError(f"{name}: {path} does not hold a tensor")
+                raise CLIError(f"{lead}: does not hold a tensor")
             t = obj
         else:
-            raise CLIError(f"{name}: unsupported file type {ext!r} (use .npy, .npz or .pt)")
+            raise CLIError(f"{lead}: unsupported file type {ext!r} (use .npy, .npz or .pt)")
     except CLIError:
         raise
     except Exception as exc:  # unreadable / corrupt file: the reason's first line only
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise CLIError(f"{name}: cannot read {path}: {type(exc).__name__}: {first}") from None
+        raise CLIError(f"{lead}: cannot read it: {type(exc).__name__}: {first}") from None
     if t.dim() != ndim:
-        raise CLIError(f"{name}: expected a {ndim}-D array, got shape {tuple(t.shape)} in {path}")
+        raise CLIError(f"{lead}: expected a {ndim}-D array, got shape {tuple(t.shape)}")
     if dtype == "float":
         if not (t.is_floating_point()):
-            raise CLIError(f"{name}: expected floating-point values, got {t.dtype} in {path}")
+            raise CLIError(f"{lead}: expected floating-point values, got {t.dtype}")
         if not bool(torch.isfinite(t).all()):
-            raise CLIError(f"{name}: contains NaN or Inf values ({path})")
+            raise CLIError(f"{lead}: contains NaN or Inf values")
     elif dtype == "int":
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise CLIError(f"{name}: expected integer labels, got {t.dtype} in {path}")
+            raise CLIError(f"{lead}: expected integer labels, got {t.dtype}")
         t = t.long()
     return t
+
+
+def _in_cli_terms(exc: Exception, names: Dict[str, str]) -> CLIError:
+    """A library error (``NAME: ...``, NAME a Python argument) restated with the option or
+    file the user typed in place of NAME, and the CLI's flags in place of keyword hints."""
+    msg = str(exc)
+    head, sep, rest = msg.partition(": ")
+    if sep and head in names:
+        msg = f"{names[head]}: {rest}"
+    for py, flag in (("pass normalize=True", "pass --normalize"), ("rattler_tol", "--rattler-tol")):
+        msg = msg.replace(py, flag)
+    return CLIError(msg)
+
+
+def check_device(value: Optional[str]) -> Optional[str]:
+    """``--device``: None (the command's default), ``cpu``, ``cuda`` or ``cuda:N``, usable
+    here (a GPU torch sees and a gnc_ext built with CUDA kernels); else CLIError."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device: expected cpu, cuda or cuda:N, got {value!r}") from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise CLIError(f"--device: {value!r} is not supported (cpu, cuda or cuda:N)")
+    if not torch.cuda.is_available():
+        raise CLIError(f"--device: {value} asked for, but torch {torch.__version__} sees no usable GPU here; "
+                       "use --device cpu")
+    from . import build_info
+
+    if not build_info()["cuda_compiled"]:
+        raise CLIError(f"--device: {value} asked for, but this gnc_ext was built without CUDA kernels "
+                       "(`gnc info` shows the build); use --device cpu")
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        raise CLIError(f"--device: {value} asked for, but only {n} GPU(s) are visible")
+    return str(dev)
 
 
 def _cmd_info(args) -> int:
@@ -219,9 +274,16 @@ def _cmd_info(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    taus = [float(x) for x in args.taus.split(",")] if args.taus else [0.05, 1.0]
-    s = run_demo(args.out, taus=taus, epochs=args.epochs, seed=args.seed, device=args.device,
-                 plots=not args.no_plot, log=(lambda *a, **k: None) if args.json else print)
+    try:
+        taus = [float(x) for x in args.taus.split(",")] if args.taus else [0.05, 1.0]
+    except ValueError:
+        raise CLIError(f"--taus: expected comma-separated numbers, got {args.taus!r}") from None
+    try:
+        s = run_demo(args.out, taus=taus, epochs=args.epochs, seed=args.seed, device=args.device,
+                     plots=not args.no_plot, log=(lambda *a, **k: None) if args.json else print,
+                     progress=args.progress)
+    except (ValueError, TypeError) as exc:
+        raise _in_cli_terms(exc, {"taus": "--taus", "epochs": "--epochs", "device": "--device"}) from None
     if args.json:
         _emit(args, {k: v for k, v in s.items() if k != "histories"})
     return 0
@@ -232,29 +294,32 @@ def _cmd_distance(args) -> int:
 
     import gnc_ext
 
-    W = load_array(args.weights, "W", ndim=2, dtype="float")
+    src = args.weights  # errors name the file as typed
+    W = load_array(src, None, ndim=2, dtype="float")
     if W.dtype not in (torch.float32, torch.float64):
         W = W.double()
     if args.device:
         W = W.to(args.device)
     try:
-        r = gnc_ext.one_vs_rest_distance(W, normalize=args.normalize, rattler_tol=args.rattler_tol)
-    except ValueError as exc:  # the library's advice in the CLI's terms
-        raise CLIError(str(exc).replace("pass normalize=True", "pass --normalize")) from None
+        r = gnc_ext.one_vs_rest_distance(W, normalize=args.normalize, rattler_tol=args.rattler_tol,
+                                         progress=args.progress)
+    except (ValueError, TypeError) as exc:  # the library's advice in the CLI's terms
+        raise _in_cli_terms(exc, {"W": src}) from None
     K, d = W.shape
     nn = gnc_ext.one_vs_one_distance(W if not args.normalize else gnc_ext.normalize_rows(W))
     rows: Dict[str, Any] = {
         "classes": K, "dim": d, "normalized": bool(args.normalize),
-        "rho": float(r.rho), "rho_lower": float(r.rho_lower), "max_gap": float(r.gap),
+        "rho": float(r.rho), "rho_lower": float(r.rho_lower), "max_gap": float(r.max_gap),
         "argmin_class": int(torch.argmin(r.distance)),
         "rattler_tol": float(args.rattler_tol), "rattlers": r.rattlers.cpu().tolist(),
+        "rattler_count": int(r.rattlers.numel()),
         "one_vs_one_min_distance": float(nn.min),
         "theory": _theory(d, K),
         "distance": r.distance.cpu().tolist(), "lower": r.lower.cpu().tolist(),
     }
     worst = torch.argsort(r.distance)[: min(5, K)].cpu().tolist()
-    table = {k: v for k, v in rows.items() if k not in ("distance", "lower", "rattlers")}
-    table["rattlers"] = len(rows["rattlers"])
+    table = {k: v for k, v in rows.items() if k not in ("distance", "lower", "rattlers", "rattler_count")}
+    table["rattlers"] = rows["rattler_count"]
     table["closest classes"] = ", ".join(f"{k} ({float(r.distance[k]):.4g})" for k in worst)
     _emit(args, rows, table)
     if args.plot:
@@ -266,48 +331,116 @@ def _cmd_distance(args) -> int:
     return 0
 
 
+def _metrics_inputs(args):
+    """Features, labels, weights and K of ``gnc metrics``, cross-checked; every refusal
+    names the option and file the user typed."""
+    import torch
+
+    fl, ll = _lead("--features", args.features), _lead("--labels", args.labels)
+    H = load_array(args.features, "--features", ndim=2, dtype="float").to(torch.float32)
+    y = load_array(args.labels, "--labels", ndim=1, dtype="int")
+    N, d = H.shape
+    if N == 0:
+        raise CLIError(f"{fl}: holds no rows (no samples)")
+    if y.shape[0] != N:
+        if y.shape[0] == d:
+            raise CLIError(f"{fl}: shape {tuple(H.shape)} looks transposed: its {d} columns match the "
+                           f"{y.shape[0]} labels of {args.labels}; features must be (N, d), one row per label")
+        raise CLIError(f"{ll}: holds {y.shape[0]} labels, but {fl} has {N} rows (one label per row)")
+    W = None
+    if args.weights:
+        wl = _lead("--weights", args.weights)
+        W = load_array(args.weights, "--weights", ndim=2, dtype="float").to(torch.float32)
+        if W.shape[1] != d:
+            hint = " (it looks transposed: save it as (K, d))" if W.shape[0] == d else ""
+            raise CLIError(f"{wl}: width {W.shape[1]} does not match the feature width {d} of "
+                           f"{args.features}{hint}")
+    if args.classes is not None:
+        K, source = args.classes, f"--classes {args.classes}"
+        if W is not None and W.shape[0] != K:
+            raise CLIError(f"--classes: {K} does not match the {W.shape[0]} rows of {args.weights}")
+    elif W is not None:
+        K, source = W.shape[0], f"the {W.shape[0]} rows of {args.weights}"
+    else:
+        K, source = None, None
+    if args.classes is not None and K < 2:
+        raise CLIError(f"--classes: {K}; GNC needs at least 2 classes")
+    if K is not None and K < 2:
+        raise CLIError(f"{_lead('--weights', args.weights)}: holds {K} class row; GNC needs at least 2 classes")
+    bad = (y < 0) if K is None else (y < 0) | (y >= K)
+    if bool(bad.any()):
+        n, pos = int(bad.sum()), int(torch.nonzero(bad)[0])
+        where = f"outside 0..{K - 1} ({source})" if K is not None else "negative (labels are class indices)"
+        raise CLIError(f"{ll}: {n} of {N} labels {'is' if n == 1 else 'are'} {where}, "
+                       f"e.g. {int(y[pos])} at position {pos}")
+    if K is None:
+        K = int(y.max()) + 1
+        present = int(torch.unique(y).numel())
+        if present < K:
+            raise CLIError(f"{ll}: the labels run from 0 to {K - 1}, but only {present} of those {K} classes "
+                           "occur; pass --classes K (or --weights) to say how many classes there are")
+        if K < 2:
+            raise CLIError(f"{ll}: every label is 0 (one class); GNC needs at least 2 classes")
+    return H, y, W, K
+
+
 def _cmd_metrics(args) -> int:
     import torch
 
     import gnc_ext
+    from . import _progress
 
-    H = load_array(args.features, "features", ndim=2, dtype="float").to(torch.float32)
-    y = load_array(args.labels, "labels", ndim=1, dtype="int")
-    if y.shape[0] != H.shape[0]:
-        raise CLIError(f"labels: expected {H.shape[0]} labels (one per feature row), got {y.shape[0]}")
-    W = None
-    if args.weights:
-        W = load_array(args.weights, "weights", ndim=2, dtype="float").to(torch.float32)
-        if W.shape[1] != H.shape[1]:
-            raise CLIError(f"weights: expected width {H.shape[1]} (the feature width), got {W.shape[1]}")
-    K = args.classes or (int(y.max()) + 1 if W is None else W.shape[0])
+    H, y, W, K = _metrics_inputs(args)
+    names = {"features": f"--features {args.features}", "labels": f"--labels {args.labels}",
+             "W": f"--weights {args.weights}", "num_classes": "--classes", "acc": f"--labels {args.labels}",
+             "kernel": "--kernel", "cdnv_exponent": "--cdnv-exponent", "device": "--device",
+             "ood_mean": f"--ood-features {args.ood_features}"}
+    dev = args.device or "cpu"
+    chunk = 65536
+    steps = -(-H.shape[0] // chunk) + 2 + bool(args.nc)
+    bar = _progress.bar(args.progress, steps, "gnc metrics")
     try:
-        acc = gnc_ext.metrics.GNCAccumulator(K, H.shape[1], normalize=not args.no_normalize)
-        for s in range(0, H.shape[0], 65536):
-            acc.update(H[s : s + 65536], y[s : s + 65536])
-        res = acc.compute(W=W)
-        ncc = float(acc.ncc_accuracy(H, y))
+        acc = gnc_ext.metrics.GNCAccumulator(K, H.shape[1], normalize=not args.no_normalize, device=dev)
+        for s in range(0, H.shape[0], chunk):
+            acc.update(H[s : s + chunk].to(dev), y[s : s + chunk].to(dev))
+            if bar is not None:
+                bar.update(1)
+        Wd = None if W is None else W.to(dev)
+        res = acc.compute(W=Wd)
+        if bar is not None:
+            bar.update(1)
+        ncc = float(acc.ncc_accuracy(H.to(dev), y.to(dev)))
+        if bar is not None:
+            bar.update(1)
         nc = None
         if args.nc:
             ood = None
             if args.ood_features:
-                ood = load_array(args.ood_features, "ood-features", ndim=2, dtype="float").to(torch.float64)
+                ood = load_array(args.ood_features, "--ood-features", ndim=2, dtype="float").to(torch.float64)
                 if ood.shape[1] != H.shape[1]:
-                    raise CLIError(f"ood-features: expected width {H.shape[1]} (the feature width), got {ood.shape[1]}")
+                    raise CLIError(f"--ood-features {args.ood_features}: width {ood.shape[1]} does not match "
+                                   f"the feature width {H.shape[1]} of {args.features}")
                 if not args.no_normalize:
                     ood = torch.nn.functional.normalize(ood, dim=1)
-                ood = ood.mean(0)
-            nc = gnc_ext.metrics.nc_metrics(acc, W, ood_mean=ood, kernel=args.kernel,
+                ood = ood.mean(0).to(dev)
+            nc = gnc_ext.metrics.nc_metrics(acc, Wd, ood_mean=ood, kernel=args.kernel,
                                             cdnv_exponent=args.cdnv_exponent,
-                                            features=H if W is not None else None).to_dict()
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+                                            features=H.to(dev) if W is not None else None).to_dict()
+            if bar is not None:
+                bar.update(1)
+    except (ValueError, TypeError) as exc:
+        raise _in_cli_terms(exc, names) from None
+    finally:
+        if bar is not None:
+            bar.close()
     g2 = res.gnc2
     rows: Dict[str, Any] = {
         "samples": H.shape[0], "classes": K, "dim": H.shape[1], "normalized": not args.no_normalize,
         "gnc1": float(res.gnc1), "ncc_accuracy": ncc,
-        "gnc2": None if g2 is None else {"rho": float(g2.rho), "rho_lower": float(g2.rho_lower),
-                                         "gap": float(g2.gap), "rattlers": g2.rattlers.cpu().tolist()},
+        "gnc2": None if g2 is None else {
+            "rho": float(g2.rho), "rho_lower": float(g2.rho_lower), "max_gap": float(g2.max_gap),
+            "gap": float(g2.max_gap),  # the former name of max_gap, kept within schema version 1
+            "rattlers": g2.rattlers.cpu().tolist(), "rattler_count": int(g2.rattlers.numel())},
         "gnc3": None if res.gnc3 is None else float(res.gnc3),
         "theory": _theory(H.shape[1], K) if W is not None else None,
     }
@@ -317,12 +450,17 @@ def _cmd_metrics(args) -> int:
     return 0
 
 
+_SOLVE_NAMES = {"d": "--dim", "dim": "--dim", "K": "--classes", "num_classes": "--classes",
+                "classes": "--classes", "restarts": "--restarts", "max_iter": "--max-iter",
+                "time_limit": "--time-limit", "seed": "--seed", "device": "--device"}
+
+
 def _cmd_solve(args) -> int:
     import numpy as np
 
     import gnc_ext
 
-    kw = dict(seed=args.seed, progress=None if not args.json else False)
+    kw = dict(seed=args.seed, progress=args.progress)
     if args.restarts is not None:
         kw["restarts"] = args.restarts
     if args.max_iter is not None:
@@ -330,13 +468,15 @@ def _cmd_solve(args) -> int:
     if args.time_limit is not None:
         kw["time_limit"] = args.time_limit
     if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
-        raise CLIError(f"save: cannot write {args.save}: no such directory")  # before the search
+        raise CLIError(f"--save {args.save}: cannot write it: no such directory")  # before the search
+    names = dict(_SOLVE_NAMES)
     if args.init:
-        W0 = load_array(args.init, "init", ndim=2, dtype="float")
+        W0 = load_array(args.init, "--init", ndim=2, dtype="float")
         if tuple(W0.shape) != (args.classes, args.dim):
-            raise CLIError(f"init: expected a ({args.classes}, {args.dim}) code (--classes x --dim), "
-                           f"got {tuple(W0.shape)}")
+            raise CLIError(f"--init {args.init}: expected a ({args.classes}, {args.dim}) code "
+                           f"(--classes x --dim), got {tuple(W0.shape)}")
         kw["init"] = W0
+        names["init"] = f"--init {args.init}"
         if args.restarts is None:
             kw["restarts"] = 0  # polish the given code only, unless --restarts asks for a search too
     try:
@@ -345,7 +485,7 @@ def _cmd_solve(args) -> int:
         else:
             r = gnc_ext.solvers.tammes(args.dim, args.classes, device=args.device, **kw)
     except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc)) from None
+        raise _in_cli_terms(exc, names) from None
     W = r.W.detach().cpu().double()
     cert = gnc_ext.one_vs_rest_distance(W)
     nn = gnc_ext.one_vs_one_distance(W)
@@ -358,13 +498,13 @@ def _cmd_solve(args) -> int:
             else:
                 np.save(args.save, W.numpy())
         except OSError as exc:
-            raise CLIError(f"save: cannot write {args.save}: {exc.strerror or exc}") from None
+            raise CLIError(f"--save {args.save}: cannot write it: {exc.strerror or exc}") from None
     rows: Dict[str, Any] = {
         "problem": args.problem, "dim": args.dim, "classes": args.classes,
         "rho": float(cert.rho), "rho_lower": float(cert.rho_lower),
         "one_vs_one_min_distance": float(nn.min), "min_angle_cosine": 1.0 - float(nn.min) ** 2 / 2.0,
-        "rattlers": cert.rattlers.cpu().tolist(), "theory": _theory(args.dim, args.classes),
-        "saved": args.save,
+        "rattlers": cert.rattlers.cpu().tolist(), "rattler_count": int(cert.rattlers.numel()),
+        "theory": _theory(args.dim, args.classes), "saved": args.save,
     }
     _emit(args, rows)
     return 0
@@ -376,7 +516,7 @@ def _cmd_design(args) -> int:
     try:
         des = gnc_ext.theory.design_dim(args.classes, args.margin)
     except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc).replace("rho:", "--margin:", 1)) from None
+        raise _in_cli_terms(exc, {"rho": "--margin", "K": "--classes", "num_classes": "--classes"}) from None
     rows = {"classes": args.classes, "margin": args.margin, "dim": des.d, "dim_source": des.source,
             "theory": _theory(des.d, args.classes)}
     _emit(args, rows)
@@ -410,6 +550,11 @@ def _float(s: str) -> float:
     return v
 
 
+def _add_progress(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: on a terminal, once the run has taken a moment)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gnc", description="gnc_ext: Generalized Neural Collapse at large K")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -425,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--no-plot", action="store_true")
+    _add_progress(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_demo)
 
@@ -433,8 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--normalize", action="store_true", help="normalise rows first (else rows must be unit-norm)")
     s.add_argument("--rattler-tol", type=_float, default=1e-6,
                    help="report classes whose certified distance exceeds rho by more than this (default 1e-6)")
-    s.add_argument("--device", default=None)
+    s.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: where W is, the CPU)")
     s.add_argument("--plot", default=None, metavar="FILE.png")
+    _add_progress(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_distance)
 
@@ -452,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="p in the CDNV's |mu_i - mu_j|^(2p) (with --nc; > 0)")
     s.add_argument("--ood-features", default=None, metavar="F",
                    help="(M, d) out-of-distribution features for NC5 (with --nc)")
+    s.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
+    _add_progress(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_metrics)
 
@@ -465,8 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a (K, d) code (.npy/.npz/.pt) to polish (alone, unless --restarts is given)")
     s.add_argument("--time-limit", type=_float, default=None, metavar="SECONDS")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default=None)
+    s.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     s.add_argument("--save", default=None, metavar="FILE", help="save the code (.npy or .pt)")
+    _add_progress(s)
+
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_solve)
 
@@ -496,6 +647,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         try:
+            if hasattr(args, "device"):
+                args.device = check_device(args.device)
             rc = int(args.func(args) or 0)
             sys.stdout.flush()  # a closed pipe shows up here at the latest
             return rc

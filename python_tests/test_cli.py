@@ -19,12 +19,12 @@ def _one_line_error(out, *needles):
 
 
 def test_missing_file(tmp_path):
-    _one_line_error(run(["distance", "nope.npy"], tmp_path), "W", "no such file")
+    _one_line_error(run(["distance", "nope.npy"], tmp_path), "nope.npy: no such file")
 
 
 def test_wrong_shape(tmp_path):
     np.save(tmp_path / "w.npy", np.ones(5))
-    _one_line_error(run(["distance", "w.npy"], tmp_path), "W", "2-D")
+    _one_line_error(run(["distance", "w.npy"], tmp_path), "w.npy:", "2-D")
 
 
 def test_non_finite(tmp_path):
@@ -37,7 +37,8 @@ def test_non_finite(tmp_path):
 def test_metrics_label_mismatch(tmp_path):
     np.save(tmp_path / "f.npy", np.random.randn(10, 3).astype(np.float32))
     np.save(tmp_path / "y.npy", np.zeros(9, dtype=np.int64))
-    _one_line_error(run(["metrics", "--features", "f.npy", "--labels", "y.npy"], tmp_path), "labels")
+    _one_line_error(run(["metrics", "--features", "f.npy", "--labels", "y.npy"], tmp_path),
+                    "--labels y.npy: holds 9 labels, but --features f.npy has 10 rows")
 
 
 def test_float_labels_rejected(tmp_path):
@@ -137,9 +138,9 @@ def test_solve_polishes_an_init_code(tmp_path):
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert abs(rep["rho"] - 1.0) < 1e-7 and rep["theory"]["closed_form"] == 1.0
-    _one_line_error(run(["solve", "tammes", "-d", "3", "-K", "7", "--init", "w0.npy"], tmp_path), "init", "(7, 3)")
+    _one_line_error(run(["solve", "tammes", "-d", "3", "-K", "7", "--init", "w0.npy"], tmp_path), "--init w0.npy:", "(7, 3)")
     _one_line_error(run(["solve", "tammes", "-d", "4", "-K", "7", "--init", "w0.npy", "--time-limit", "-1"],
-                        tmp_path), "time_limit")
+                        tmp_path), "--time-limit")
 
 
 def test_metrics_json(tmp_path):
@@ -160,10 +161,10 @@ def test_metrics_json(tmp_path):
 
 def test_corrupt_file_and_non_unit_rows_one_line_in_cli_terms(tmp_path):
     (tmp_path / "bad.pt").write_text("garbage")
-    _one_line_error(run(["distance", "bad.pt"], tmp_path), "W: cannot read", "bad.pt")
+    _one_line_error(run(["distance", "bad.pt"], tmp_path), "bad.pt: cannot read")
     np.save(tmp_path / "w.npy", np.diag([2.0, 1.0, 1.0]))
     out = run(["distance", "w.npy"], tmp_path)
-    _one_line_error(out, "W: rows must have unit L2 norm", "pass --normalize")
+    _one_line_error(out, "w.npy: rows must have unit L2 norm", "pass --normalize")
     assert "normalize=True" not in out.stderr
 
 
@@ -177,13 +178,14 @@ SCHEMA = {
              "gpu_usable": bool},
     "demo": {"rho_opt": NUM, "seconds": NUM, "runs": list, "files": list},
     "distance": {"classes": int, "dim": int, "normalized": bool, "rho": NUM, "rho_lower": NUM,
-                 "max_gap": NUM, "argmin_class": int, "rattler_tol": NUM, "rattlers": list,
+                 "max_gap": NUM, "argmin_class": int, "rattler_tol": NUM, "rattlers": list, "rattler_count": int,
                  "one_vs_one_min_distance": NUM, "theory": THEORY, "distance": list, "lower": list},
     "metrics": {"samples": int, "classes": int, "dim": int, "normalized": bool, "gnc1": NUM,
-                "ncc_accuracy": NUM, "gnc2": {"rho": NUM, "rho_lower": NUM, "gap": NUM, "rattlers": list},
+                "ncc_accuracy": NUM, "gnc2": {"rho": NUM, "rho_lower": NUM, "max_gap": NUM, "gap": NUM,
+                                          "rattlers": list, "rattler_count": int},
                 "gnc3": NUM, "theory": THEORY},
     "solve": {"problem": str, "dim": int, "classes": int, "rho": NUM, "rho_lower": NUM,
-              "one_vs_one_min_distance": NUM, "min_angle_cosine": NUM, "rattlers": list, "theory": THEORY,
+              "one_vs_one_min_distance": NUM, "min_angle_cosine": NUM, "rattlers": list, "rattler_count": int, "theory": THEORY,
               "saved": (str, type(None))},
     "design": {"classes": int, "margin": NUM, "dim": int, "dim_source": str, "theory": THEORY},
 }
@@ -258,21 +260,21 @@ def test_closed_pipe_exits_quietly(tmp_path):
 
 def test_file_errors_name_the_file(tmp_path):
     (tmp_path / "text.npy").write_text("not an array\n")
-    _one_line_error(run(["distance", "text.npy"], tmp_path), "W:", "text.npy", "not a NumPy .npy array file")
+    _one_line_error(run(["distance", "text.npy"], tmp_path), "text.npy: not a NumPy .npy array file")
     (tmp_path / "text.npz").write_text("not a zip\n")
-    _one_line_error(run(["distance", "text.npz"], tmp_path), "W:", "text.npz", "not a NumPy .npz archive")
+    _one_line_error(run(["distance", "text.npz"], tmp_path), "text.npz: not a NumPy .npz archive")
     w = np.eye(3)
     np.savez(tmp_path / "two.npz", a=w, b=-w)
     out = run(["distance", "two.npz"], tmp_path)
     assert out.returncode == 1
-    _one_line_error(out, "W:", "two.npz holds 2 arrays (a, b)", "two.npz:KEY")
-    _one_line_error(run(["distance", "two.npz:c"], tmp_path), "two.npz has no array 'c'", "a, b")
+    _one_line_error(out, "two.npz: holds 2 arrays (a, b)", "two.npz:KEY")
+    _one_line_error(run(["distance", "two.npz:c"], tmp_path), "two.npz:c: has no array 'c'", "a, b")
     out = run(["distance", "two.npz:b", "--json"], tmp_path)
     assert out.returncode == 0, out.stderr and json.loads(out.stdout)["classes"] == 3
     np.save(tmp_path / "w.npy", w)
     _one_line_error(run(["distance", "w.npy:b"], tmp_path), "w.npy is a .npy file")
     out = run(["metrics", "--features", "two.npz", "--labels", "y.npy"], tmp_path)
-    assert out.returncode == 1 and "features:" in out.stderr
+    assert out.returncode == 1 and "--features two.npz:" in out.stderr
     # a file name that really contains ':' is still a path
     np.save(tmp_path / "a:b.npy", w)
     assert run(["distance", "a:b.npy"], tmp_path).returncode == 0
@@ -281,7 +283,7 @@ def test_file_errors_name_the_file(tmp_path):
     assert run(["design", "-K", "10"], tmp_path).returncode == 2
     _one_line_error(run(["design", "-K", "10", "-r", "1.5"], tmp_path), "--margin")
     _one_line_error(run(["solve", "tammes", "-d", "3", "-K", "4", "--restarts", "1", "--save",
-                         "no/such/dir/c.npy"], tmp_path), "save:", "no/such/dir/c.npy")
+                         "no/such/dir/c.npy"], tmp_path), "--save no/such/dir/c.npy:")
 
 
 def test_metrics_nc_json_matches_brute_force(tmp_path):
@@ -316,4 +318,194 @@ def test_metrics_nc_json_matches_brute_force(tmp_path):
     assert nc["nc4_agreement"] == pytest.approx(float((lin == ncc).mean()), abs=1e-12)
     assert nc["nc5_ood"] is None  # no --ood-features
     out = run(["metrics", "--features", "f.npy", "--labels", "y.npy", "--nc", "--cdnv-exponent", "0"], tmp_path)
-    _one_line_error(out, "cdnv_exponent")
+    _one_line_error(out, "--cdnv-exponent")
+
+
+# ---- issue 21: the CLI speaks in options -----------------------------------------
+def _main(args, capsys):
+    """Run `gnc ARGS` in this process: (exit code, stdout, stderr)."""
+    from gnc_ext import cli
+
+    rc = cli.main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _one_line(rc, err, *needles, code=1):
+    assert rc == code, err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def small_inputs(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    K, d, n = 4, 8, 16
+    y = np.repeat(np.arange(K), n)
+    np.save(tmp_path / "f.npy", rng.standard_normal((K * n, d)).astype(np.float32))
+    np.save(tmp_path / "fT.npy", rng.standard_normal((d, K * n)).astype(np.float32))
+    np.save(tmp_path / "y.npy", y)
+    big = y.copy()
+    big[5] = 2000
+    np.save(tmp_path / "ybig.npy", big)
+    neg = y.copy()
+    neg[[2, 7]] = -1
+    np.save(tmp_path / "yneg.npy", neg)
+    np.save(tmp_path / "y0.npy", np.zeros(K * n, dtype=np.int64))
+    np.save(tmp_path / "w.npy", rng.standard_normal((K, d)))
+    np.save(tmp_path / "w1.npy", rng.standard_normal((1, d)))
+    np.save(tmp_path / "wT.npy", rng.standard_normal((d, K)))
+    W = rng.standard_normal((6, 3))
+    np.save(tmp_path / "u.npy", W / np.linalg.norm(W, axis=1, keepdims=True))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+DEVICE_CMDS = [["demo", "--epochs", "1", "--no-plot", "--out", "demo"], ["distance", "u.npy"],
+               ["metrics", "--features", "f.npy", "--labels", "y.npy"], ["solve", "tammes", "-d", "3", "-K", "4"]]
+
+
+@pytest.mark.parametrize("cmd", DEVICE_CMDS, ids=lambda c: c[0])
+def test_device_checked_by_every_subcommand(cmd, small_inputs, capsys):
+    import torch
+
+    rc, out, err = _main([*cmd, "--device", "foo"], capsys)
+    _one_line(rc, err, f"gnc {cmd[0]}: error: --device: expected cpu, cuda or cuda:N, got 'foo'")
+    rc, out, err = _main([*cmd, "--device", "meta"], capsys)
+    _one_line(rc, err, "--device: 'meta' is not supported")
+    if not torch.cuda.is_available():
+        rc, out, err = _main([*cmd, "--device", "cuda"], capsys)
+        _one_line(rc, err, "--device: cuda asked for", "no usable GPU", "--device cpu")
+
+
+def test_device_error_in_a_child_has_no_traceback(small_inputs):
+    out = run(["distance", "u.npy", "--device", "cuda:7"], small_inputs)
+    _one_line(out.returncode, out.stderr, "gnc distance: error: --device: cuda:7")
+
+
+def test_every_long_subcommand_has_progress_options():
+    from gnc_ext import cli
+
+    parser = cli.build_parser()
+    for name in ("demo", "distance", "metrics", "solve"):
+        sub = parser._subparsers._group_actions[0].choices[name]
+        flags = {o for a in sub._actions for o in a.option_strings}
+        assert {"--progress", "--no-progress", "--device"} <= flags, name
+
+
+def test_progress_forced_and_silenced(small_inputs, capsys):
+    rc, out, err = _main(["distance", "u.npy", "--json", "--progress"], capsys)
+    assert rc == 0 and "hull" in err and json.loads(out)["classes"] == 6  # bar on stderr, JSON intact
+    rc, out, err = _main(["distance", "u.npy", "--json", "--no-progress"], capsys)
+    assert rc == 0 and err == ""
+    rc, out, err = _main(["metrics", "--features", "f.npy", "--labels", "y.npy", "--progress", "--json"], capsys)
+    assert rc == 0 and "gnc metrics" in err
+    rc, out, err = _main(["demo", "--epochs", "2", "--taus", "1", "--no-plot", "--out", "demo", "--progress",
+                          "--json"], capsys)
+    assert rc == 0 and "gnc demo" in err and "2/2" in err
+
+
+class _Terminal:
+    """A stand-in stderr that says it is a terminal and records what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_bar_on_a_terminal_depends_on_time_not_on_K(monkeypatch):
+    """progress=None: on a terminal a bar appears once a pass has run AUTO_DELAY_S
+    seconds, for any K (formerly only from K = 100,000); a quick pass shows none."""
+    import torch
+
+    import gnc_ext
+    from gnc_ext import _progress
+
+    W = torch.nn.functional.normalize(torch.randn(300, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), dim=1)
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    gnc_ext.one_vs_rest_distance(W)  # milliseconds: under the delay, no bar
+    assert term.text == ""
+    monkeypatch.setattr(_progress, "AUTO_DELAY_S", 0.0)  # every pass now counts as long
+    gnc_ext.one_vs_rest_distance(W)
+    assert "hull" in term.text
+    # the delay is tqdm's: a bar made with progress=None carries it, a forced one does not
+    monkeypatch.setattr(_progress, "AUTO_DELAY_S", 1.0)
+    b = _progress.bar(None, 10, "x")
+    f = _progress.bar(True, 10, "x")
+    try:
+        assert b.delay == 1.0 and f.delay == 0
+    finally:
+        b.close()
+        f.close()
+
+
+def test_metrics_errors_name_the_option_and_file(small_inputs, capsys):
+    m = ["metrics", "--features", "f.npy", "--labels"]
+    rc, out, err = _main(["metrics", "--features", "fT.npy", "--labels", "y.npy"], capsys)
+    _one_line(rc, err, "--features fT.npy: shape (8, 64) looks transposed", "64 labels of y.npy")
+    rc, out, err = _main([*m, "ybig.npy"], capsys)  # never K = 2001 silently
+    _one_line(rc, err, "--labels ybig.npy: the labels run from 0 to 2000, but only 5 of those 2001 classes occur",
+              "--classes")
+    rc, out, err = _main([*m, "ybig.npy", "--weights", "w.npy"], capsys)
+    _one_line(rc, err, "--labels ybig.npy: 1 of 64 labels is outside 0..3 (the 4 rows of w.npy)",
+              "2000 at position 5")
+    rc, out, err = _main([*m, "ybig.npy", "--classes", "4"], capsys)
+    _one_line(rc, err, "--labels ybig.npy: 1 of 64 labels is outside 0..3 (--classes 4)")
+    rc, out, err = _main([*m, "yneg.npy"], capsys)
+    _one_line(rc, err, "--labels yneg.npy: 2 of 64 labels are negative", "-1 at position 2")
+    # K = 1, from each source, names that source
+    rc, out, err = _main([*m, "y0.npy"], capsys)
+    _one_line(rc, err, "--labels y0.npy: every label is 0 (one class); GNC needs at least 2 classes")
+    rc, out, err = _main([*m, "y.npy", "--weights", "w1.npy"], capsys)
+    _one_line(rc, err, "--weights w1.npy: holds 1 class row; GNC needs at least 2 classes")
+    rc, out, err = _main([*m, "y.npy", "--classes", "1"], capsys)
+    _one_line(rc, err, "--classes: 1; GNC needs at least 2 classes")
+    rc, out, err = _main([*m, "y.npy", "--weights", "wT.npy"], capsys)
+    _one_line(rc, err, "--weights wT.npy: width 4 does not match the feature width 8 of f.npy", "transposed")
+    rc, out, err = _main([*m, "y.npy", "--weights", "w.npy", "--classes", "5"], capsys)
+    _one_line(rc, err, "--classes: 5 does not match the 4 rows of w.npy")
+    # --classes larger than the labels is how empty classes are asked for
+    rc, out, err = _main([*m, "y.npy", "--classes", "6", "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["classes"] == 6
+
+
+def test_library_errors_restated_with_options(small_inputs, capsys):
+    np.save("w1x3.npy", np.array([[1.0, 0.0, 0.0]]))
+    rc, out, err = _main(["distance", "w1x3.npy"], capsys)
+    line = _one_line(rc, err, "gnc distance: error: w1x3.npy: need at least K = 2 classes")
+    assert "W:" not in line
+    rc, out, err = _main(["demo", "--taus", "a,b", "--epochs", "1"], capsys)
+    _one_line(rc, err, "--taus: expected comma-separated numbers, got 'a,b'")
+    rc, out, err = _main(["demo", "--taus", "-1", "--epochs", "1", "--no-plot"], capsys)
+    _one_line(rc, err, "gnc demo: error: --taus:")
+
+
+def test_max_gap_one_name_and_rattlers_list_with_count(small_inputs, capsys):
+    import torch
+
+    import gnc_ext
+
+    rc, out, err = _main(["distance", str(SLOANE), "--json"], capsys)
+    rep = json.loads(out)
+    r = gnc_ext.one_vs_rest_distance(torch.from_numpy(np.load(SLOANE)), rattler_tol=1e-6)
+    # max_gap is the per-class worst gap, not the width of rho's bracket
+    assert rep["max_gap"] == pytest.approx(float((r.distance - r.lower).max()), abs=0)
+    assert rep["rho"] - rep["rho_lower"] <= rep["max_gap"]
+    assert rep["rattler_count"] == len(rep["rattlers"]) == r.rattlers.numel()
+    rc, out, err = _main(["metrics", "--features", "f.npy", "--labels", "y.npy", "--weights", "w.npy", "--json"],
+                         capsys)
+    g2 = json.loads(out)["gnc2"]
+    assert g2["max_gap"] == g2["gap"] and g2["rattler_count"] == len(g2["rattlers"])

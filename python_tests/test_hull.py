@@ -103,7 +103,7 @@ def check_certificate(r: OneVsRestResult, W: torch.Tensor, tol: float):
     W64 = W.double()
     K = W.shape[0]
     assert torch.all(r.lower <= r.distance)
-    assert r.gap <= tol
+    assert r.max_gap <= tol
     # supports are convex combinations reproducing the projection
     for k in range(K):
         sup = r.support[k][r.support[k] >= 0]
@@ -131,7 +131,7 @@ def test_regular_polygon(K):
     expect = 1 - math.cos(2 * math.pi / K)
     assert torch.allclose(r.distance, torch.full((K,), expect, dtype=torch.float64), atol=1e-12, rtol=0)
     assert abs(r.rho - expect) < 1e-12 and abs(r.rho_lower - expect) < 1e-10
-    assert r.gap <= 1e-10
+    assert r.max_gap <= 1e-10
     assert r.rattlers.numel() == 0  # Thm 3.6: no rattlers for d = 2
     check_certificate(r, W, 1e-10)
     if K >= 4:  # the projection is the midpoint of the two neighbours
@@ -140,7 +140,7 @@ def test_regular_polygon(K):
             assert sup == sorted([(k - 1) % K, (k + 1) % K])
     # fp32 input of the same configuration
     r32 = gnc_ext.one_vs_rest_distance(W.float())
-    assert abs(r32.rho - expect) < 1e-6 and r32.gap <= 1e-6
+    assert abs(r32.rho - expect) < 1e-6 and r32.max_gap <= 1e-6
 
 
 @pytest.mark.parametrize("K,d", [(2, 3), (3, 2), (4, 3), (5, 7), (9, 8), (12, 20)])
@@ -155,7 +155,7 @@ def test_simplex_etf(K, d):
     r = gnc_ext.one_vs_rest_distance(W)
     expect = K / (K - 1)
     assert torch.allclose(r.distance, torch.full((K,), expect, dtype=torch.float64), atol=1e-12, rtol=0)
-    assert r.gap <= 1e-10 and r.rattlers.numel() == 0
+    assert r.max_gap <= 1e-10 and r.rattlers.numel() == 0
     # projection of w_k is the centroid of the others: weights 1/(K-1)
     assert torch.allclose(r.weights[r.support >= 0], torch.tensor(1.0 / (K - 1), dtype=torch.float64), atol=1e-10)
     check_certificate(r, W, 1e-10)
@@ -169,7 +169,7 @@ def test_cross_polytope_subsets(d, K):
     W = E[idx] @ rand_orth(d, 100 + K)
     r = gnc_ext.one_vs_rest_distance(W)
     assert torch.allclose(r.distance, torch.ones(K, dtype=torch.float64), atol=1e-12, rtol=0)
-    assert abs(r.rho - 1) < 1e-12 and r.gap <= 1e-10
+    assert abs(r.rho - 1) < 1e-12 and r.max_gap <= 1e-10
     check_certificate(r, W, 1e-10)
 
 
@@ -182,7 +182,7 @@ def test_brute_force_small(seed):
     r = gnc_ext.one_vs_rest_distance(W)
     rel = np.abs(r.distance.numpy() - ref) / np.maximum(ref, 1e-300)
     assert rel.max() <= 1e-9, (rel.max(), ref, r.distance)
-    assert r.gap <= 1e-10
+    assert r.max_gap <= 1e-10
     assert np.all(r.lower.numpy() <= ref * (1 + 1e-12) + 1e-15)
     check_certificate(r, W, 1e-10)
     # fp32 input: the reference is computed on the fp32 numbers upcast to fp64
@@ -190,7 +190,7 @@ def test_brute_force_small(seed):
     ref32 = np.array([brute_force_distance(W32.double().numpy(), k) for k in range(K)])
     r32 = gnc_ext.one_vs_rest_distance(W32)
     assert (np.abs(r32.distance.numpy() - ref32) / ref32).max() <= 1e-5
-    assert r32.gap <= 1e-6
+    assert r32.max_gap <= 1e-6
 
 
 @pytest.mark.parametrize("K,d,m", [(40, 5, None), (60, 6, 3), (150, 12, 4), (120, 30, 8)])
@@ -202,7 +202,7 @@ def test_nnls_reference(K, d, m):
     ref = np.array([nnls_distance(W.numpy(), k) for k in ks])
     got = r.distance.numpy()[list(ks)]
     assert (np.abs(got - ref) / ref).max() <= 1e-9
-    assert r.gap <= 1e-10 and r.stats["converged"]
+    assert r.max_gap <= 1e-10 and r.stats["converged"]
     if m is not None:
         assert r.stats["rounds"] >= 2  # the pricing pass did add violators
     check_certificate(r, W, 1e-10)
@@ -212,7 +212,7 @@ def test_sloane_packing_124():
     W = torch.from_numpy(np.load(DATA / "sloane_pack_3_124.npy")).double()
     assert W.shape == (124, 3)
     r = gnc_ext.one_vs_rest_distance(W)
-    assert r.gap <= 1e-10
+    assert r.max_gap <= 1e-10
     check_certificate(r, W, 1e-10)
     ref = np.array([nnls_distance(W.numpy(), k) for k in range(124)])
     assert (np.abs(r.distance.numpy() - ref) / ref).max() <= 1e-9
@@ -230,7 +230,7 @@ def test_duplicate_class_distance_zero():
     r = gnc_ext.one_vs_rest_distance(W)
     assert float(r.distance[2]) == 0.0 and float(r.distance[7]) == 0.0
     assert float(r.lower[2]) == 0.0 and float(r.lower[7]) == 0.0
-    assert r.rho == 0.0 and r.gap <= 1e-10
+    assert r.rho == 0.0 and r.max_gap <= 1e-10
     assert torch.all(r.feature[2] == 0) and torch.all(r.feature[7] == 0)
     others = [k for k in range(10) if k not in (2, 7)]
     ref = np.array([brute_force_distance(W.numpy(), k) for k in others])
@@ -266,7 +266,7 @@ def test_result_fields_and_dtypes():
         Wl = unit_rows(30, 5, 1, dt)
         rl = gnc_ext.one_vs_rest_distance(Wl, normalize=True)
         Wn = gnc_ext.normalize_rows(Wl).double()  # the numbers actually solved for
-        assert rl.gap <= 1e-6
+        assert rl.max_gap <= 1e-6
         ref = np.array([nnls_distance(Wn.numpy(), k) for k in range(30)])
         assert (np.abs(rl.distance.numpy() - ref) / ref).max() <= 1e-9
 
@@ -387,7 +387,7 @@ def test_unconverged_run_warns_but_stays_valid():
     W = unit_rows(200, 12, 9)
     with pytest.warns(RuntimeWarning, match="tol"):
         r = gnc_ext.one_vs_rest_distance(W, candidates=2, max_add=1, max_rounds=1)
-    assert not r.stats["converged"] and r.gap > 1e-10
+    assert not r.stats["converged"] and r.max_gap > 1e-10
     exact = gnc_ext.one_vs_rest_distance(W)
     # still a valid certificate: lower <= exact <= distance
     assert torch.all(r.lower <= exact.distance + 1e-12) and torch.all(exact.distance <= r.distance + 1e-12)
@@ -412,7 +412,7 @@ def test_cuda_matches_cpu(cuda_device):
         assert rg.distance.device.type == "cuda"
         assert torch.allclose(rg.distance.cpu(), rc.distance, atol=1e-9, rtol=0)
         assert torch.allclose(rg.lower.cpu(), rc.lower, atol=1e-9, rtol=0)
-        assert rg.gap <= 1e-6
+        assert rg.max_gap <= 1e-6
         o = gnc_ext.one_vs_one_distance(W.to(cuda_device))
         oc = gnc_ext.one_vs_one_distance(W)
         assert torch.allclose(o.distance.cpu(), oc.distance, atol=1e-12)
@@ -422,7 +422,7 @@ def test_device_closed_form(device):
     W = polygon(9, 1).to(device)
     r = gnc_ext.one_vs_rest_distance(W)
     assert abs(r.rho - (1 - math.cos(2 * math.pi / 9))) < 1e-12
-    assert r.distance.device.type == device and r.gap <= 1e-10
+    assert r.distance.device.type == device and r.max_gap <= 1e-10
 
 
 # ---------------------------------------------------------------- native solver arguments

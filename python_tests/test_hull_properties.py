@@ -50,7 +50,7 @@ def test_certificate_geometry(args, dtype):
     r = gnc_ext.one_vs_rest_distance(W, tol=tol)
     W64 = W.double()
     assert torch.all(r.lower <= r.distance) and torch.all(r.lower >= 0)
-    assert r.gap <= tol and r.stats["converged"]
+    assert r.max_gap <= tol and r.stats["converged"]
     assert r.rho_lower <= r.rho
     # distance <= one-vs-one nearest-neighbour distance (a vertex is a hull point)
     o = gnc_ext.one_vs_one_distance(W)
@@ -83,4 +83,4 @@ def test_duplicates_give_zero(K, d, seed):
     W[K - 1] = W[0]
     r = gnc_ext.one_vs_rest_distance(W)
     assert float(r.distance[0]) == 0.0 and float(r.distance[K - 1]) == 0.0
-    assert r.rho == 0.0 and r.gap <= 1e-10
+    assert r.rho == 0.0 and r.max_gap <= 1e-10

@@ -595,7 +595,7 @@ def test_gnc2_matches_nnls():
     r = acc.compute(W.float() * 2.0, gnc2=True)  # scale must not matter (rows normalised)
     g2 = r.gnc2
     assert g2.rho == pytest.approx(want.min(), abs=1e-5)
-    assert g2.rho_lower <= g2.rho + 1e-9 and g2.gap >= -1e-9
+    assert g2.rho_lower <= g2.rho + 1e-9 and g2.max_gap >= -1e-9
     np.testing.assert_allclose(g2.distance.numpy(), want, atol=1e-5)
     assert r.worst_by_distance[0].item() == int(np.argmin(want))
     assert g2.rattlers.dtype == torch.int64 and g2.rattlers.dim() == 1

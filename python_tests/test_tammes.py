@@ -46,7 +46,7 @@ def test_proven_optima_d3(d, K, cos):
     _check_result(r, d, K)
     assert abs(r.max_cosine - cos) < 1e-7
     assert r.optimal is True
-    assert r.rattlers == []
+    assert r.rattlers.numel() == 0
 
 
 def test_24_cell_d4():

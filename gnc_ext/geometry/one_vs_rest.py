@@ -23,7 +23,7 @@ generation around an exact small solver:
    (Lemma C.4); ``distance_k − lower_k = max_j ⟨w_j − p_k, u_k⟩ ≤ tol`` on exit.
 
 On CUDA the GEMMs are torch's (cuBLAS) per block of classes, followed by the native
-epilogue kernels of ``csrc/cuda/hull.cu`` (the chunked engine of DESIGN.md); the small
+epilogue kernels of ``csrc/cuda/hull.cu`` (the chunked engine, docs/ARCHITECTURE.md); the small
 problems run in fp64, one warp per class.
 """
 from __future__ import annotations
@@ -58,12 +58,14 @@ class OneVsRestResult:
     Attributes:
         distance: (K,) float64, ``‖w_k − p_k‖`` for the returned feasible hull point
             ``p_k`` — an upper bound on the exact distance, and equal to it within
-            ``gap``. Differentiable w.r.t. ``W`` (envelope theorem).
+            ``max_gap``. Differentiable w.r.t. ``W`` (envelope theorem).
         lower: (K,) float64 certified lower bound ``max(0, min_{j≠k}⟨w_k − w_j, u_k⟩)``
             (Lemma C.4), clipped to ``distance`` against rounding.
         rho, rho_lower: ``min_k distance`` and ``min_k lower`` (floats): the exact
-            ρ_one-vs-rest lies in ``[rho_lower, rho]``.
-        gap: ``max_k (distance − lower)`` (float), the certified accuracy.
+            ρ_one-vs-rest lies in ``[rho_lower, rho]`` (an interval no wider than ``max_gap``).
+        max_gap: the per-class worst certificate gap ``max_k (distance_k − lower_k)``
+            (float): every class's exact distance is known to within it (``gap`` is its
+            former name, deprecated).
         projection: (K, d) ``p_k`` (float64 for float64 ``W``, else float32) or None.
         feature: (K, d) optimal feature ``h_k = (w_k − p_k)/‖w_k − p_k‖`` (Thm 3.5), same
             dtype as ``projection``; a zero row where ``distance_k == 0``. None if
@@ -82,7 +84,7 @@ class OneVsRestResult:
     lower: Tensor
     rho: float
     rho_lower: float
-    gap: float
+    max_gap: float
     projection: Optional[Tensor]
     feature: Optional[Tensor]
     support: Tensor
@@ -90,6 +92,13 @@ class OneVsRestResult:
     rattlers: Tensor
     iterations: int = 0
     stats: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def gap(self) -> float:
+        """Deprecated: the former name of :attr:`max_gap`."""
+        warnings.warn("OneVsRestResult.gap is deprecated; use max_gap (the same number)",
+                      DeprecationWarning, stacklevel=2)
+        return self.max_gap
 
 
 def validate_weights(W, name: str = "W") -> Tensor:
@@ -168,7 +177,7 @@ def _merge(cand: Tensor, new: Tensor) -> Tensor:
 
 
 def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int, max_iter: Optional[int],
-                progress: bool) -> Dict[str, Any]:
+                progress: Optional[bool]) -> Dict[str, Any]:
     """Column generation on unit-norm W (detached). Returns fp64 tensors on W's device."""
     t0 = time.perf_counter()
     K, d = W.shape
@@ -206,7 +215,7 @@ def _solve_core(W: Tensor, *, tol: float, m: int, max_add: int, max_rounds: int,
         bs = max(1, min(B, (2 * _TILE_BYTES) // (8 * per)))
         if dev.type == "cuda":
             bs = max(1, min(bs, (256 * 2**20) // (8 * _hull_ops.solve_workspace_doubles(n, d))))
-        if progress and bs > 2048:
+        if _progress.enabled(progress) and bs > 2048:  # a bar may show: update it every 2048 classes
             bs = 2048
         bar = _bar(progress, B, f"hull solve (round {rounds})")
         for b0 in range(0, B, bs):
@@ -340,8 +349,9 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
         max_add: violators added per class per pricing round (default 32).
         max_rounds: cap on column-generation rounds (default 100).
         max_iter: cap on Wolfe iterations per class (default 50·(min(n, d+1) + 10)).
-        progress: show tqdm bars. None (default): when K ≥ 100,000 and stderr is a
-            terminal; True: always; False: never.
+        progress: show tqdm bars. None (default): when stderr is a terminal, once a
+            pass has run for a second (so every long run shows one, whatever K);
+            True: always; False: never.
         rattler_tol: a class is reported as a rattler when its certified lower bound
             exceeds ``rho + rattler_tol``. Default ``tol``: provably above the minimum for
             these exact numbers. Data known only to a few digits (published tables,
@@ -392,18 +402,18 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
         max_iter = _validate.integer(max_iter, "max_iter", minimum=1)
     if rattler_tol is not None:  # checked before the solve, not after it
         rattler_tol = _validate.positive_float(rattler_tol, "rattler_tol", allow_zero=True)
-    progress = _progress.enabled(None) and K >= 100_000 if progress is None else _progress.enabled(progress)
+    progress = None if progress is None else _progress.enabled(progress)
     Wn = normalized(W, "W") if normalize else W
     if not normalize:
         check_unit_rows(W, "W")
     with torch.no_grad():
         core = _solve_core(Wn.detach(), tol=tol, m=m, max_add=max_add, max_rounds=max_rounds,
-                           max_iter=max_iter, progress=bool(progress))
+                           max_iter=max_iter, progress=progress)
     if not core["stats"]["converged"]:
         warnings.warn(
             f"one_vs_rest_distance: stopped before every certified gap was <= tol={tol:g} "
             f"(rounds={core['stats']['rounds']}, solver status {core['stats']['solver_status']}); the bounds "
-            "returned are still valid, see result.gap", RuntimeWarning, stacklevel=2)
+            "returned are still valid, see result.max_gap", RuntimeWarning, stacklevel=2)
     dist, lower, proj = core["distance"], core["lower"], core["projection"]
     support, weights = core["support"], core["weights"]
     W64 = core["W64"]
@@ -416,13 +426,13 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
         distance = dist
     rho = float(dist.min().item())
     rho_lower = float(lower.min().item())
-    gap = float((dist - lower).max().item())
+    max_gap = float((dist - lower).max().item())
     if rattler_tol is None:
         rattler_tol = tol
     rattlers = torch.nonzero(lower > rho + float(rattler_tol)).flatten()
     out_dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
     return OneVsRestResult(
-        distance=distance, lower=lower, rho=rho, rho_lower=rho_lower, gap=gap,
+        distance=distance, lower=lower, rho=rho, rho_lower=rho_lower, max_gap=max_gap,
         projection=proj.to(out_dtype) if return_projection else None,
         feature=feat64.to(out_dtype) if return_projection else None,
         support=support, weights=weights, rattlers=rattlers, iterations=core["stats"]["rounds"],

@@ -26,9 +26,10 @@ class GNC2Result:
 
     Attributes:
         rho: ρ_one-vs-rest(W) = min_k dist_k (the certified upper value from the hull solver).
-        rho_lower: the certified lower bound on ρ (Lemma C.4 duality); ``rho - rho_lower``
-            is ``gap``.
-        gap: the certificate's gap.
+        rho_lower: the certified lower bound on ρ (Lemma C.4 duality): ρ lies in
+            ``[rho_lower, rho]``, an interval no wider than ``max_gap``.
+        max_gap: the per-class worst certificate gap ``max_k (distance_k − lower_k)``
+            (``gap`` is its former name, deprecated).
         distance: (K,) float64 per-class one-vs-rest distances (upper values).
         lower: (K,) float64 per-class certified lower bounds.
         rattlers: 1-D int64 indices of rattler classes (Def. 3.4).
@@ -39,12 +40,19 @@ class GNC2Result:
 
     rho: float
     rho_lower: float
-    gap: float
+    max_gap: float
     distance: Tensor
     lower: Tensor
     rattlers: Tensor
     rho_optimum: Optional[float] = None
     rho_bounds: Optional[Tuple[float, float]] = None
+
+    @property
+    def gap(self) -> float:
+        """Deprecated: the former name of :attr:`max_gap`."""
+        warnings.warn("GNC2Result.gap is deprecated; use max_gap (the same number)",
+                      DeprecationWarning, stacklevel=2)
+        return self.max_gap
 
 
 @dataclasses.dataclass
@@ -135,7 +143,7 @@ def gnc2(W: Tensor) -> GNC2Result:
     lower = torch.as_tensor(r.lower).detach().double().cpu()
     rho = float(r.rho)
     rho_lower = float(r.rho_lower)
-    gap = float(getattr(r, "gap", rho - rho_lower))
+    max_gap = float(r.max_gap)
     rattlers = torch.as_tensor(r.rattlers).detach().to(torch.int64).cpu().reshape(-1)
     v = rho_closed_form(d, K)
     optimum = None if v is None else float(v)
@@ -143,7 +151,7 @@ def gnc2(W: Tensor) -> GNC2Result:
     if d >= 2:
         b = rho_bounds(d, K)
         bounds = (float(b.lower), float(b.upper))
-    return GNC2Result(rho=rho, rho_lower=rho_lower, gap=gap, distance=distance, lower=lower,
+    return GNC2Result(rho=rho, rho_lower=rho_lower, max_gap=max_gap, distance=distance, lower=lower,
                       rattlers=rattlers, rho_optimum=optimum, rho_bounds=bounds)
 
 

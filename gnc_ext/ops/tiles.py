@@ -1,6 +1,6 @@
 """Tile helpers shared by the loss ops (``gnc_ext.ops.sce``, ``gnc_ext.ops.hardmax``).
 
-The similarity-reduce engine (DESIGN.md) forms the cosine matrix S = Ĥ·Ŵᵀ one tile of
+The similarity-reduce engine (docs/ARCHITECTURE.md) forms the cosine matrix S = Ĥ·Ŵᵀ one tile of
 classes at a time; these helpers size the tiles, multiply them (in the precision the
 settings ask for), normalise a block of class weights on the fly, and validate the
 inputs the loss functions share. Settings read here (``gnc_ext.config``):

@@ -86,13 +86,14 @@ class SoftmaxCodeResult:
         rho: certified upper value of rho_one-vs-rest(W) (``min_k distance_k``).
         rho_lower: certified lower bound (Lemma C.4); the exact rho(W) lies in
             ``[rho_lower, rho]``.
-        gap: ``rho - rho_lower``.
+        max_gap: the per-class worst certificate gap ``max_k (distance_k − lower_k)``;
+            ``rho - rho_lower`` is at most this (``gap`` is its former name, deprecated).
         distance: (K,) float64 per-class one-vs-rest distances of W.
         lower: (K,) float64 per-class certified lower bounds.
         feature: (K, d) float64 optimal features ``h_k`` of W (Thm 3.5): the HardMax
             minimiser over H for this W.
-        rattlers: classes whose certified lower bound exceeds ``rho + rattler_tol``
-            (Def. 3.4: provably strictly farther than the minimum).
+        rattlers: 1-D int64 tensor of the classes whose certified lower bound exceeds
+            ``rho + rattler_tol`` (Def. 3.4: provably strictly farther than the minimum).
         max_cosine: largest pairwise cosine of W (cosine of its minimal angle).
         min_distance: its minimal pairwise chord ``sqrt(2 - 2 max_cosine)``.
         rho_optimum: the Thm 3.3 optimum where known, else None.
@@ -116,11 +117,11 @@ class SoftmaxCodeResult:
     W: torch.Tensor
     rho: float
     rho_lower: float
-    gap: float
+    max_gap: float
     distance: torch.Tensor
     lower: torch.Tensor
     feature: torch.Tensor
-    rattlers: List[int]
+    rattlers: torch.Tensor
     max_cosine: float
     min_distance: float
     rho_optimum: Optional[float]
@@ -137,6 +138,13 @@ class SoftmaxCodeResult:
     def time(self) -> float:
         """Alias of ``time_s``."""
         return self.time_s
+
+    @property
+    def gap(self) -> float:
+        """Deprecated: the former name of :attr:`max_gap`."""
+        warnings.warn("SoftmaxCodeResult.gap is deprecated; use max_gap (the same number)",
+                      DeprecationWarning, stacklevel=2)
+        return self.max_gap
 
 
 # --------------------------------------------------------------------- evaluation
@@ -165,7 +173,8 @@ def certify_code(W, *, rattler_tol: float = 1e-7):
     Raises:
         TypeError/ValueError naming ``W`` or ``rattler_tol``.
     Returns:
-        dict with rho, rho_lower, gap, distance, lower, feature, rattlers, max_cosine,
+        dict with rho, rho_lower, max_gap, distance, lower, feature, rattlers (1-D int64
+        tensor), max_cosine,
         min_distance (all computed by :func:`gnc_ext.one_vs_rest_distance` and float64
         cosines).
     """
@@ -182,9 +191,9 @@ def certify_code(W, *, rattler_tol: float = 1e-7):
     C = Wa @ Wa.T
     np.fill_diagonal(C, -2.0)
     cmax = float(C.max())
-    ratt = [int(k) for k in torch.nonzero(r.lower > r.rho + rattler_tol).flatten()]
+    ratt = torch.nonzero(r.lower > r.rho + rattler_tol).flatten().cpu()
     return {
-        "W": Wn, "rho": r.rho, "rho_lower": r.rho_lower, "gap": r.gap, "distance": r.distance.detach().clone(),
+        "W": Wn, "rho": r.rho, "rho_lower": r.rho_lower, "max_gap": r.max_gap, "distance": r.distance.detach().clone(),
         "lower": r.lower.clone(), "feature": torch.from_numpy(_features(Wa, r)), "rattlers": ratt,
         "max_cosine": cmax, "min_distance": math.sqrt(max(2.0 - 2.0 * cmax, 0.0)),
     }
@@ -725,7 +734,7 @@ def softmax_code(
     cert = certify_code(torch.from_numpy(Wb), rattler_tol=rattler_tol)
     optimal = None if rho_opt is None else bool(cert["rho_lower"] >= rho_opt - max(stop_tol, 1e-9))
     return SoftmaxCodeResult(
-        W=cert["W"], rho=cert["rho"], rho_lower=cert["rho_lower"], gap=cert["gap"],
+        W=cert["W"], rho=cert["rho"], rho_lower=cert["rho_lower"], max_gap=cert["max_gap"],
         distance=cert["distance"], lower=cert["lower"], feature=cert["feature"], rattlers=cert["rattlers"],
         max_cosine=cert["max_cosine"], min_distance=cert["min_distance"], rho_optimum=rho_opt,
         optimal=optimal, source=state["src"], restarts=done, restart_values=restart_values, history=history,

@@ -71,7 +71,7 @@ class TammesResult:
             ``min_distance = sqrt(2 - 2 max_cosine)``.
         min_angle_deg: the minimal angle in degrees.
         contacts: number of pairs within ``contact_tol`` of the minimal distance.
-        rattlers: indices of points with no pair at the minimal distance.
+        rattlers: 1-D int64 tensor of the points with no pair at the minimal distance.
         proven_optimum: the proven optimal minimal chord where known (else None).
         optimal: True/False when ``proven_optimum`` is known (reached within tol in
             cosine), else None.
@@ -87,7 +87,7 @@ class TammesResult:
     max_cosine: float
     min_angle_deg: float
     contacts: int
-    rattlers: List[int]
+    rattlers: torch.Tensor
     proven_optimum: Optional[float]
     optimal: Optional[bool]
     restarts: int
@@ -217,7 +217,7 @@ def _stats(W: np.ndarray, contact_tol: float):
     cmax = float(C.max())
     near = C >= cmax - contact_tol
     contacts = int(np.triu(near, 1).sum())
-    rattlers = [int(k) for k in np.nonzero(~near.any(axis=1))[0]]
+    rattlers = torch.from_numpy(np.nonzero(~near.any(axis=1))[0].astype(np.int64))
     return cmax, contacts, rattlers
 
 
