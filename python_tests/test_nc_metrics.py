@@ -81,7 +81,8 @@ def brute_nc(H, y, K, *, W=None, bias=None, ood=None, kernel="log", p=1.0, norma
         out["_agree"] = lin == ncc  # per row
     if ood is not None:
         u = np.asarray(ood, np.float64)
-        out["nc5_ood"] = np.mean(np.abs(Mt @ u) / (nrm * np.linalg.norm(u)))
+        out["nc5_ood"] = np.mean(np.abs(M @ u) / (np.linalg.norm(M, axis=1) * np.linalg.norm(u)))  # raw means
+        out["nc5_ood_centered"] = np.mean(np.abs(Mt @ u) / (nrm * np.linalg.norm(u)))
     return out
 
 
@@ -129,7 +130,7 @@ def test_every_field_matches_brute_force(device, K, d, monkeypatch):
     for kernel, p in (("log", 1.0), ("riesz", 0.5), ("distance", 2.0)):
         with pytest.warns(RuntimeWarning, match=f"2 of {K} classes have no samples"):
             got = nc_metrics(acc, W.to(device), bias=bias.to(device), ood_mean=ood.to(device), kernel=kernel,
-                             cdnv_exponent=p, features=H.to(device), batch_size=50)
+                             cdnv_exponent=p, features=H.to(device), batch_size=50, gnc2=False)
         ref = brute_nc(H, y, K, W=W, bias=bias, ood=ood, kernel=kernel, p=p)
         check_all(got, ref)
         assert got.num_nonempty == K - 2 and got.num_classes == K and got.num_samples == H.shape[0]
@@ -184,7 +185,8 @@ def test_to_dict_is_json_ready():
     r = nc_metrics(acc, W, features=H)
     d_ = r.to_dict()
     assert set(d_) == {f.name for f in __import__("dataclasses").fields(NCMetrics)}
-    assert all(v is None or type(v) in (float, int, str) for v in d_.values())
+    assert all(v is None or type(v) in (float, int, str, bool) for v in d_.values())
+    assert d_["normalized"] is True and r.normalized is True
     assert json.loads(json.dumps(d_, allow_nan=False)) == d_
     r.nc1_cdnv = math.inf
     assert r.to_dict()["nc1_cdnv"] is None
@@ -303,7 +305,7 @@ _MEM_SCRIPT = textwrap.dedent("""
         pass
     before = status_kib("VmHWM")
     if mode == "suite":
-        r = nc_metrics(acc, W, ood_mean=torch.ones(d))
+        r = nc_metrics(acc, W, ood_mean=torch.ones(d), gnc2=False)  # the suite; GNC2's hull solver is not its subject
         assert r.nc2_kernel_mean == r.nc2_kernel_mean
     else:  # control: one dense K x K float64 Gram, as a brute-force implementation forms
         M = acc.class_statistics()[1]
@@ -379,7 +381,7 @@ def test_exact_simplex_etf_known_values():
     M = 3.0 * (E @ Q)  # rows: a rotated simplex ETF (centred, equal norms, cos = -1/(K-1))
     y = torch.arange(K)
     acc = feed(GNCAccumulator(K, K, normalize=False), M, y, bs=512)
-    r = nc_metrics(acc, M, features=M, ood_mean=torch.ones(K, dtype=torch.float64))
+    r = nc_metrics(acc, M, features=M, ood_mean=torch.ones(K, dtype=torch.float64), gnc2=False)
     # no within-class spread (up to the fp32 rounding of the class reference points)
     assert abs(r.nc1_pinv) < 1e-20 and abs(r.nc1_quotient) < 1e-20 and abs(r.nc1_cdnv) < 1e-20
     for v in (r.nc2_equinorm, r.nc2_equiangular, r.nc2_max_angle, r.nc2_etf_error, r.w_equinorm,
@@ -392,6 +394,7 @@ def test_exact_simplex_etf_known_values():
     u = torch.ones(K, dtype=torch.float64) / math.sqrt(K)
     X = M / M.norm(dim=1, keepdim=True)
     assert r.nc5_ood == pytest.approx(float((X @ u).abs().mean()), rel=1e-12)
+    assert r.nc5_ood_centered == pytest.approx(r.nc5_ood, rel=1e-12)  # the ETF's means are centred
 
 
 def test_invariant_under_rotation_and_relabelling():
@@ -407,9 +410,9 @@ def test_invariant_under_rotation_and_relabelling():
     inv = torch.argsort(perm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        a = nc_metrics(feed(GNCAccumulator(K, d), H, y), W, bias=bias, ood_mean=ood, features=H)
+        a = nc_metrics(feed(GNCAccumulator(K, d), H, y), W, bias=bias, ood_mean=ood, features=H, gnc2=False)
         b = nc_metrics(feed(GNCAccumulator(K, d), H @ Q, inv[y]), W[perm] @ Q, bias=bias[perm], ood_mean=ood @ Q,
-                       features=H @ Q)
+                       features=H @ Q, gnc2=False)
     for k, v in a.to_dict().items():
         if isinstance(v, float):
             assert b.to_dict()[k] == pytest.approx(v, rel=1e-9, abs=1e-13), k

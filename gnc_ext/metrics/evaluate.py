@@ -191,7 +191,8 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
         raise RuntimeError("loader: yielded no " + ("batches" if acc is None else "samples"))
     result = acc.compute(W, centered=centered, gnc2=gnc2, worst=worst)  # checks W's width
     if nc:
-        result.nc = nc_metrics(acc, W, ood_mean=ood_mean, kernel=kernel, cdnv_exponent=cdnv_exponent)
+        result.nc = nc_metrics(acc, W, ood_mean=ood_mean, kernel=kernel, cdnv_exponent=cdnv_exponent,
+                               gnc2=False if result.gnc2 is None else result.gnc2)
     agree_pass = nc and W is not None
     correct = agree = seen = 0
     for h, y in bar(batches(), "GNC pass 2/2 (nearest class centre)"):
@@ -210,6 +211,8 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
                          "DataLoader, not a generator or iterator)")
     result.ncc_accuracy = correct / seen
     result.ncc_samples = seen
+    if nc:
+        result.nc.ncc_accuracy, result.nc.ncc_samples = result.ncc_accuracy, seen
     if agree_pass:
         result.nc.nc4_agreement = agree / seen
         result.nc.nc4_samples = seen
