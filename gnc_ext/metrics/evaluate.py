@@ -12,7 +12,7 @@ from .. import _validate
 from .accumulator import _INT_DTYPES, GNCAccumulator, GNCResult, _check_gnc2, _check_W
 from .nc import check_nc_options, check_ood_mean, nc_metrics
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "split_batch"]
 
 
 def _batches_of(features: Tensor, labels: Tensor, batch_size: int):
@@ -20,7 +20,10 @@ def _batches_of(features: Tensor, labels: Tensor, batch_size: int):
         yield features[s:s + batch_size], labels[s:s + batch_size]
 
 
-def _split(item) -> Tuple[Any, Tensor]:
+def split_batch(item) -> Tuple[Any, Tensor]:
+    """``(inputs, labels)`` of one loader batch: an (inputs, labels, ...) tuple/list or a
+    dict with an input key (input/inputs/x/image/images) and a label key
+    (label/labels/y/target/targets); ValueError naming ``loader`` otherwise."""
     if isinstance(item, dict):
         for xk in ("input", "inputs", "x", "image", "images"):
             if xk in item:
@@ -151,7 +154,7 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
 
         def batches():
             for item in loader:
-                x, y = _split(item)
+                x, y = split_batch(item)
                 with torch.no_grad():
                     h = feature_fn(x)
                 if not isinstance(h, torch.Tensor):
