@@ -277,6 +277,9 @@ def collect(model: torch.nn.Module, loader: Any, layers: Union[str, torch.nn.Mod
                     raise ValueError(f"layers: {name!r} produces its output on {h.device} but "
                                      f"{first_dev[0][0]!r} on {first_dev[0][1]}; pass device= to gather the "
                                      "accumulators on one device")
+                if h.device.type not in ("cpu", "cuda"):
+                    raise ValueError(f"layers: {name!r} produces its output on {h.device}; the accumulators live "
+                                     "on a cpu or cuda device (pass device=)")
                 first_dev.append((name, h.device))
             acc = GNCAccumulator(num_classes, h.shape[1], normalize=normalize,
                                  device=device if device is not None else h.device)
