@@ -297,3 +297,26 @@ def test_collect_ddp_sync_equals_one_process(tmp_path):
                 assert got[name][k] == pytest.approx(v, rel=1e-10, abs=1e-12), (name, k)
             else:
                 assert got[name][k] == v, (name, k)
+
+
+def test_digits_example_runs_and_writes_history_and_plots(tmp_path):
+    """examples/nc_layers_digits.py (its docstring's command at 2 epochs): the history
+    JSON loads with every layer and epoch, and both plots are written."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    from gnc_ext.metrics import NCHistory
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "examples", "nc_layers_digits.py"), "--epochs", "2",
+                           "--out", "out"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=package_subprocess_env(OMP_NUM_THREADS="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    h = NCHistory.load(tmp_path / "out" / "nc_history.json")
+    assert h.layers == ["block1", "block2", "hidden", "penultimate"] and h.epochs == [1, 2]
+    last = h.records[-1]["layers"]
+    assert last["penultimate"]["nc2_etf_floor"] == pytest.approx(math.sqrt(2 - 2 * math.sqrt(4 / 9)))
+    assert last["penultimate"]["gnc2_rho"] is not None and last["block1"]["gnc2_rho"] is None
+    assert all(0.0 <= last[n]["ncc_accuracy"] <= 1.0 for n in h.layers)
+    assert "block1          16" in proc.stdout  # average-pooled: d = 16 channels
+    for name in ("nc_over_epochs.png", "nc_across_layers.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

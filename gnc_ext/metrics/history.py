@@ -338,6 +338,8 @@ class NCHistory:
             colors = cm.viridis([i / max(len(curves) - 1, 1) for i in range(len(curves))])
             finite = [v for _, _, ys in curves for v in ys if math.isfinite(v)]
             for (label, xs, ys), c in zip(curves, colors):
+                if not any(math.isfinite(v) for v in ys):
+                    continue  # a layer without this field (e.g. W-based fields off the classifier's layer)
                 ax.plot(xs, ys, "-o" if len(xs) < 30 else "-", ms=3, color=c, label=label)
             for label, v, i in refs:
                 ax.axhline(v, color=colors[i], lw=1.0, ls="--", label=label)
