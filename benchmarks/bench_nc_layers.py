@@ -4,8 +4,8 @@ each), on the CPU, K = 10,000 classes.
 
     python benchmarks/bench_nc_layers.py [--out DIR]
 
-The model is a small CNN on 1×16×16 inputs: four conv blocks (16, 32, 64, 128 channels;
-16×16, 8×8, 4×4, 2×2 maps), each hooked and average-pooled (``reduce="avgpool"``:
+The model is a small CNN on 1×8×8 inputs: four conv blocks (16, 32, 64, 128 channels;
+8×8, 4×4, 2×2, 1×1 maps) and a linear head to the K classes, each hooked and average-pooled (``reduce="avgpool"``:
 d = 16, 32, 64, 128). The data: N = 20,000 random inputs, two per class. Time: median
 of 3 calls after one warm-up (``benchmarks/harness.py``); memory: peak RSS of a fresh
 process above its RSS before the measured call (the harness's method), so the
@@ -43,7 +43,7 @@ def setup(device):
     model = model.to(device).eval()
     g = torch.Generator().manual_seed(1)
     y = torch.arange(K).repeat(N // K)[torch.randperm(N, generator=g)]
-    X = torch.randn(N, 1, 16, 16, generator=g) + (y % 97).float()[:, None, None, None] * 0.01
+    X = torch.randn(N, 1, 8, 8, generator=g) + (y % 97).float()[:, None, None, None] * 0.01
     loader = [(X[s:s + BATCH], y[s:s + BATCH]) for s in range(0, N, BATCH)]
     return model, loader
 

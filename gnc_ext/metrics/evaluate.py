@@ -64,7 +64,9 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
         centered, gnc2, worst: passed to :meth:`GNCAccumulator.compute`.
         nc: bool; also measure the neural-collapse suite (:func:`gnc_ext.metrics.nc_metrics`,
             after pass 1) and, with W, the NC4 agreement of the linear classifier
-            ``argmax_k(⟨w_k, h⟩ + bias_k)`` with the NCC during pass 2; the result's ``nc``.
+            ``argmax_k(⟨w_k, h⟩ + bias_k)`` with the NCC during pass 2; the result's ``nc``
+            (its ``ncc_accuracy`` is the result's, its ``gnc2_*`` fields the result's
+            ``gnc2``, not solved twice).
         bias: optional (K,) classifier bias for NC4 (needs ``nc=True`` and W).
         ood_mean, kernel, cdnv_exponent: passed to :func:`gnc_ext.metrics.nc_metrics`
             (only with ``nc=True``).
