@@ -42,12 +42,13 @@ def make_loader(n_batches=5, bs=17, seed=1, hw=8):
     return out
 
 
-def by_hand(model, loader, layers, reduce, normalize):
+def by_hand(model, loader, layers, reduce, normalize, device="cpu"):
     """The same accumulators filled from explicitly computed layer outputs."""
     model.eval()
     accs = {}
     with torch.no_grad():
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             h = x
             for i, mod in enumerate(model):
                 h = mod(h)
@@ -55,17 +56,20 @@ def by_hand(model, loader, layers, reduce, normalize):
                 if name in layers:
                     f = h.mean(dim=(2, 3)) if (reduce == "avgpool" and h.dim() == 4) else h.reshape(h.shape[0], -1)
                     if name not in accs:
-                        accs[name] = GNCAccumulator(K, f.shape[1], normalize=normalize)
+                        accs[name] = GNCAccumulator(K, f.shape[1], normalize=normalize, device=device)
                     accs[name].update(f, y)
     return accs
 
 
 @pytest.mark.parametrize("reduce,normalize", [("flatten", True), ("avgpool", False)])
-def test_collect_equals_accumulators_filled_by_hand(reduce, normalize):
-    model, loader = small_cnn(), make_loader()
+def test_collect_equals_accumulators_filled_by_hand(device, reduce, normalize):
+    """The loader's batches stay on the CPU; collect moves them to the model's device and
+    keeps each accumulator on the device of its layer's output."""
+    model, loader = small_cnn().to(device), make_loader()
     layers = ["1", "4", "7"]
     got = collect(model, loader, layers, num_classes=K, reduce=reduce, normalize=normalize, progress=False)
-    ref = by_hand(model, loader, layers, reduce, normalize)
+    ref = by_hand(model, loader, layers, reduce, normalize, device)
+    assert all(a.device.type == torch.device(device).type for a in got.values())
     assert list(got) == layers
     widths = {"flatten": {"1": 256, "4": 128, "7": 12}, "avgpool": {"1": 4, "4": 8, "7": 12}}[reduce]
     for name in layers:
