@@ -286,7 +286,8 @@ def test_collect_ddp_sync_equals_one_process(tmp_path):
     here = os.path.dirname(os.path.abspath(__file__))
     out = tmp_path / "ddp.pt"
     procs = [subprocess.Popen([sys.executable, "-c", _DDP_SCRIPT, str(r), "2", str(port), here, str(out)], env=env,
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err[-3000:]
