@@ -16,6 +16,7 @@ is by both; a (B,) output is one feature.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -294,8 +295,9 @@ def collect(model: torch.nn.Module, loader: Any, layers: Union[str, torch.nn.Mod
             h = h.to(acc.device)
         acc.update(h, labels.to(acc.device))
 
-    with _LayerPass(model, names, modules, reduce, sink) as lp:
-        for item in _iterate(loader, progress, "collect (layer statistics)"):
+    with _LayerPass(model, names, modules, reduce, sink) as lp, \
+            contextlib.closing(_iterate(loader, progress, "collect (layer statistics)")) as items:
+        for item in items:
             x, y = split_batch(item)
             labels.set(_labels_of(y, num_classes))
             lp.run(x, labels.src.shape[0])
@@ -406,8 +408,9 @@ def layer_metrics(accumulators: Mapping[str, GNCAccumulator], *, classifiers: Op
                              == pred).sum())
             c[2] += h.shape[0]
 
-        with _LayerPass(model, names, modules, reduce, sink) as lp:
-            for item in _iterate(loader, progress, "layer_metrics (NCC pass)"):
+        with _LayerPass(model, names, modules, reduce, sink) as lp, \
+                contextlib.closing(_iterate(loader, progress, "layer_metrics (NCC pass)")) as items:
+            for item in items:
                 x, y = split_batch(item)
                 labels.set(_labels_of(y, K))
                 lp.run(x, labels.src.shape[0])
