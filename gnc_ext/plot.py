@@ -1,6 +1,7 @@
 """Pictures for GNC: features and classifiers on the circle (paper Fig. 4 style), GNC
-curves over training (Fig. 2 style), one-vs-rest distance profiles, and the
-feature-dimension design curve of Thm 3.9.
+curves over training (Fig. 2 style), the NC suite per layer over training
+(:func:`plot_nc_history`), one-vs-rest distance profiles, and the feature-dimension
+design curve of Thm 3.9.
 
 matplotlib is an optional dependency (``pip install 'gnc_ext[plot]'``). Every function
 returns the matplotlib Figure and, with ``path=``, also saves a PNG.
@@ -100,17 +101,44 @@ def plot_gnc_curves(history: Sequence[Dict[str, float]], *, labels: Optional[Seq
     """GNC1, GNC2 (one-vs-rest ρ), GNC3 and accuracies over epochs.
 
     ``history``: a list of per-epoch dicts with any of the keys ``gnc1``, ``gnc2``,
-    ``gnc3``, ``train_acc``, ``test_acc``, ``ncc_acc``. To overlay several runs (e.g.
-    temperatures), pass ``histories={"tau=0.05": [...], "tau=1": [...]}`` instead.
-    ``reference`` may give e.g. ``{"gnc2": rho_opt}`` drawn as a dashed line.
+    ``gnc3``, ``train_acc``, ``test_acc``, ``ncc_acc`` (values: numbers or None; the
+    bookkeeping keys ``gnc2_gap``, ``loss``, ``lr`` and ``epoch``, which ``gnc demo``
+    and training loops record alongside, are accepted and not drawn). To
+    overlay several runs (e.g. temperatures), pass ``histories={"tau=0.05": [...],
+    "tau=1": [...]}`` instead. ``reference`` may give e.g. ``{"gnc2": rho_opt}`` drawn as a
+    dashed line. Only the panels with data are drawn.
+
+    Raises:
+        ValueError naming ``history``/``histories``: an entry with another key (the NC
+        suite's fields, e.g. ``nc1_pinv``, are drawn by :func:`plot_nc_history` /
+        ``NCHistory.plot``) or no value of any of these keys at all (nothing to draw);
+        TypeError for an entry that is not a dict.
     """
-    plt = _plt()
     runs = dict(histories) if histories else {"": list(history)}
-    panels = [("gnc1", "GNC1 (within-class variability)", True),
-              ("gnc2", "GNC2: one-vs-rest ρ(W)", False),
-              ("gnc3", "GNC3 (self-duality)", True),
-              ("acc", "accuracy", False)]
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    what = "histories" if histories else "history"
+    acc_keys = ("train_acc", "test_acc", "ncc_acc")
+    known = ("gnc1", "gnc2", "gnc3") + acc_keys
+    for run_name, hist in runs.items():
+        where = f"{what}[{run_name!r}]" if histories else what
+        for i, h in enumerate(hist):
+            if not isinstance(h, dict):
+                raise TypeError(f"{where}: entry {i} is a {type(h).__name__}, expected a dict of metric values")
+            unknown = sorted(set(h) - set(known) - {"gnc2_gap", "loss", "lr", "epoch"})
+            if unknown:
+                raise ValueError(f"{where}: entry {i} has key {unknown[0]!r}; plot_gnc_curves draws "
+                                 f"{', '.join(known)} (NC-suite fields: gnc_ext.plot.plot_nc_history or "
+                                 "NCHistory.plot)")
+    has = {k for hist in runs.values() for h in hist for k, v in h.items() if v is not None}
+    panels = [p for p in [("gnc1", "GNC1 (within-class variability)", True),
+                          ("gnc2", "GNC2: one-vs-rest ρ(W)", False),
+                          ("gnc3", "GNC3 (self-duality)", True),
+                          ("acc", "accuracy", False)]
+              if (p[0] in has if p[0] != "acc" else bool(has & set(acc_keys)))]
+    if not panels:
+        raise ValueError(f"{what}: no values of {', '.join(known)} to draw")
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.75 * len(panels), 3.4), squeeze=False)
+    axes = axes[0]
     for ax, (key, name, logy) in zip(axes, panels):
         for run_name, hist in runs.items():
             ep = list(range(1, len(hist) + 1))
@@ -137,6 +165,16 @@ def plot_gnc_curves(history: Sequence[Dict[str, float]], *, labels: Optional[Seq
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_nc_history(history, fields, *, path: Optional[str] = None, **kwargs):
+    """The NC suite per layer over training: ``history.plot(fields, path, **kwargs)`` for
+    a :class:`gnc_ext.metrics.NCHistory` (curves over epochs, one per layer, or
+    ``view="layers"`` for values across layers, one curve per epoch). Unknown fields,
+    and fields without values, are refused with a ValueError naming ``fields``."""
+    if not (hasattr(history, "plot") and hasattr(history, "fields") and hasattr(history, "records")):
+        raise TypeError(f"history: expected a gnc_ext.metrics.NCHistory, got {type(history).__name__}")
+    return history.plot(fields, path, **kwargs)
 
 
 def plot_distances(result, *, path: Optional[str] = None, title: str = ""):

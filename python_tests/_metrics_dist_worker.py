@@ -26,7 +26,7 @@ def torchmetrics_mode(acc, metric, W, out):
     acc.sync()
     r = acc.compute(W, gnc2=False)
     synced = {"gnc1": r.gnc1, "gnc3": r.gnc3}
-    synced.update({k: v for k, v in nc_metrics(acc, W).to_dict().items()
+    synced.update({k: v for k, v in nc_metrics(acc, W, gnc2=False).to_dict().items()
                    if isinstance(v, float) and k != "cdnv_exponent"})
     if dist.get_rank() == 0:
         torch.save({"metric": got, "synced": synced}, out)

@@ -81,7 +81,8 @@ def brute_nc(H, y, K, *, W=None, bias=None, ood=None, kernel="log", p=1.0, norma
         out["_agree"] = lin == ncc  # per row
     if ood is not None:
         u = np.asarray(ood, np.float64)
-        out["nc5_ood"] = np.mean(np.abs(Mt @ u) / (nrm * np.linalg.norm(u)))
+        out["nc5_ood"] = np.mean(np.abs(M @ u) / (np.linalg.norm(M, axis=1) * np.linalg.norm(u)))  # raw means
+        out["nc5_ood_centered"] = np.mean(np.abs(Mt @ u) / (nrm * np.linalg.norm(u)))
     return out
 
 
@@ -129,7 +130,7 @@ def test_every_field_matches_brute_force(device, K, d, monkeypatch):
     for kernel, p in (("log", 1.0), ("riesz", 0.5), ("distance", 2.0)):
         with pytest.warns(RuntimeWarning, match=f"2 of {K} classes have no samples"):
             got = nc_metrics(acc, W.to(device), bias=bias.to(device), ood_mean=ood.to(device), kernel=kernel,
-                             cdnv_exponent=p, features=H.to(device), batch_size=50)
+                             cdnv_exponent=p, features=H.to(device), batch_size=50, gnc2=False)
         ref = brute_nc(H, y, K, W=W, bias=bias, ood=ood, kernel=kernel, p=p)
         check_all(got, ref)
         assert got.num_nonempty == K - 2 and got.num_classes == K and got.num_samples == H.shape[0]
@@ -184,7 +185,8 @@ def test_to_dict_is_json_ready():
     r = nc_metrics(acc, W, features=H)
     d_ = r.to_dict()
     assert set(d_) == {f.name for f in __import__("dataclasses").fields(NCMetrics)}
-    assert all(v is None or type(v) in (float, int, str) for v in d_.values())
+    assert all(v is None or type(v) in (float, int, str, bool) for v in d_.values())
+    assert d_["normalized"] is True and r.normalized is True
     assert json.loads(json.dumps(d_, allow_nan=False)) == d_
     r.nc1_cdnv = math.inf
     assert r.to_dict()["nc1_cdnv"] is None
@@ -303,7 +305,7 @@ _MEM_SCRIPT = textwrap.dedent("""
         pass
     before = status_kib("VmHWM")
     if mode == "suite":
-        r = nc_metrics(acc, W, ood_mean=torch.ones(d))
+        r = nc_metrics(acc, W, ood_mean=torch.ones(d), gnc2=False)  # the suite; GNC2's hull solver is not its subject
         assert r.nc2_kernel_mean == r.nc2_kernel_mean
     else:  # control: one dense K x K float64 Gram, as a brute-force implementation forms
         M = acc.class_statistics()[1]
@@ -379,7 +381,7 @@ def test_exact_simplex_etf_known_values():
     M = 3.0 * (E @ Q)  # rows: a rotated simplex ETF (centred, equal norms, cos = -1/(K-1))
     y = torch.arange(K)
     acc = feed(GNCAccumulator(K, K, normalize=False), M, y, bs=512)
-    r = nc_metrics(acc, M, features=M, ood_mean=torch.ones(K, dtype=torch.float64))
+    r = nc_metrics(acc, M, features=M, ood_mean=torch.ones(K, dtype=torch.float64), gnc2=False)
     # no within-class spread (up to the fp32 rounding of the class reference points)
     assert abs(r.nc1_pinv) < 1e-20 and abs(r.nc1_quotient) < 1e-20 and abs(r.nc1_cdnv) < 1e-20
     for v in (r.nc2_equinorm, r.nc2_equiangular, r.nc2_max_angle, r.nc2_etf_error, r.w_equinorm,
@@ -392,6 +394,7 @@ def test_exact_simplex_etf_known_values():
     u = torch.ones(K, dtype=torch.float64) / math.sqrt(K)
     X = M / M.norm(dim=1, keepdim=True)
     assert r.nc5_ood == pytest.approx(float((X @ u).abs().mean()), rel=1e-12)
+    assert r.nc5_ood_centered == pytest.approx(r.nc5_ood, rel=1e-12)  # the ETF's means are centred
 
 
 def test_invariant_under_rotation_and_relabelling():
@@ -407,9 +410,171 @@ def test_invariant_under_rotation_and_relabelling():
     inv = torch.argsort(perm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        a = nc_metrics(feed(GNCAccumulator(K, d), H, y), W, bias=bias, ood_mean=ood, features=H)
+        a = nc_metrics(feed(GNCAccumulator(K, d), H, y), W, bias=bias, ood_mean=ood, features=H, gnc2=False)
         b = nc_metrics(feed(GNCAccumulator(K, d), H @ Q, inv[y]), W[perm] @ Q, bias=bias[perm], ood_mean=ood @ Q,
-                       features=H @ Q)
+                       features=H @ Q, gnc2=False)
     for k, v in a.to_dict().items():
         if isinstance(v, float):
             assert b.to_dict()[k] == pytest.approx(v, rel=1e-9, abs=1e-13), k
+
+
+# ----------------------------------------------------------------------------- conventions
+def toolkit_reference(H, y, K, W, ood):
+    """The NC toolkit's definitions (rhubarbwu/neural-collapse, ``neural_collapse/measure.py``)
+    written here in float64 torch from the class means M, the global mean m_G (unweighted
+    mean of the class means), the within-class covariance V_intra = Σ(h − μ_y)(h − μ_y)ᵀ/N
+    and the per-class variance norms; the structure error in the toolkit's form (normalise
+    B Aᵀ, add 1/(K√(K−1)) everywhere, subtract 1/√(K−1) on the diagonal, Frobenius norm)."""
+    H, W, ood = H.double(), W.double(), ood.double()
+    M = torch.stack([H[y == k].mean(0) for k in range(K)])
+    mG = M.mean(0)
+    Mc = M - mG
+    D = H - M[y]
+    V_intra = D.T @ D / H.shape[0]
+    V_inter = Mc.T @ Mc / K
+    var = torch.stack([((H[y == k] - M[k]) ** 2).sum(1).mean() for k in range(K)])
+    iu = torch.triu_indices(K, K, 1)
+
+    def structure_error(A, B):
+        s = B @ A.T
+        s = s / torch.linalg.matrix_norm(s)
+        s = s + 1.0 / K / math.sqrt(K - 1)
+        s.diagonal().sub_(1.0 / math.sqrt(K - 1))
+        return float(torch.linalg.matrix_norm(s))
+
+    dist2 = torch.cdist(M, M) ** 2
+    cdnv_grid = (var[:, None] + var[None, :]) / (2 * dist2)
+    norms = Mc.norm(dim=1)
+    cos = torch.nn.functional.cosine_similarity(Mc[:, None, :], Mc[None, :, :], dim=-1)
+    return {
+        "nc1_pinv": float(torch.trace(torch.linalg.pinv(V_inter) @ V_intra)) / K,
+        "nc1_quotient": float(torch.trace(V_intra) / torch.trace(V_inter)),
+        "nc1_cdnv": float(cdnv_grid[iu[0], iu[1]].mean()),
+        "nc2_equinorm": float(norms.std(unbiased=False) / norms.mean()),
+        "nc2_equiangular": float(cos[iu[0], iu[1]].std(unbiased=False)),
+        "nc2_etf_error": structure_error(Mc, Mc),
+        "nc3_duality_error": structure_error(Mc, W),
+        "nc5_ood": float(torch.nn.functional.cosine_similarity(ood[None, :], M, dim=1).abs().mean()),
+    }
+
+
+def test_raw_features_equal_the_toolkit_definitions():
+    """With normalize=False every metric is the toolkit's (float64, NC5 with the raw class
+    means); with the default normalize=True they are the same definitions applied to the
+    L2-normalised features, and the result says which (``normalized``). A large global
+    mean makes NC5's raw and centred variants differ."""
+    K, d = 15, 6
+    H, y, W = make_data(K, d, 7, seed=21)
+    H = H + 4.0  # a large global mean
+    ood = torch.randn(d, generator=torch.Generator().manual_seed(22), dtype=torch.float64) + 1.0
+    raw = nc_metrics(feed(GNCAccumulator(K, d, normalize=False), H, y), W, ood_mean=ood, gnc2=False)
+    ref = toolkit_reference(H, y, K, W, ood)
+    assert raw.normalized is False and raw.to_dict()["normalized"] is False
+    for k, v in ref.items():
+        assert getattr(raw, k) == pytest.approx(v, rel=1e-12, abs=1e-14), k
+    assert abs(raw.nc5_ood - raw.nc5_ood_centered) > 0.1  # the two NC5 variants are different quantities
+    Hn = torch.nn.functional.normalize(H, dim=1)
+    ood_n = torch.nn.functional.normalize(H[:20] - 8.0, dim=1).mean(0)  # mean of normalised OoD features
+    nrm = nc_metrics(feed(GNCAccumulator(K, d), H, y), W, ood_mean=ood_n, gnc2=False)
+    ref_n = toolkit_reference(Hn, y, K, W, ood_n)
+    assert nrm.normalized is True
+    for k, v in ref_n.items():
+        assert getattr(nrm, k) == pytest.approx(v, rel=1e-12, abs=1e-14), k
+    assert nrm.nc2_equinorm != pytest.approx(raw.nc2_equinorm, rel=1e-3)
+
+
+@pytest.mark.parametrize("K,d", [(40, 8), (12, 3), (30, 2)])
+def test_etf_floor_closed_form_and_attained(K, d):
+    """nc2_etf_floor = √(2 − 2√(d/(K−1))) for K > d + 1 equals ‖P_d/√d − P/√(K−1)‖_F
+    formed densely (P the centring projector, P_d the projector on the top-d eigenspace
+    of the ETF Gram P/√(K−1)); class means spanning that eigenspace (and W = those means)
+    attain it in nc_metrics' ETF and duality errors; random means stay above it."""
+    from gnc_ext.metrics import etf_error_floor
+
+    floor = etf_error_floor(K, d)
+    assert floor == pytest.approx(math.sqrt(2 - 2 * math.sqrt(d / (K - 1))), rel=1e-15)
+    P = torch.eye(K, dtype=torch.float64) - 1.0 / K
+    lam, V = torch.linalg.eigh(P / math.sqrt(K - 1))
+    assert float(lam[0]) == pytest.approx(0.0, abs=1e-12) and float(lam[1]) == pytest.approx(1 / math.sqrt(K - 1))
+    # the top eigenvalue 1/√(K−1) has a (K−1)-dimensional eigenspace (orthogonal to 1): a
+    # random rotation inside it, then d of its vectors span a top-d eigenspace
+    R, _ = torch.linalg.qr(torch.randn(K - 1, K - 1, generator=torch.Generator().manual_seed(d), dtype=torch.float64))
+    U = (V[:, 1:] @ R)[:, :d]
+    Pd = U @ U.T
+    assert floor == pytest.approx(float(torch.linalg.matrix_norm(Pd / math.sqrt(d) - P / math.sqrt(K - 1))),
+                                  rel=1e-12)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(K), dtype=torch.float64))
+    means = 3.0 * U @ Q  # K points in R^d whose Gram is 9·P_d
+    y = torch.arange(K).repeat(2)
+    acc = feed(GNCAccumulator(K, d, normalize=False), means[y], y)
+    r = nc_metrics(acc, means, gnc2=False)
+    assert r.nc2_etf_floor == floor
+    assert r.nc2_etf_error == pytest.approx(floor, abs=1e-12)
+    assert r.nc3_duality_error == pytest.approx(floor, abs=1e-12)
+    for seed in range(3):
+        H, yy, W = make_data(K, d, 3, seed=seed)
+        rr = nc_metrics(feed(GNCAccumulator(K, d), H, yy), W, gnc2=False)
+        assert rr.nc2_etf_error > floor and rr.nc3_duality_error > floor
+
+
+def test_etf_floor_is_zero_where_a_simplex_etf_exists():
+    from gnc_ext.metrics import etf_error_floor
+
+    assert etf_error_floor(2000, 64) == pytest.approx(1.281, abs=5e-4)  # the issue's case
+    for K, d in ((2, 1), (5, 4), (5, 10), (100, 99)):
+        assert etf_error_floor(K, d) == 0.0
+    H, y, W = make_data(6, 16, 3, seed=1)
+    assert nc_metrics(feed(GNCAccumulator(6, 16), H, y), gnc2=False).nc2_etf_floor == 0.0
+    with pytest.raises(ValueError, match="num_classes"):
+        etf_error_floor(1, 3)
+    with pytest.raises(ValueError, match="dim"):
+        etf_error_floor(5, 0)
+
+
+def test_gnc2_view_equals_the_hull_solver_and_theory():
+    """With W, nc_metrics carries GNC2 (ρ of the row-normalised W with its certificate,
+    as gnc2(W) / one_vs_rest_distance give it) and the bounds on max ρ from
+    theory.rho_bounds; gnc2=False skips it and a GNC2Result is reused as given."""
+    from gnc_ext import one_vs_rest_distance, theory
+    from gnc_ext.metrics import gnc2
+
+    K, d = 30, 4  # K > d + 1
+    H, y, W = make_data(K, d, 3, seed=31)
+    acc = feed(GNCAccumulator(K, d), H, y)
+    r = nc_metrics(acc, W)
+    ovr = one_vs_rest_distance(torch.nn.functional.normalize(W, dim=1))
+    assert r.gnc2_rho == pytest.approx(float(ovr.rho), rel=1e-12)
+    assert r.gnc2_rho_lower == pytest.approx(float(ovr.rho_lower), rel=1e-12)
+    assert r.gnc2_rho_lower <= r.gnc2_rho + 1e-15
+    b = theory.rho_bounds(d, K)
+    assert (r.gnc2_rho_max_lower, r.gnc2_rho_max_upper) == (float(b.lower), float(b.upper))
+    assert r.gnc2_rho <= r.gnc2_rho_max_upper
+    assert r.nc2_etf_floor > 0 and r.nc2_etf_error >= r.nc2_etf_floor
+    assert nc_metrics(acc, W, gnc2=False).gnc2_rho is None
+    g = gnc2(W)
+    g.rho = 0.123  # a given result is used as it is (no second solve)
+    assert nc_metrics(acc, W, gnc2=g).gnc2_rho == 0.123
+    assert nc_metrics(acc).gnc2_rho is None  # no classifier
+    # K <= d + 1: max ρ = K/(K − 1) exactly (Thm 3.3); a simplex ETF classifier attains it
+    K, d = 5, 8
+    E = torch.eye(K, dtype=torch.float64) - 1.0 / K
+    Wetf = E @ torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))[0][:K]
+    H, y, _ = make_data(K, d, 3, seed=32)
+    r = nc_metrics(feed(GNCAccumulator(K, d), H, y), Wetf)
+    assert r.gnc2_rho_max_lower == pytest.approx(K / (K - 1), rel=1e-12)
+    assert r.gnc2_rho_max_upper == pytest.approx(K / (K - 1), rel=1e-12)
+    assert r.gnc2_rho == pytest.approx(K / (K - 1), rel=1e-9)
+    for bad, exc in (("yes", ValueError), (1, TypeError), (None, TypeError)):
+        with pytest.raises(exc, match="gnc2"):
+            nc_metrics(acc, W, gnc2=bad)
+    with pytest.raises(ValueError, match="gnc2"):
+        nc_metrics(acc, gnc2=g)
+
+
+def test_evaluate_reuses_gnc2_and_reports_ncc_in_the_suite():
+    K, d = 12, 5
+    H, y, W = make_data(K, d, 6, seed=41)
+    r = evaluate(None, (H, y), W=W, progress=False, nc=True)
+    assert r.nc.gnc2_rho == r.gnc2.rho and r.nc.gnc2_rho_lower == r.gnc2.rho_lower
+    assert r.nc.ncc_accuracy == r.ncc_accuracy and r.nc.ncc_samples == H.shape[0]
+    assert r.nc.normalized is True

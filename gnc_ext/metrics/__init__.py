@@ -7,6 +7,10 @@
   never forming a K × K matrix.
 - :func:`evaluate` — the two passes (statistics, then NCC and NC4) over a re-iterable
   loader or precomputed tensors; ``nc=True`` adds the suite.
+- :func:`collect` — one data pass through a model filling one accumulator per layer
+  (forward hooks); :func:`layer_metrics` — the suite per layer with NCC accuracy and NC4.
+- :class:`NCHistory` — the suite per layer over epochs: JSON, curves over epochs and
+  across layers.
 - :func:`gnc2` — ρ_one-vs-rest of a classifier with its certificate and the theory's
   reference values (the hull family, ``gnc_ext.geometry.one_vs_rest_distance``).
 - ``GNCMetric`` — a ``torchmetrics.Metric`` adapter (needs the ``[torchmetrics]``
@@ -14,10 +18,12 @@
 """
 from .accumulator import GNC2Result, GNCAccumulator, GNCResult, gnc2
 from .evaluate import evaluate
-from .nc import NCMetrics, nc_metrics
+from .history import NCHistory
+from .layers import collect, layer_metrics
+from .nc import NCMetrics, etf_error_floor, nc_metrics
 
-__all__ = ["GNCAccumulator", "GNCResult", "GNC2Result", "NCMetrics", "evaluate", "gnc2", "nc_metrics",
-           "GNCMetric"]
+__all__ = ["GNCAccumulator", "GNCResult", "GNC2Result", "NCMetrics", "NCHistory", "collect", "etf_error_floor",
+           "evaluate", "gnc2", "layer_metrics", "nc_metrics", "GNCMetric"]
 
 
 def __getattr__(name):

@@ -12,7 +12,7 @@ from .. import _validate
 from .accumulator import _INT_DTYPES, GNCAccumulator, GNCResult, _check_gnc2, _check_W
 from .nc import check_nc_options, check_ood_mean, nc_metrics
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "split_batch"]
 
 
 def _batches_of(features: Tensor, labels: Tensor, batch_size: int):
@@ -20,7 +20,10 @@ def _batches_of(features: Tensor, labels: Tensor, batch_size: int):
         yield features[s:s + batch_size], labels[s:s + batch_size]
 
 
-def _split(item) -> Tuple[Any, Tensor]:
+def split_batch(item) -> Tuple[Any, Tensor]:
+    """``(inputs, labels)`` of one loader batch: an (inputs, labels, ...) tuple/list or a
+    dict with an input key (input/inputs/x/image/images) and a label key
+    (label/labels/y/target/targets); ValueError naming ``loader`` otherwise."""
     if isinstance(item, dict):
         for xk in ("input", "inputs", "x", "image", "images"):
             if xk in item:
@@ -61,7 +64,9 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
         centered, gnc2, worst: passed to :meth:`GNCAccumulator.compute`.
         nc: bool; also measure the neural-collapse suite (:func:`gnc_ext.metrics.nc_metrics`,
             after pass 1) and, with W, the NC4 agreement of the linear classifier
-            ``argmax_k(⟨w_k, h⟩ + bias_k)`` with the NCC during pass 2; the result's ``nc``.
+            ``argmax_k(⟨w_k, h⟩ + bias_k)`` with the NCC during pass 2; the result's ``nc``
+            (its ``ncc_accuracy`` is the result's, its ``gnc2_*`` fields the result's
+            ``gnc2``, not solved twice).
         bias: optional (K,) classifier bias for NC4 (needs ``nc=True`` and W).
         ood_mean, kernel, cdnv_exponent: passed to :func:`gnc_ext.metrics.nc_metrics`
             (only with ``nc=True``).
@@ -151,7 +156,7 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
 
         def batches():
             for item in loader:
-                x, y = _split(item)
+                x, y = split_batch(item)
                 with torch.no_grad():
                     h = feature_fn(x)
                 if not isinstance(h, torch.Tensor):
@@ -191,7 +196,8 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
         raise RuntimeError("loader: yielded no " + ("batches" if acc is None else "samples"))
     result = acc.compute(W, centered=centered, gnc2=gnc2, worst=worst)  # checks W's width
     if nc:
-        result.nc = nc_metrics(acc, W, ood_mean=ood_mean, kernel=kernel, cdnv_exponent=cdnv_exponent)
+        result.nc = nc_metrics(acc, W, ood_mean=ood_mean, kernel=kernel, cdnv_exponent=cdnv_exponent,
+                               gnc2=False if result.gnc2 is None else result.gnc2)
     agree_pass = nc and W is not None
     correct = agree = seen = 0
     for h, y in bar(batches(), "GNC pass 2/2 (nearest class centre)"):
@@ -210,6 +216,8 @@ def evaluate(feature_fn: Optional[Callable[[Any], Tensor]], loader: Any, W: Opti
                          "DataLoader, not a generator or iterator)")
     result.ncc_accuracy = correct / seen
     result.ncc_samples = seen
+    if nc:
+        result.nc.ncc_accuracy, result.nc.ncc_samples = result.ncc_accuracy, seen
     if agree_pass:
         result.nc.nc4_agreement = agree / seen
         result.nc.nc4_samples = seen

@@ -1,7 +1,10 @@
 """The neural-collapse metric suite (NC1–NC5) from a :class:`GNCAccumulator`, at large K.
 
 Conventions (those of the NC toolkit researchers use, rhubarbwu/neural-collapse): μ_k
-are the accumulated class means, μ_G the *unweighted* mean of the non-empty class means,
+are the accumulated class means (of L2-normalised features when the accumulator
+normalises, its default; the toolkit works on raw features, so pass
+``GNCAccumulator(..., normalize=False)`` to reproduce its numbers; every result says
+which in ``normalized``), μ_G the *unweighted* mean of the non-empty class means,
 μ̃_k = μ_k − μ_G, K the number of non-empty classes (empty ones are excluded with a
 warning, as in :meth:`GNCAccumulator.compute`); pairwise statistics are means over the
 pairs i < j, variances and standard deviations are population ones.
@@ -16,6 +19,12 @@ How each quantity is computed (never a K × K tensor; memory O(K·d + d² + one 
 - streamed fp64 tiles of the K × K Gram for the truly pairwise ones (CDNV, the maximal
   angle, the kernel statistics): ``gnc_ext.ops.metrics.pairwise_class_stats``;
 - a data pass for NC4 (:meth:`GNCAccumulator.nc4_agreement_count`).
+
+For K > d + 1 no arrangement of K class means in d dimensions is a simplex ETF, and the
+ETF and duality errors cannot go below ``nc2_etf_floor`` = √(2 − 2√(d/(K − 1)))
+(:func:`etf_error_floor`); there GNC2 — the one-vs-rest margin ρ of the classifier,
+with its certificate, against the bounds on max ρ (``gnc2_*`` fields) — is the quantity
+that reaches its optimum.
 """
 from __future__ import annotations
 
@@ -29,11 +38,12 @@ from torch import Tensor
 
 from .. import _validate
 from ..ops import metrics as metrics_ops
-from .compute import default_pinv_rtol, empty_classes, pinv_trace
+from .compute import GNC2Result, default_pinv_rtol, empty_classes, pinv_trace
+from .compute import gnc2 as _classifier_gnc2
 from .ncc import check_classifier
 from .state import AccumulatorState, _symmetrize_upper, _syrk_upper
 
-__all__ = ["NCMetrics", "nc_metrics", "KERNELS"]
+__all__ = ["NCMetrics", "nc_metrics", "etf_error_floor", "KERNELS"]
 
 KERNELS = metrics_ops.KERNELS
 
@@ -71,11 +81,31 @@ class NCMetrics:
             argmax_k(⟨w_k, h⟩ + bias_k) equals their nearest-class-centre prediction
             (Papyan et al. 2020, NC4); None unless a data pass measured it
             (``features=`` here, or ``evaluate(..., nc=True)`` with W).
-        nc5_ood: mean over k of |cos(μ̃_k, μ_G^ood)| given the OoD global mean
-            (ID/OoD orthogonality, Ammar et al. 2024); None without ``ood_mean``.
+        nc5_ood: mean over k of |cos(μ_k, μ_G^ood)| with the class means μ_k as
+            accumulated (not centred) and the OoD global mean (ID/OoD orthogonality,
+            Ammar et al. 2024; the toolkit's ``orthogonality_deviation(means, mG_ood)``);
+            None without ``ood_mean``.
+        nc5_ood_centered: the same with the centred means μ̃_k; None without ``ood_mean``.
         kernel, cdnv_exponent: the options used.
         num_classes, num_nonempty, num_samples: K (all), K (non-empty), N.
         nc4_samples: rows the NC4 agreement was measured on (0 if not measured).
+        normalized: whether the accumulator L2-normalised the features before
+            accumulating (``GNCAccumulator(normalize=...)``, True by default); the
+            toolkit's numbers are those of ``normalized=False``.
+        nc2_etf_floor: the smallest value any K class means (K non-empty) in d
+            dimensions can give ``nc2_etf_error`` and W, M̃ can give
+            ``nc3_duality_error``: √(2 − 2√(d/(K − 1))) for K > d + 1 (no simplex ETF
+            exists there), 0 for K ≤ d + 1 (:func:`etf_error_floor`).
+        gnc2_rho, gnc2_rho_lower: GNC2, the one-vs-rest margin ρ of the row-normalised
+            classifier (all ``num_classes`` rows, as :func:`gnc_ext.metrics.gnc2`) and
+            its certified lower bound; None without W or with ``gnc2=False``.
+        gnc2_rho_max_lower, gnc2_rho_max_upper: the bounds on max ρ over K unit
+            vectors in d dimensions (``gnc_ext.theory.rho_bounds(d, K)``; equal where
+            Thm 3.3 gives max ρ exactly); ρ/max ρ → 1 is GNC2's collapse. None where
+            ``gnc2_rho`` is None or d = 1.
+        ncc_accuracy: nearest-class-centre accuracy of a labelled data pass
+            (:func:`gnc_ext.metrics.evaluate`, :func:`gnc_ext.metrics.layer_metrics`);
+            None if not measured. ncc_samples: its rows (0 if not measured).
 
     A value is ``inf`` where a pairwise term is infinite (two classes with coinciding
     means or directions) and NaN where it is undefined (a class mean equal to μ_G has no
@@ -104,10 +134,19 @@ class NCMetrics:
     num_nonempty: int = 0
     num_samples: int = 0
     nc4_samples: int = 0
+    normalized: bool = True
+    nc2_etf_floor: float = 0.0
+    nc5_ood_centered: Optional[float] = None
+    gnc2_rho: Optional[float] = None
+    gnc2_rho_lower: Optional[float] = None
+    gnc2_rho_max_lower: Optional[float] = None
+    gnc2_rho_max_upper: Optional[float] = None
+    ncc_accuracy: Optional[float] = None
+    ncc_samples: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict: the field names above as keys (snake_case), values plain
-        ``float`` / ``int`` / ``str`` or None; a non-finite value (inf/NaN, see above)
+        ``float`` / ``int`` / ``str`` / ``bool`` or None; a non-finite value (inf/NaN, see above)
         becomes None, so ``json.dumps`` gives strict JSON."""
         out: Dict[str, Any] = {}
         for f in dataclasses.fields(self):
@@ -119,6 +158,26 @@ class NCMetrics:
 
 
 # ----------------------------------------------------------------------------- pieces
+def etf_error_floor(num_classes: int, dim: int) -> float:
+    """The smallest simplex-ETF error ‖G/‖G‖_F − E‖_F that K class means in d dimensions
+    can reach (also the floor of the self-duality error ‖P/‖P‖_F − E‖_F, P = W M̃ᵀ):
+    √(2 − 2√(d/(K − 1))) for K > d + 1, 0 for K ≤ d + 1.
+
+    Why: G (or P) has rank ≤ d, and with c = 1/√(K − 1), ‖Ĝ − cP_1‖² = 2 − 2c⟨Ĝ, P_1⟩
+    (P_1 the centring projector, ‖cP_1‖ = 1) where ⟨Ĝ, P_1⟩ ≤ ‖Ĝ‖_* ≤ √d·‖Ĝ‖_F = √d.
+    Equality holds for G proportional to the projector on any d-dimensional subspace of
+    range(P_1) (the top-d eigenspace of the ETF Gram), so the floor is attained.
+
+    Args:
+        num_classes: K ≥ 2 (the non-empty classes). dim: d ≥ 1.
+    """
+    K = _validate.integer(num_classes, "num_classes", minimum=2)
+    d = _validate.integer(dim, "dim", minimum=1)
+    if K <= d + 1:
+        return 0.0
+    return math.sqrt(max(2.0 - 2.0 * math.sqrt(d / (K - 1)), 0.0))
+
+
 def _centred_dev2(lam: Tensor, K: int, t: float) -> float:
     """Σ (λ − t)² over the K − 1 eigenvalues, on the range of P = I − 11ᵀ/K, of a
     symmetric K×K matrix A with A1 = 0 whose non-zero eigenvalues are among ``lam``
@@ -248,7 +307,8 @@ def _feature_batches(features, batch_size: int) -> Iterable[Tensor]:
 @torch.no_grad()
 def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optional[Tensor] = None,
                ood_mean: Optional[Tensor] = None, kernel: str = "log", cdnv_exponent: float = 1.0,
-               features: Union[Tensor, Iterable, None] = None, batch_size: int = 8192) -> NCMetrics:
+               features: Union[Tensor, Iterable, None] = None, batch_size: int = 8192,
+               gnc2: Any = "auto") -> NCMetrics:
     """The neural-collapse suite NC1–NC5 from an accumulator (see :class:`NCMetrics` for
     every field, its formula and its source).
 
@@ -257,20 +317,25 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         W: optional (num_classes, dim) classifier (NC2 on W, NC3, NC4).
         bias: optional (num_classes,) classifier bias, for NC4 (needs ``features``).
         ood_mean: optional (dim,) global mean of out-of-distribution features, computed
-            like the accumulated ones (normalised first when ``acc.normalize``), for NC5.
+            like the accumulated ones: the mean of the L2-normalised OoD features when
+            ``acc.normalize`` (the default), of the raw ones otherwise; for NC5.
         kernel: "log" (default), "riesz" or "distance" for the kernel statistics.
         cdnv_exponent: p > 0 in the CDNV's ‖μ_i − μ_j‖^(2p) (default 1).
         features: optional data for NC4 (needs W): a (N, dim) tensor on the accumulator's
             device (streamed in ``batch_size`` rows) or an iterable of (B, dim) tensors or
             of (features, labels) pairs.
         batch_size: rows per NC4 step for a features tensor.
+        gnc2: "auto" (default) or True: with W, also GNC2 (ρ of W with its certificate,
+            :func:`gnc_ext.metrics.gnc2`, the expensive part at large K) and the bounds
+            on max ρ; False: skip it; or a :class:`GNC2Result` already computed for this
+            W (e.g. ``acc.compute(W).gnc2``), whose values are used.
 
     Returns:
         :class:`NCMetrics`.
 
     Raises:
         TypeError/ValueError naming ``acc``, ``W``, ``bias``, ``ood_mean``, ``kernel``,
-        ``cdnv_exponent``, ``features`` or ``batch_size``; RuntimeError when nothing was
+        ``cdnv_exponent``, ``features``, ``batch_size`` or ``gnc2``; RuntimeError when nothing was
         accumulated.
 
     Cost: a few K×d×d fp64 GEMMs, a few d×d (2d×2d for NC3) eigendecompositions, and
@@ -294,6 +359,13 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
     batch_size = _validate.integer(batch_size, "batch_size", minimum=1)
     if ood_mean is not None:
         check_ood_mean(ood_mean, d)
+    if isinstance(gnc2, str):
+        if gnc2 != "auto":
+            raise ValueError(f"gnc2: expected 'auto', True, False or a GNC2Result, got {gnc2!r}")
+    elif not isinstance(gnc2, (bool, GNC2Result)):
+        raise TypeError(f"gnc2: expected 'auto', a bool or a GNC2Result, got {type(gnc2).__name__}")
+    if isinstance(gnc2, GNC2Result) and W is None:
+        raise ValueError("gnc2: a GNC2Result was given without W (it is GNC2 of the classifier W)")
 
     counts, means, M2, within = acc.class_statistics()
     N = int(counts.sum())
@@ -314,6 +386,12 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
     # place in the means (a copy only when classes are empty) and becomes X in place
     Mt = means if K == K_all else means[nz]
     del means
+    ood_raw = None
+    if ood_mean is not None:  # NC5 with the class means as accumulated, before centring
+        u = ood_mean.to(dev, torch.float64)
+        u = u / torch.linalg.vector_norm(u)
+        raw_norms = torch.linalg.vector_norm(Mt, dim=1)
+        ood_raw = (Mt @ u).abs() / raw_norms
     Mt.sub_(Mt.mean(0, keepdim=True))
     r = torch.linalg.vector_norm(Mt, dim=1)
     spreads = within[nz] / counts[nz].double()
@@ -334,7 +412,7 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         nc1_pinv=tr_pinv / K, nc1_quotient=nc1_quotient, nc1_cdnv=math.nan, nc2_equinorm=_equinorm(r),
         nc2_equiangular=math.nan, nc2_max_angle=math.nan, nc2_etf_error=_etf_error(lam * K, K),
         nc2_kernel_mean=math.nan, nc2_kernel_var=math.nan, kernel=kernel, cdnv_exponent=p, num_classes=K_all,
-        num_nonempty=K, num_samples=N,
+        num_nonempty=K, num_samples=N, normalized=bool(acc.normalize), nc2_etf_floor=etf_error_floor(K, d),
     )
 
     # with the classifier: NC3 (needs M̃), then NC2 on W
@@ -351,6 +429,11 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         res.w_equiangular = _cosine_spread(Xw)
         res.w_max_angle = _max_angle(metrics_ops.pairwise_class_stats(Xw).max_cos, K)
         del Wz, Xw
+        g2 = gnc2 if isinstance(gnc2, GNC2Result) else _classifier_gnc2(W) if gnc2 is not False else None
+        if g2 is not None:
+            res.gnc2_rho, res.gnc2_rho_lower = float(g2.rho), float(g2.rho_lower)
+            if g2.rho_bounds is not None:
+                res.gnc2_rho_max_lower, res.gnc2_rho_max_upper = (float(b) for b in g2.rho_bounds)
 
     # NC2 on the class means: X = M̃/‖M̃‖ in place
     zero_dir = r == 0
@@ -371,18 +454,23 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
     res.nc2_equiangular = _cosine_spread(X)
     res.nc2_max_angle = _max_angle(pairs.max_cos, K)
     if ood_mean is not None:
-        u = ood_mean.to(dev, torch.float64)
-        u = u / torch.linalg.vector_norm(u)
-        res.nc5_ood = float((X @ u).abs().mean())
+        res.nc5_ood_centered = float((X @ u).abs().mean())
+        if bool((raw_norms == 0).any()):
+            k0 = int(torch.nonzero(raw_norms == 0)[0])
+            warnings.warn(f"nc_metrics: the mean of class {int(torch.nonzero(nz).flatten()[k0])} is zero (no "
+                          "direction), so nc5_ood is NaN", RuntimeWarning, stacklevel=3)
+            res.nc5_ood = float("nan")
+        else:
+            res.nc5_ood = float(ood_raw.mean())
     if bool(zero_dir.any()):
         k0 = int(torch.nonzero(zero_dir)[0])
         warnings.warn(f"nc_metrics: the mean of class {int(torch.nonzero(nz).flatten()[k0])} equals the global "
                       "mean (no direction), so the angle statistics (nc2_equiangular, nc2_max_angle, kernel, "
-                      "nc5_ood) are NaN", RuntimeWarning, stacklevel=3)
+                      "nc5_ood_centered) are NaN", RuntimeWarning, stacklevel=3)
         nan = float("nan")
         res.nc2_equiangular = res.nc2_max_angle = res.nc2_kernel_mean = res.nc2_kernel_var = nan
-        if res.nc5_ood is not None:
-            res.nc5_ood = nan
+        if res.nc5_ood_centered is not None:
+            res.nc5_ood_centered = nan
 
     # NC4: a data pass
     if features is not None:

@@ -117,7 +117,8 @@ class GNCMetric(Metric):
         if W is not None:
             out["gnc3"] = res.gnc3
         if self._nc:
-            suite = nc_metrics(acc, W, ood_mean=self._ood_mean, kernel=self._kernel, cdnv_exponent=self._p)
+            suite = nc_metrics(acc, W, ood_mean=self._ood_mean, kernel=self._kernel, cdnv_exponent=self._p,
+                               gnc2=False)
             for key, v in vars(suite).items():
                 if isinstance(v, float) and key != "cdnv_exponent":
                     out[key] = v
