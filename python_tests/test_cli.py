@@ -405,7 +405,9 @@ def test_progress_forced_and_silenced(small_inputs, capsys):
     assert rc == 0 and "gnc metrics" in err
     rc, out, err = _main(["demo", "--epochs", "2", "--taus", "1", "--no-plot", "--out", "demo", "--progress",
                           "--json"], capsys)
-    assert rc == 0 and "gnc demo" in err and "2/2" in err
+    # tqdm redraws at most every 0.1 s and a leave=False bar is cleared on close, so the
+    # last epoch's "2/2" is only drawn when that epoch took longer than 0.1 s
+    assert rc == 0 and "gnc demo" in err and "/2 [" in err
 
 
 class _Terminal:
