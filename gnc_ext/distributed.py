@@ -10,6 +10,7 @@ all ranks of ``group`` must call it, in the same order.
 * :func:`agree` — the ranks compare digests of named fields (one all-gather of an int64
   tensor); if any differ, every rank raises the same ``ValueError`` naming the fields
   and the ranks, so a mismatch never turns into a hang further on.
+* :func:`sum_ints` — integer counters summed over the ranks.
 * :func:`all_gather_objects` — ``torch.distributed.all_gather_object`` with a clear
   error when a peer has died or the group's timeout ran out.
 
@@ -23,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = ["check_group", "digest", "agree", "all_gather_objects", "comm_device", "CollectiveError"]
+__all__ = ["check_group", "digest", "agree", "sum_ints", "all_gather_objects", "comm_device", "CollectiveError"]
 
 
 class CollectiveError(RuntimeError):
@@ -110,6 +111,17 @@ def agree(fields: Dict[str, Any], group, what: str) -> None:
     if bad:
         raise ValueError(f"{what}: the ranks of the group do not hold the same inputs; these differ between ranks: "
                          + ", ".join(bad))
+
+
+def sum_ints(values, group, what: str) -> List[int]:
+    """Element-wise sum of a list of Python ints over the ranks of ``group`` (int64)."""
+    dist = _dist()
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=comm_device(group))
+    try:
+        dist.all_reduce(t, group=group)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise _collective_error(what, dist.get_rank(group), e) from e
+    return [int(v) for v in t.tolist()]
 
 
 def all_gather_objects(obj: Any, group, what: str, rank: Optional[int] = None) -> List[Any]:

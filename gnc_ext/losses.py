@@ -16,6 +16,7 @@ from .ops import sce as _sce_ops
 from .ops import sce_stored as _sce_stored
 from .ops.normalize import normalize_rows
 from .ops.tiles import validate_inputs
+from . import resources  # up-front memory check (issue 24)
 
 _SCE_REDUCTIONS = ("mean", "sum", "none")
 _HM_REDUCTIONS = ("max", "mean", "sum", "none")
@@ -72,6 +73,11 @@ def check_subcenter_rows(W: Tensor, num_subcenters: int, name: str = "W") -> int
         raise ValueError(f"{name}: expected K * num_subcenters rows with K >= 2 and num_subcenters="
                          f"{num_subcenters}, got {rows} rows")
     return rows // num_subcenters
+
+
+def _grad_bytes(H: Tensor, W: Tensor) -> int:
+    """Bytes of the gradients a loss call will allocate (H's and W's, where they need one)."""
+    return sum(t.numel() * t.element_size() for t in (H, W) if t.requires_grad)
 
 
 def _needs(t) -> bool:
@@ -254,6 +260,7 @@ def spherical_cross_entropy(
     # with normalize=True every path computes ‖w_k‖ anyway (the fused op for all of W, the
     # recompute op block by block) and rejects non-finite W from those norms
     validate_inputs(H, W, y, allow_ignore=True, ignore_index=ignore_index, check_W=not normalize)
+    resources.ensure_fits(_grad_bytes(H, W), what=f"spherical_cross_entropy gradients (B={H.shape[0]}, K={W.shape[0]})", device=W.device)
     strategy = sce_strategy(H, W, reduction=reduction, margin=margin, margin_type=margin_type, margin_grad=margin_grad,
                             interclass_filtering_threshold=thr, num_subcenters=k)
     if strategy == "grad_in_forward":
@@ -313,6 +320,7 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
     # normalize=True: the op rejects non-finite W from the norms of its blocks
     validate_inputs(H, W, y, allow_ignore=False, check_W=not normalize)
+    resources.ensure_fits(_grad_bytes(H, W), what=f"hardmax_loss gradients (B={H.shape[0]}, K={W.shape[0]})", device=W.device)
     Hn = normalize_rows(H) if normalize else H
     if normalize:  # Ŵ formed one block of classes at a time; a sparse backward through it
         v, _ = torch.ops.gnc_ext.hardmax_rows_nw(Hn, W, y, 0)

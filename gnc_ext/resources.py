@@ -25,7 +25,7 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["InsufficientMemoryError", "available_bytes", "ensure_fits", "format_bytes"]
+__all__ = ["InsufficientMemoryError", "available_bytes", "ensure_fits", "format_bytes", "itemsize"]
 
 
 class InsufficientMemoryError(MemoryError):
@@ -38,6 +38,11 @@ class InsufficientMemoryError(MemoryError):
         super().__init__(f"{what} needs at least {format_bytes(needed)} on {device}, but only "
                          f"{format_bytes(available)} is available; use smaller sizes, another device, or "
                          "split the work (e.g. group= over several processes)")
+
+
+def itemsize(dtype: Optional[torch.dtype]) -> int:
+    """Bytes per element of ``dtype`` (None: torch's default dtype)."""
+    return (torch.get_default_dtype() if dtype is None else dtype).itemsize
 
 
 def format_bytes(n: Union[int, float]) -> str:
@@ -110,13 +115,14 @@ def available_bytes(device: Union[str, torch.device, None] = None) -> Optional[i
 
 def ensure_fits(nbytes: Union[int, float], *, what: str, device: Union[str, torch.device, None] = None) -> None:
     """Raise :class:`InsufficientMemoryError` when ``nbytes`` (a lower bound of what ``what``
-    is about to allocate on ``device``) exceeds :func:`available_bytes`. Cheap (a few file
+    is about to allocate on ``device``; None: torch's default device) exceeds
+    :func:`available_bytes`. Cheap (a few file
     reads on the CPU, one driver call on CUDA); does nothing where the available memory is
     unknown."""
     need = float(nbytes)
     if need <= 0:
         return
-    dev = torch.device("cpu" if device is None else device)
+    dev = torch.get_default_device() if device is None else torch.device(device)
     if dev.type == "meta":
         return
     avail = available_bytes(dev)
