@@ -8,6 +8,11 @@
     gnc solve softmax-code|tammes --dim d --classes K [--init code.npy] [--save code.npy]
     gnc design --classes K --margin RHO [--plot design.png]
 
+``gnc distance`` and ``gnc metrics`` also run under ``torchrun --nproc-per-node N`` (the
+one-vs-rest solve, the NC suite's pairwise tiles and its NC4 pass split over the ranks;
+rank 0 prints and writes) and take ``--checkpoint DIR`` (resumable one-vs-rest solve,
+``--checkpoint-every SECONDS``, default 60).
+
 Input files: ``.npy``, ``.npz`` or ``.pt``/``.pth``. A ``.npz`` (or a ``.pt`` dict) that
 holds several arrays needs the key: ``FILE.npz:KEY`` (a path that exists as written is
 always taken as a path, so file names containing ``:`` still work).
@@ -104,7 +109,10 @@ def _table_rows(rows: Dict[str, Any], prefix: str = "") -> List[tuple]:
 
 def _emit(args, rows: Dict[str, Any], table: Optional[Dict[str, Any]] = None) -> None:
     """JSON (``--json``: ``rows`` with ``command`` and ``schema_version`` first) or a
-    two-column table (``table`` when given, else ``rows``; nested keys as ``a.b``)."""
+    two-column table (``table`` when given, else ``rows``; nested keys as ``a.b``). Under
+    torchrun only rank 0 prints."""
+    if getattr(args, "rank", 0) != 0:
+        return
     if getattr(args, "json", False):
         doc = {"command": args.command, "schema_version": SCHEMA_VERSION, **rows}
         print(json.dumps(_jsonable(doc), indent=2, allow_nan=False))
@@ -113,6 +121,57 @@ def _emit(args, rows: Dict[str, Any], table: Optional[Dict[str, Any]] = None) ->
     width = max((len(k) for k, _ in lines), default=0)
     for k, v in lines:
         print(f"{k.ljust(width)}  {v}")
+
+
+# ---- torchrun / --checkpoint (distance, metrics) ---------------------------------------
+class _Ranks:
+    """``gnc distance`` / ``gnc metrics`` under ``torchrun --nproc-per-node N``: when the
+    command runs with ``WORLD_SIZE`` > 1 in its environment (set by torchrun) it joins the
+    default process group (NCCL with ``--device cuda``, each rank on ``cuda:LOCAL_RANK``;
+    gloo otherwise), the work is split over the ranks (``group=``), and only rank 0 prints
+    and writes files. A context manager: the group is destroyed on exit."""
+
+    def __init__(self, args):
+        self.args, self.group, self.own = args, None, False
+        args.rank = 0
+
+    def __enter__(self) -> "_Ranks":
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+            return self
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            cuda = str(getattr(self.args, "device", None) or "").startswith("cuda")
+            if cuda:
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl" if cuda else "gloo")
+            self.own = True
+        self.group = dist.group.WORLD
+        self.args.rank = dist.get_rank()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.own:
+            import torch.distributed as dist
+
+            if exc[0] is None:
+                dist.barrier()
+            dist.destroy_process_group()
+
+    def ovr_kwargs(self) -> Dict[str, Any]:
+        """``group=`` / ``checkpoint=`` / ``checkpoint_every=`` for one_vs_rest_distance."""
+        kw: Dict[str, Any] = {"group": self.group}
+        if self.args.checkpoint:
+            kw.update(checkpoint=self.args.checkpoint, checkpoint_every=self.args.checkpoint_every)
+        return kw
+
+
+def _add_rank_options(s) -> None:
+    s.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="resumable one-vs-rest run: solved classes are saved in DIR and a rerun resumes")
+    s.add_argument("--checkpoint-every", type=_float, default=60.0, metavar="SECONDS",
+                   help="at most one checkpoint write per this many seconds (default 60)")
 
 
 def _theory(d: int, K: int) -> Dict[str, Any]:
@@ -237,8 +296,18 @@ def _cmd_distance(args) -> int:
         W = W.double()
     if args.device:
         W = W.to(args.device)
+    with _Ranks(args) as ranks:
+        return _distance_report(args, W, ranks)
+
+
+def _distance_report(args, W, ranks: "_Ranks") -> int:
+    import torch
+
+    import gnc_ext
+
     try:
-        r = gnc_ext.one_vs_rest_distance(W, normalize=args.normalize, rattler_tol=args.rattler_tol)
+        r = gnc_ext.one_vs_rest_distance(W, normalize=args.normalize, rattler_tol=args.rattler_tol,
+                                         **ranks.ovr_kwargs())
     except ValueError as exc:  # the library's advice in the CLI's terms
         raise CLIError(str(exc).replace("pass normalize=True", "pass --normalize")) from None
     K, d = W.shape
@@ -257,7 +326,7 @@ def _cmd_distance(args) -> int:
     table["rattlers"] = len(rows["rattlers"])
     table["closest classes"] = ", ".join(f"{k} ({float(r.distance[k]):.4g})" for k in worst)
     _emit(args, rows, table)
-    if args.plot:
+    if args.plot and args.rank == 0:
         from . import plot
 
         plot.plot_distances(r, path=args.plot)
@@ -281,11 +350,27 @@ def _cmd_metrics(args) -> int:
         if W.shape[1] != H.shape[1]:
             raise CLIError(f"weights: expected width {H.shape[1]} (the feature width), got {W.shape[1]}")
     K = args.classes or (int(y.max()) + 1 if W is None else W.shape[0])
+    with _Ranks(args) as ranks:
+        return _metrics_report(args, H, y, W, K, ranks)
+
+
+def _metrics_report(args, H, y, W, K, ranks: "_Ranks") -> int:
+    import torch
+
+    import gnc_ext
+
     try:
         acc = gnc_ext.metrics.GNCAccumulator(K, H.shape[1], normalize=not args.no_normalize)
         for s in range(0, H.shape[0], 65536):
             acc.update(H[s : s + 65536], y[s : s + 65536])
-        res = acc.compute(W=W)
+        split = ranks.group is not None or bool(args.checkpoint)
+        res = acc.compute(W=W, gnc2=False if split else "auto")
+        g2 = res.gnc2
+        if split and W is not None:  # GNC2 over the ranks / resumable (as metrics.gnc2 normalises W)
+            from .ops.normalize import unit_rows_f64
+
+            r2 = gnc_ext.one_vs_rest_distance(unit_rows_f64(W, "weights").to(W.dtype), **ranks.ovr_kwargs())
+            g2 = argparse.Namespace(rho=r2.rho, rho_lower=r2.rho_lower, gap=r2.gap, rattlers=r2.rattlers)
         ncc = float(acc.ncc_accuracy(H, y))
         nc = None
         if args.nc:
@@ -297,12 +382,12 @@ def _cmd_metrics(args) -> int:
                 if not args.no_normalize:
                     ood = torch.nn.functional.normalize(ood, dim=1)
                 ood = ood.mean(0)
+            mine = H if ranks.group is None else H[args.rank :: torch.distributed.get_world_size()]
             nc = gnc_ext.metrics.nc_metrics(acc, W, ood_mean=ood, kernel=args.kernel,
                                             cdnv_exponent=args.cdnv_exponent,
-                                            features=H if W is not None else None).to_dict()
+                                            features=mine if W is not None else None, group=ranks.group).to_dict()
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    g2 = res.gnc2
     rows: Dict[str, Any] = {
         "samples": H.shape[0], "classes": K, "dim": H.shape[1], "normalized": not args.no_normalize,
         "gnc1": float(res.gnc1), "ncc_accuracy": ncc,
@@ -436,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--plot", default=None, metavar="FILE.png")
     s.add_argument("--json", action="store_true")
+    _add_rank_options(s)
     s.set_defaults(func=_cmd_distance)
 
     s = sub.add_parser("metrics", help="GNC1/2/3 and NCC accuracy of features (and classifier weights)")
@@ -453,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ood-features", default=None, metavar="F",
                    help="(M, d) out-of-distribution features for NC5 (with --nc)")
     s.add_argument("--json", action="store_true")
+    _add_rank_options(s)
     s.set_defaults(func=_cmd_metrics)
 
     s = sub.add_parser("solve", help="solve the Softmax Code or Tammes problem")

@@ -103,3 +103,65 @@ def test_split_by_rate_is_proportional():
     assert sorted(sum(out, [])) == list(range(12))
     assert [len(o) for o in _split_by_rate(sizes, [None, None])] == [6, 6]
     assert [len(o) for o in _split_by_rate([10, 10, 10, 10], [5.0, None])] == [2, 2]
+
+
+def _torchrun(tmp_path, *args, timeout=180):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=package_subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _gnc(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "gnc_ext.cli", *args], cwd=tmp_path,
+                          env=package_subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=180)
+
+
+def test_cli_distance_under_torchrun(tmp_path):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(2)
+    W = torch.nn.functional.normalize(torch.randn(1200, 6, generator=g, dtype=torch.float64), dim=1)
+    np.save(tmp_path / "W.npy", W.numpy())
+    one = _gnc(tmp_path, "distance", "W.npy", "--json")
+    assert one.returncode == 0, one.stderr
+    ref = json.loads(one.stdout)
+    # torchrun runs a console script as a Python file: the same wrapper pip writes for `gnc`
+    (tmp_path / "gnc").write_text("import sys\nfrom gnc_ext.cli import main\nsys.exit(main())\n")
+    for launch in (["-m", "gnc_ext.cli"], ["gnc"]):
+        p = _torchrun(tmp_path, *launch, "distance", "W.npy", "--json", "--checkpoint", "ck")
+        assert p.returncode == 0, p.stderr[-3000:]
+        got = json.loads(p.stdout)  # one JSON document: only rank 0 printed
+        tol = 1e-9
+        assert abs(got["rho"] - ref["rho"]) <= tol and got["argmin_class"] == ref["argmin_class"]
+        assert max(abs(a - b) for a, b in zip(got["distance"], ref["distance"])) <= tol
+        assert got["rattlers"] == ref["rattlers"]
+        assert (tmp_path / "ck" / "meta.json").exists()  # written by the first launch, read by the second
+
+
+def test_cli_metrics_under_torchrun(tmp_path):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(4)
+    K, d, n = 1100, 6, 3
+    M = torch.randn(K, d, generator=g)
+    y = torch.arange(K).repeat_interleave(n)
+    H = M[y] + 0.2 * torch.randn(K * n, d, generator=g)
+    np.save(tmp_path / "H.npy", H.numpy())
+    np.save(tmp_path / "y.npy", y.numpy())
+    np.save(tmp_path / "W.npy", (M + 0.05 * torch.randn(K, d, generator=g)).numpy())
+    args = ["metrics", "--features", "H.npy", "--labels", "y.npy", "--weights", "W.npy", "--nc", "--json"]
+    one = _gnc(tmp_path, *args)
+    assert one.returncode == 0, one.stderr
+    ref = json.loads(one.stdout)
+    p = _torchrun(tmp_path, "-m", "gnc_ext.cli", *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = json.loads(p.stdout)
+    assert got["gnc2"]["rho"] == pytest.approx(ref["gnc2"]["rho"], abs=1e-7)
+    assert got["gnc2"]["rattlers"] == ref["gnc2"]["rattlers"]
+    assert got["gnc1"] == ref["gnc1"] and got["gnc3"] == ref["gnc3"]
+    for k, v in ref["nc"].items():
+        if isinstance(v, float):
+            assert got["nc"][k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+        else:
+            assert got["nc"][k] == v, k
