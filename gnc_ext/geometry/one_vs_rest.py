@@ -549,7 +549,9 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
             Default ``min(K − 1, clamp(2·d, 8, 64))``. Only speed depends on it.
         max_add: violators added per class per pricing round (default 32).
         max_rounds: cap on column-generation rounds (default 100).
-        max_iter: cap on Wolfe iterations per class (default 50·(min(n, d+1) + 10)).
+        max_iter: cap on Wolfe iterations per class (default 50·(min(n_r, d+1) + 10) in
+            round r, with n_r = candidates + (r − 1)·max_add the longest list a class can
+            have then).
         progress: show tqdm bars. None (default): when K ≥ 100,000 and stderr is a
             terminal; True: always; False: never.
         rattler_tol: a class is reported as a rattler when its certified lower bound
@@ -557,6 +559,20 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
             these exact numbers. Data known only to a few digits (published tables,
             fp32/bf16 weights) should pass a larger value, e.g. 1e-6, or classes that are
             tied in exact arithmetic show up as rattlers through rounding.
+        group: a ``torch.distributed`` process group (gloo on CPU, NCCL on GPUs) or None.
+            Every rank passes the same ``W`` and options (checked first by digest: a
+            mismatch raises ``ValueError`` on every rank, naming what differs); the classes
+            are solved in blocks (:func:`block_size`) shared out by each rank's measured
+            rate; every rank returns the whole result, the one a single process gives
+            (docs/SCALING.md). A failed collective raises
+            :class:`gnc_ext.distributed.CollectiveError`.
+        checkpoint: a directory (str or os.PathLike) that makes the run resumable: solved
+            blocks are written there atomically, and a rerun with the same ``W`` and
+            options reads them instead of solving again; a directory written for another
+            problem is refused with ``ValueError`` naming what differs. With ``group``,
+            rank 0 writes and every rank reads (use a shared file system across nodes).
+        checkpoint_every: at most one checkpoint write per this many seconds (default 60;
+            0: after every block); a last write when the run completes.
 
     Returns:
         :class:`OneVsRestResult`.
@@ -580,7 +596,11 @@ def one_vs_rest_distance(W: Tensor, *, normalize: bool = False, tol: Optional[fl
     Raises:
         TypeError: ``W`` is not a floating tensor; ValueError: ``W`` is not 2-D, has
         K < 2 or d < 1, is empty, has NaN/Inf, or non-unit rows without
-        ``normalize=True``; or an option is out of range.
+        ``normalize=True``; or an option is out of range; or (``group``) the ranks hold
+        different inputs, or (``checkpoint``) the directory belongs to another problem.
+        RuntimeError: ``group`` given but torch.distributed is not initialised.
+        :class:`gnc_ext.resources.InsufficientMemoryError` (a MemoryError): the arrays
+        of :func:`one_vs_rest_bytes` cannot fit on W's device.
     """
     validate_weights(W, "W")
     if not isinstance(normalize, bool):
