@@ -46,6 +46,20 @@ def main(rank: int, world: int, init_file: str, out_file: str, cfg_json: str) ->
         ref = nc_metrics(full, W, bias=b, kernel=cfg["kernel"], features=[(H, y)])
         report["got"] = dataclasses.asdict(got)
         report["ref"] = dataclasses.asdict(ref)
+        # both tile paths of pairwise_class_stats (native: the CPU one; torch: the CUDA one)
+        from gnc_ext.ops.metrics import pairwise_class_stats
+
+        X = torch.nn.functional.normalize(M, dim=1)
+        r = 1 + torch.rand(K, generator=g, dtype=torch.float64)
+        s = torch.rand(K, generator=g, dtype=torch.float64)
+        for impl in ("native", "torch"):
+            a = pairwise_class_stats(X, radii=r, spreads=s, kernel=cfg["kernel"], impl=impl, block=256,
+                                     group=dist.group.WORLD)
+            b = pairwise_class_stats(X, radii=r, spreads=s, kernel=cfg["kernel"], impl=impl, block=256)
+            report[f"pairs_{impl}"] = {
+                "max_cos": float((a.max_cos - b.max_cos).abs().max()),
+                **{f: abs(float(getattr(a, f)) - float(getattr(b, f))) / abs(float(getattr(b, f)))
+                   for f in ("cdnv_mean", "kernel_mean", "kernel_var", "min_dist2")}}
     with open(out_file, "w") as f:
         json.dump(report, f)
     if "error" not in report:

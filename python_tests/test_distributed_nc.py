@@ -42,6 +42,11 @@ def test_nc_metrics_group_equals_single_process(world, kernel, tmp_path):
             else:
                 assert got[k] == v, k
     assert res[0]["got"] == res[-1]["got"]  # every rank returns the same numbers
+    for r in res:  # both tile paths, 21 tiles of 256 rows dealt to the ranks
+        for impl in ("native", "torch"):
+            errs = r[f"pairs_{impl}"]
+            assert errs["max_cos"] == 0.0, errs
+            assert max(errs.values()) < 1e-12, (impl, errs)
 
 
 def test_nc_metrics_group_refuses_another_W(tmp_path):
