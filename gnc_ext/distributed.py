@@ -67,7 +67,7 @@ def comm_device(group) -> torch.device:
 
 def digest(x: Any) -> int:
     """A 63-bit BLAKE2b digest: of a tensor's dtype, shape and bytes (a copy to the CPU for a
-    CUDA tensor; about 1 GB/s), else of ``repr(x)``. Equal numbers give equal digests on
+    CUDA tensor), else of ``repr(x)``. Equal numbers give equal digests on
     every machine (little-endian byte order assumed, as on every platform torch supports)."""
     h = hashlib.blake2b(digest_size=8)
     if isinstance(x, torch.Tensor):
