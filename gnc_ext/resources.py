@@ -118,7 +118,9 @@ def ensure_fits(nbytes: Union[int, float], *, what: str, device: Union[str, torc
     is about to allocate on ``device``; None: torch's default device) exceeds
     :func:`available_bytes`. Cheap (a few file
     reads on the CPU, one driver call on CUDA); does nothing where the available memory is
-    unknown."""
+    unknown, and inside code that torch.compile traces."""
+    if torch.compiler.is_compiling():  # traced by torch.compile: checked when run eagerly, not in graphs
+        return
     need = float(nbytes)
     if need <= 0:
         return
