@@ -28,6 +28,11 @@ import torch
 __all__ = ["InsufficientMemoryError", "available_bytes", "ensure_fits", "format_bytes", "itemsize"]
 
 
+# Requests up to this size are not checked (the check costs a few file reads, ~50 µs,
+# which would show in small loss calls; such sizes fail only when everything would).
+SMALL_BYTES = 64 * 2**20
+
+
 class InsufficientMemoryError(MemoryError):
     """A computation needs more memory than its device has available.
 
@@ -117,12 +122,13 @@ def ensure_fits(nbytes: Union[int, float], *, what: str, device: Union[str, torc
     """Raise :class:`InsufficientMemoryError` when ``nbytes`` (a lower bound of what ``what``
     is about to allocate on ``device``; None: torch's default device) exceeds
     :func:`available_bytes`. Cheap (a few file
-    reads on the CPU, one driver call on CUDA); does nothing where the available memory is
-    unknown, and inside code that torch.compile traces."""
-    if torch.compiler.is_compiling():  # traced by torch.compile: checked when run eagerly, not in graphs
-        return
+    reads on the CPU, one driver call on CUDA); does nothing for requests up to
+    :data:`SMALL_BYTES` (64 MiB), where the available memory is unknown, and inside code
+    that torch.compile traces."""
     need = float(nbytes)
-    if need <= 0:
+    if need <= SMALL_BYTES:
+        return
+    if torch.compiler.is_compiling():  # traced by torch.compile: checked when run eagerly, not in graphs
         return
     dev = torch.get_default_device() if device is None else torch.device(device)
     if dev.type == "meta":
