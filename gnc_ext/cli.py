@@ -8,6 +8,11 @@
     gnc solve softmax-code|tammes --dim d --classes K [--init code.npy] [--save code.npy]
     gnc design --classes K --margin RHO [--plot design.png]
 
+``gnc distance`` and ``gnc metrics`` also run under ``torchrun --nproc-per-node N`` (the
+one-vs-rest solve, the NC suite's pairwise tiles and its NC4 pass split over the ranks;
+rank 0 prints and writes) and take ``--checkpoint DIR`` (resumable one-vs-rest solve,
+``--checkpoint-every SECONDS``, default 60).
+
 Input files: ``.npy``, ``.npz`` or ``.pt``/``.pth``. A ``.npz`` (or a ``.pt`` dict) that
 holds several arrays needs the key: ``FILE.npz:KEY`` (a path that exists as written is
 always taken as a path, so file names containing ``:`` still work).
@@ -109,7 +114,10 @@ def _table_rows(rows: Dict[str, Any], prefix: str = "") -> List[tuple]:
 
 def _emit(args, rows: Dict[str, Any], table: Optional[Dict[str, Any]] = None) -> None:
     """JSON (``--json``: ``rows`` with ``command`` and ``schema_version`` first) or a
-    two-column table (``table`` when given, else ``rows``; nested keys as ``a.b``)."""
+    two-column table (``table`` when given, else ``rows``; nested keys as ``a.b``). Under
+    torchrun only rank 0 prints."""
+    if getattr(args, "rank", 0) != 0:
+        return
     if getattr(args, "json", False):
         doc = {"command": args.command, "schema_version": SCHEMA_VERSION, **rows}
         print(json.dumps(_jsonable(doc), indent=2, allow_nan=False))
@@ -118,6 +126,57 @@ def _emit(args, rows: Dict[str, Any], table: Optional[Dict[str, Any]] = None) ->
     width = max((len(k) for k, _ in lines), default=0)
     for k, v in lines:
         print(f"{k.ljust(width)}  {v}")
+
+
+# ---- torchrun / --checkpoint (distance, metrics) ---------------------------------------
+class _Ranks:
+    """``gnc distance`` / ``gnc metrics`` under ``torchrun --nproc-per-node N``: when the
+    command runs with ``WORLD_SIZE`` > 1 in its environment (set by torchrun) it joins the
+    default process group (NCCL with ``--device cuda``, each rank on ``cuda:LOCAL_RANK``;
+    gloo otherwise), the work is split over the ranks (``group=``), and only rank 0 prints
+    and writes files. A context manager: the group is destroyed on exit."""
+
+    def __init__(self, args):
+        self.args, self.group, self.own = args, None, False
+        args.rank = 0
+
+    def __enter__(self) -> "_Ranks":
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+            return self
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            cuda = str(getattr(self.args, "device", None) or "").startswith("cuda")
+            if cuda:
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl" if cuda else "gloo")
+            self.own = True
+        self.group = dist.group.WORLD
+        self.args.rank = dist.get_rank()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.own:
+            import torch.distributed as dist
+
+            if exc[0] is None:
+                dist.barrier()
+            dist.destroy_process_group()
+
+    def ovr_kwargs(self) -> Dict[str, Any]:
+        """``group=`` / ``checkpoint=`` / ``checkpoint_every=`` for one_vs_rest_distance."""
+        kw: Dict[str, Any] = {"group": self.group}
+        if self.args.checkpoint:
+            kw.update(checkpoint=self.args.checkpoint, checkpoint_every=self.args.checkpoint_every)
+        return kw
+
+
+def _add_rank_options(s) -> None:
+    s.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="resumable one-vs-rest run: solved classes are saved in DIR and a rerun resumes")
+    s.add_argument("--checkpoint-every", type=_float, default=60.0, metavar="SECONDS",
+                   help="at most one checkpoint write per this many seconds (default 60)")
 
 
 def _theory(d: int, K: int) -> Dict[str, Any]:
@@ -292,19 +351,28 @@ def _cmd_demo(args) -> int:
 def _cmd_distance(args) -> int:
     import torch
 
-    import gnc_ext
-
-    src = args.weights  # errors name the file as typed
-    W = load_array(src, None, ndim=2, dtype="float")
+    W = load_array(args.weights, None, ndim=2, dtype="float")  # errors name the file as typed
     if W.dtype not in (torch.float32, torch.float64):
         W = W.double()
     if args.device:
         W = W.to(args.device)
+    with _Ranks(args) as ranks:
+        return _distance_report(args, W, ranks)
+
+
+def _distance_report(args, W, ranks: "_Ranks") -> int:
+    import torch
+
+    import gnc_ext
+
+    src = args.weights
     try:
         r = gnc_ext.one_vs_rest_distance(W, normalize=args.normalize, rattler_tol=args.rattler_tol,
-                                         progress=args.progress)
+                                         progress=args.progress if args.rank == 0 else False,
+                                         **ranks.ovr_kwargs())
     except (ValueError, TypeError) as exc:  # the library's advice in the CLI's terms
-        raise _in_cli_terms(exc, {"W": src}) from None
+        raise _in_cli_terms(exc, {"W": src, "checkpoint": f"--checkpoint {args.checkpoint}",
+                                  "checkpoint_every": "--checkpoint-every"}) from None
     K, d = W.shape
     nn = gnc_ext.one_vs_one_distance(W if not args.normalize else gnc_ext.normalize_rows(W))
     rows: Dict[str, Any] = {
@@ -322,7 +390,7 @@ def _cmd_distance(args) -> int:
     table["rattlers"] = rows["rattler_count"]
     table["closest classes"] = ", ".join(f"{k} ({float(r.distance[k]):.4g})" for k in worst)
     _emit(args, rows, table)
-    if args.plot:
+    if args.plot and args.rank == 0:
         from . import plot
 
         plot.plot_distances(r, path=args.plot)
@@ -385,20 +453,26 @@ def _metrics_inputs(args):
 
 
 def _cmd_metrics(args) -> int:
+    H, y, W, K = _metrics_inputs(args)
+    with _Ranks(args) as ranks:
+        return _metrics_report(args, H, y, W, K, ranks)
+
+
+def _metrics_report(args, H, y, W, K, ranks: "_Ranks") -> int:
     import torch
 
     import gnc_ext
     from . import _progress
 
-    H, y, W, K = _metrics_inputs(args)
     names = {"features": f"--features {args.features}", "labels": f"--labels {args.labels}",
              "W": f"--weights {args.weights}", "num_classes": "--classes", "acc": f"--labels {args.labels}",
              "kernel": "--kernel", "cdnv_exponent": "--cdnv-exponent", "device": "--device",
-             "ood_mean": f"--ood-features {args.ood_features}"}
+             "ood_mean": f"--ood-features {args.ood_features}", "checkpoint": f"--checkpoint {args.checkpoint}",
+             "checkpoint_every": "--checkpoint-every"}
     dev = args.device or "cpu"
     chunk = 65536
     steps = -(-H.shape[0] // chunk) + 2 + bool(args.nc)
-    bar = _progress.bar(args.progress, steps, "gnc metrics")
+    bar = _progress.bar(args.progress if args.rank == 0 else False, steps, "gnc metrics")
     try:
         acc = gnc_ext.metrics.GNCAccumulator(K, H.shape[1], normalize=not args.no_normalize, device=dev)
         for s in range(0, H.shape[0], chunk):
@@ -406,7 +480,11 @@ def _cmd_metrics(args) -> int:
             if bar is not None:
                 bar.update(1)
         Wd = None if W is None else W.to(dev)
-        res = acc.compute(W=Wd)
+        split = ranks.group is not None or bool(args.checkpoint)
+        res = acc.compute(W=Wd, gnc2=False if split else "auto")
+        g2 = res.gnc2
+        if split and Wd is not None:  # GNC2 over the ranks and/or resumable
+            g2 = gnc_ext.metrics.gnc2(Wd, **ranks.ovr_kwargs())
         if bar is not None:
             bar.update(1)
         ncc = float(acc.ncc_accuracy(H.to(dev), y.to(dev)))
@@ -423,9 +501,12 @@ def _cmd_metrics(args) -> int:
                 if not args.no_normalize:
                     ood = torch.nn.functional.normalize(ood, dim=1)
                 ood = ood.mean(0).to(dev)
+            # NC4's data pass: each rank counts its own share of the rows
+            mine = H if ranks.group is None else H[args.rank :: torch.distributed.get_world_size()]
             nc = gnc_ext.metrics.nc_metrics(acc, Wd, ood_mean=ood, kernel=args.kernel,
                                             cdnv_exponent=args.cdnv_exponent,
-                                            features=H.to(dev) if W is not None else None).to_dict()
+                                            features=mine.to(dev) if W is not None else None,
+                                            gnc2=g2 if g2 is not None else False, group=ranks.group).to_dict()
             if bar is not None:
                 bar.update(1)
     except (ValueError, TypeError) as exc:
@@ -433,7 +514,6 @@ def _cmd_metrics(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    g2 = res.gnc2
     rows: Dict[str, Any] = {
         "samples": H.shape[0], "classes": K, "dim": H.shape[1], "normalized": not args.no_normalize,
         "gnc1": float(res.gnc1), "ncc_accuracy": ncc,
@@ -583,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", default=None, metavar="FILE.png")
     _add_progress(s)
     s.add_argument("--json", action="store_true")
+    _add_rank_options(s)
     s.set_defaults(func=_cmd_distance)
 
     s = sub.add_parser("metrics", help="GNC1/2/3 and NCC accuracy of features (and classifier weights)")
@@ -602,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     _add_progress(s)
     s.add_argument("--json", action="store_true")
+    _add_rank_options(s)
     s.set_defaults(func=_cmd_metrics)
 
     s = sub.add_parser("solve", help="solve the Softmax Code or Tammes problem")

@@ -17,6 +17,7 @@ from .ops import sce as _sce_ops
 from .ops import sce_stored as _sce_stored
 from .ops.normalize import normalize_rows
 from .ops.tiles import compute_dtype, validate_inputs
+from . import resources
 
 _SCE_REDUCTIONS = ("mean", "sum", "none")
 HARDMAX_REDUCTIONS = ("max", "mean", "sum", "none")
@@ -113,6 +114,11 @@ class SCEOptions:
 
     def replace(self, **changes) -> "SCEOptions":
         return dataclasses.replace(self, **changes)
+
+
+def _grad_bytes(H: Tensor, W: Tensor) -> int:
+    """Bytes of the gradients a loss call will allocate (H's and W's, where they need one)."""
+    return sum(t.numel() * t.element_size() for t in (H, W) if t.requires_grad)
 
 
 def _needs(t) -> bool:
@@ -316,6 +322,8 @@ def sce_with_options(H: Tensor, W: Tensor, y: Tensor, options: SCEOptions) -> Te
     # with normalize=True every path computes ‖w_k‖ anyway (the fused op for all of W, the
     # recompute op block by block) and rejects non-finite W from those norms
     y = validate_inputs(H, W, y, allow_ignore=True, ignore_index=o.ignore_index, check_W=not o.normalize)
+    resources.ensure_fits(_grad_bytes(H, W), what=f"spherical_cross_entropy gradients (B={H.shape[0]}, K={W.shape[0]})",
+                          device=W.device)
     dtype = compute_dtype(H, W)
     H, W = H.to(dtype), W.to(dtype)  # autocast / mixed dtypes; autograd casts each gradient back
     strategy = _strategy(H, W, dtype, o)
@@ -372,6 +380,8 @@ def hardmax_loss(H: Tensor, W: Tensor, y: Tensor, *, reduction: str = "max", nor
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
     # normalize=True: the op rejects non-finite W from the norms of its blocks
     y = validate_inputs(H, W, y, allow_ignore=False, check_W=not normalize)
+    resources.ensure_fits(_grad_bytes(H, W), what=f"hardmax_loss gradients (B={H.shape[0]}, K={W.shape[0]})",
+                          device=W.device)
     dtype = compute_dtype(H, W)
     H, W = H.to(dtype), W.to(dtype)  # autocast / mixed dtypes; autograd casts each gradient back
     Hn = normalize_rows(H) if normalize else H

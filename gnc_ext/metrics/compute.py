@@ -115,7 +115,7 @@ class GNCResult:
     nc: Any = None
 
 
-def gnc2(W: Tensor) -> GNC2Result:
+def gnc2(W: Tensor, *, group=None, checkpoint=None, checkpoint_every: float = 60.0) -> GNC2Result:
     """GNC2 of a classifier: ρ_one-vs-rest of the row-normalised W with its certificate.
 
     Uses ``gnc_ext.one_vs_rest_distance``, ``gnc_ext.theory.rho_closed_form(d, K)``
@@ -125,6 +125,10 @@ def gnc2(W: Tensor) -> GNC2Result:
         W: (K, d) float tensor, K ≥ 2, finite, no all-zero rows; rows are L2-normalised
             here (robustly: any finite magnitude, computed in float64, then float32 unless
             W is float64).
+        group, checkpoint, checkpoint_every: passed to ``one_vs_rest_distance``: the
+            classes solved over the ranks of a ``torch.distributed`` process group (every
+            rank passes the same W and gets the same result), and/or saved to and resumed
+            from a checkpoint folder.
 
     Returns:
         :class:`GNC2Result`.
@@ -138,7 +142,8 @@ def gnc2(W: Tensor) -> GNC2Result:
     if K < 2:
         raise ValueError(f"W: GNC2 needs at least 2 classes (rows), got shape {tuple(W.shape)}")
     Wn = unit_rows_f64(W, "W").to(torch.float64 if W.dtype == torch.float64 else torch.float32)
-    r = one_vs_rest_distance(Wn)
+    kw = {} if checkpoint is None else {"checkpoint": checkpoint, "checkpoint_every": checkpoint_every}
+    r = one_vs_rest_distance(Wn, group=group, **kw)
     distance = torch.as_tensor(r.distance).detach().double().cpu()
     lower = torch.as_tensor(r.lower).detach().double().cpu()
     rho = float(r.rho)

@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 
 from .. import _validate
+from .. import distributed as _dist_helpers
+from .. import resources
 from ..ops import metrics as metrics_ops
 from .compute import GNC2Result, default_pinv_rtol, empty_classes, pinv_trace
 from .compute import gnc2 as _classifier_gnc2
@@ -308,7 +310,7 @@ def _feature_batches(features, batch_size: int) -> Iterable[Tensor]:
 def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optional[Tensor] = None,
                ood_mean: Optional[Tensor] = None, kernel: str = "log", cdnv_exponent: float = 1.0,
                features: Union[Tensor, Iterable, None] = None, batch_size: int = 8192,
-               gnc2: Any = "auto") -> NCMetrics:
+               gnc2: Any = "auto", group=None) -> NCMetrics:
     """The neural-collapse suite NC1–NC5 from an accumulator (see :class:`NCMetrics` for
     every field, its formula and its source).
 
@@ -329,6 +331,12 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
             :func:`gnc_ext.metrics.gnc2`, the expensive part at large K) and the bounds
             on max ρ; False: skip it; or a :class:`GNC2Result` already computed for this
             W (e.g. ``acc.compute(W).gnc2``), whose values are used.
+        group: a ``torch.distributed`` process group. Every rank passes the same
+            accumulator statistics (e.g. after ``acc.sync(group)``), ``W``, ``bias`` and
+            options (checked by digest: a mismatch raises on every rank); the pairwise
+            tiles are split over the ranks and NC4 counts each rank's own ``features``
+            (pass every rank its share of the data, or None on every rank). Every rank
+            returns the result one process would give for all the data.
 
     Returns:
         :class:`NCMetrics`.
@@ -368,6 +376,11 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         raise ValueError("gnc2: a GNC2Result was given without W (it is GNC2 of the classifier W)")
 
     counts, means, M2, within = acc.class_statistics()
+    resources.ensure_fits(2 * K_all * d * 8 + 4 * d * d * 8, what=f"nc_metrics(K={K_all}, d={d})", device=means.device)
+    if group is not None:  # the ranks must hold the same problem
+        _dist_helpers.agree({"acc": torch.cat([counts.double().flatten(), means.flatten(), M2.flatten()]), "W": W,
+                             "bias": bias, "ood_mean": ood_mean, "kernel": kernel, "cdnv_exponent": p,
+                             "features given": features is not None}, group, "nc_metrics")
     N = int(counts.sum())
     if N == 0:
         raise RuntimeError("nc_metrics: no samples accumulated yet (call acc.update(features, labels) first)")
@@ -427,9 +440,9 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         Xw = Wz.div_(wn[:, None])
         res.w_equinorm = _equinorm(wn)
         res.w_equiangular = _cosine_spread(Xw)
-        res.w_max_angle = _max_angle(metrics_ops.pairwise_class_stats(Xw).max_cos, K)
+        res.w_max_angle = _max_angle(metrics_ops.pairwise_class_stats(Xw, group=group).max_cos, K)
         del Wz, Xw
-        g2 = gnc2 if isinstance(gnc2, GNC2Result) else _classifier_gnc2(W) if gnc2 is not False else None
+        g2 = gnc2 if isinstance(gnc2, GNC2Result) else _classifier_gnc2(W, group=group) if gnc2 is not False else None
         if g2 is not None:
             res.gnc2_rho, res.gnc2_rho_lower = float(g2.rho), float(g2.rho_lower)
             if g2.rho_bounds is not None:
@@ -439,7 +452,7 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
     zero_dir = r == 0
     X = Mt.div_(torch.where(zero_dir, torch.ones_like(r), r)[:, None])
     del Mt
-    pairs = metrics_ops.pairwise_class_stats(X, radii=r, spreads=spreads, cdnv_exponent=p, kernel=kernel)
+    pairs = metrics_ops.pairwise_class_stats(X, radii=r, spreads=spreads, cdnv_exponent=p, kernel=kernel, group=group)
     cdnv = float(pairs.cdnv_mean)
     k_mean, k_var = float(pairs.kernel_mean), float(pairs.kernel_var)
     if float(pairs.min_dist2) == 0.0 and (kernel == "log" or (kernel == "riesz" and d > 2)):
@@ -478,6 +491,8 @@ def nc_metrics(acc: AccumulatorState, W: Optional[Tensor] = None, *, bias: Optio
         for h in _feature_batches(features, batch_size):
             agree += acc.nc4_agreement_count(h, W, bias)
             seen += h.shape[0]
+        if group is not None:  # each rank counted its own share of the data
+            agree, seen = _dist_helpers.sum_ints([agree, seen], group, "nc_metrics")
         if seen == 0:
             raise ValueError("features: no rows (NC4 needs a data pass)")
         res.nc4_agreement = agree / seen

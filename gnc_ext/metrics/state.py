@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import _validate
+from .. import resources
 from ..ops import metrics as metrics_ops
 
 __all__ = ["AccumulatorState"]
@@ -129,6 +130,8 @@ class AccumulatorState:
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         self.device = dev
+        resources.ensure_fits(self.num_classes * (self.dim * 12 + 32) + self.dim * self.dim * 8, device=dev,
+                              what=f"GNCAccumulator(num_classes={self.num_classes}, dim={self.dim})")
         self.reset()
 
     # -- state -------------------------------------------------------------------------

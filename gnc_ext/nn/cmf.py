@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _validate
+from .. import resources
 from ..ops.normalize import normalize_rows
 from .losses import _check_device, _check_dtype
 
@@ -66,6 +67,7 @@ class CMFClassifier(nn.Module):
         self.normalize_features = _validate.boolean(normalize_features, "normalize_features")
         self.warm_start = _validate.boolean(warm_start, "warm_start")
         g = torch.Generator().manual_seed(seed) if seed is not None else None
+        resources.ensure_fits(K * d * 8, what=f"CMFClassifier(num_classes={K}, dim={d})", device="cpu")
         w = torch.randn(K, d, generator=g, dtype=torch.float64)
         w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.register_buffer("weight", w.to(device=device, dtype=dtype))

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _validate
+from .. import resources
 from ..losses import HARDMAX_REDUCTIONS, SCEOptions, check_recognition_options, hardmax_loss, sce_with_options
 from ..ops import tiles as _tiles
 from ..ops.normalize import normalize_rows_named
@@ -50,6 +51,8 @@ class _WeightedLoss(nn.Module):
         dtype, device = _check_dtype(dtype), _check_device(device)
         rows = self.num_classes * self.num_subcenters  # class-major sub-centres
         if classifier is None:
+            resources.ensure_fits(rows * self.embedding_dim * resources.itemsize(dtype), device=device,
+                                  what=f"{type(self).__name__}(num_classes={num_classes}, embedding_dim={embedding_dim})")
             self.weight = nn.Parameter(torch.randn(rows, self.embedding_dim, dtype=dtype, device=device))
             self.classifier = None
         else:

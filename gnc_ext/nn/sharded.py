@@ -58,6 +58,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import _validate
+from .. import resources
 from ..losses import SCEOptions, check_subcenter_rows
 from ..ops.sce import finish_state, fold_state, grad_tiles  # the recompute strategy's documented steps
 from ..ops.tiles import autocast_off, check_finite_rows, col_chunk, compute_dtype
@@ -241,6 +242,8 @@ class ShardedSphericalCELoss(OptionsAsAttributes, nn.Module):
         g = torch.Generator(device=dev).manual_seed((seed + self.rank) % 2**64)
         # i.i.d. N(0, 1) rows drawn in place (the loss normalises W, so the scale is
         # irrelevant), as SphericalCELoss does: no staging copy, no extra pass
+        resources.ensure_fits(size * self.num_subcenters * d * resources.itemsize(dtype), device=dev,
+                              what=f"ShardedSphericalCELoss(num_classes={K}, embedding_dim={d}) shard of {size} classes")
         w = torch.randn(size * self.num_subcenters, d, generator=g, dtype=dtype, device=dev)
         self.weight = nn.Parameter(w)
         self._sample_gen = torch.Generator(device=dev).manual_seed((seed * 7919 + 17 + self.rank) % 2**64)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import _engine
+from .. import distributed as _dist_helpers
 from .._native import native, stream_of, view
 
 __all__ = ["update_batch", "argmax_rows", "screen_bounds", "pairwise_class_stats", "PairStats",
@@ -112,16 +113,29 @@ class PairStats:
     min_dist2: Optional[Tensor] = None
 
 
-def _gram_tiles(X: Tensor, b: int):
+def _gram_tiles(X: Tensor, b: int, part=(0, 1)):
     """Yield ``(i0, i1, j0, j1, X[i0:i1] @ X[j0:j1].T)`` over the upper block triangle
-    (j0 ≥ i0) of the K × K Gram, one fp64 tile at a time."""
+    (j0 ≥ i0) of the K × K Gram, one fp64 tile at a time. ``part = (rank, world)``: only
+    the tiles ``t ≡ rank (mod world)`` in that order (the tiles cost about the same, so
+    this spreads the work evenly)."""
     K = X.shape[0]
+    rank, world = part
+    t = -1
     for i0 in range(0, K, b):
         i1 = min(i0 + b, K)
         Xi = X[i0:i1]
         for j0 in range(i0, K, b):
+            t += 1
+            if t % world != rank:
+                continue
             j1 = min(j0 + b, K)
             yield i0, i1, j0, j1, Xi @ X[j0:j1].T
+
+
+def _group_part(group):
+    if group is None:
+        return (0, 1)
+    return _dist_helpers.check_group(group, "group")
 
 
 def _kernel_of(e2: Tensor, kernel: str, dim: int) -> Tensor:
@@ -135,7 +149,7 @@ def _kernel_of(e2: Tensor, kernel: str, dim: int) -> Tensor:
 
 def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: Optional[Tensor] = None,
                          cdnv_exponent: float = 1.0, kernel: Optional[str] = None,
-                         block: Optional[int] = None, impl: str = "auto") -> PairStats:
+                         block: Optional[int] = None, impl: str = "auto", group=None) -> PairStats:
     """Pairwise statistics of K ≥ 2 unit vectors over the pairs i < j, streamed.
 
     The K × K Gram ``XXᵀ`` is formed in fp64 tiles of ``block`` × ``block`` (upper
@@ -156,6 +170,10 @@ def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: 
         impl: "native" (CPU: the fused ``pair_stats_fold`` epilogue, one pass over each
             tile, OpenMP), "torch" (device-agnostic torch ops on each tile, per-tile
             Chan merge of the kernel moments; the CUDA path) or "auto" (native on CPU).
+        group: a ``torch.distributed`` process group: every rank passes the same X (and
+            radii/spreads), forms every world-th tile, and the partial results are combined
+            (maxima, minimum and sums all-reduced, kernel moments merged in rank order), so
+            every rank returns the whole result.
 
     The native epilogue sums the kernel values about a fixed shift (the kernel at the
     mean cosine, from the closed form), so its variance E[(v − s)²] − E[v − s]² does not
@@ -165,8 +183,9 @@ def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: 
     """
     if impl not in ("auto", "native", "torch"):
         raise ValueError(f"impl: expected 'auto', 'native' or 'torch', got {impl!r}")
+    part = _group_part(group)
     if impl == "native" or (impl == "auto" and X.device.type == "cpu"):
-        return _pairwise_native(X, radii, spreads, cdnv_exponent, kernel, block or pair_block())
+        return _pairwise_native(X, radii, spreads, cdnv_exponent, kernel, block or pair_block(), group, part)
     K, d = X.shape
     dev = X.device
     b = block or pair_block()
@@ -177,7 +196,7 @@ def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: 
     k_n, k_mean, k_m2 = 0, torch.zeros((), **f64), torch.zeros((), **f64)
     min_e2 = torch.full((), math.inf, **f64)
     upper = None
-    for i0, i1, j0, j1, C in _gram_tiles(X, b):
+    for i0, i1, j0, j1, C in _gram_tiles(X, b, part):
         diag = j0 == i0
         if diag:
             C.diagonal().fill_(-math.inf)
@@ -226,6 +245,32 @@ def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: 
             k_m2 = k_m2 + m2_t + delta * delta * (k_n * n_t / n)
             k_n = n
         del e2, c, C
+    if group is not None:
+        import torch.distributed as dist
+
+        cdev = _dist_helpers.comm_device(group)
+        mx = max_cos.to(cdev)
+        dist.all_reduce(mx, op=dist.ReduceOp.MAX, group=group)
+        mn = min_e2.to(cdev)
+        dist.all_reduce(mn, op=dist.ReduceOp.MIN, group=group)
+        cs = cd_sum.to(cdev)
+        dist.all_reduce(cs, group=group)
+        max_cos, min_e2, cd_sum = mx.to(dev), mn.to(dev), cs.to(dev)
+        if kernel is not None:  # Chan merge of the ranks' (count, mean, M2), in rank order
+            mine = torch.stack([torch.tensor(float(k_n), **f64), k_mean, k_m2]).to(cdev)
+            allm = [torch.empty_like(mine) for _ in range(part[1])]
+            dist.all_gather(allm, mine, group=group)
+            k_n, k_mean, k_m2 = 0, torch.zeros((), **f64), torch.zeros((), **f64)
+            for t in allm:
+                n_t = int(t[0].item())
+                if n_t == 0:
+                    continue
+                m_t, m2_t = t[1].to(dev), t[2].to(dev)
+                n = k_n + n_t
+                delta = m_t - k_mean
+                k_mean = k_mean + delta * (n_t / n)
+                k_m2 = k_m2 + m2_t + delta * delta * (k_n * n_t / n)
+                k_n = n
     pairs = K * (K - 1) // 2
     out = PairStats(max_cos=max_cos, pairs=pairs)
     if cd or kernel is not None:
@@ -239,7 +284,7 @@ def pairwise_class_stats(X: Tensor, *, radii: Optional[Tensor] = None, spreads: 
 
 
 def _pairwise_native(X: Tensor, radii: Optional[Tensor], spreads: Optional[Tensor], cdnv_exponent: float,
-                     kernel: Optional[str], b: int) -> PairStats:
+                     kernel: Optional[str], b: int, group=None, part=(0, 1)) -> PairStats:
     """:func:`pairwise_class_stats` with the fused CPU epilogue (``pair_stats_fold``)."""
     K, d = X.shape
     f64 = dict(dtype=torch.float64, device=X.device)
@@ -257,12 +302,20 @@ def _pairwise_native(X: Tensor, radii: Optional[Tensor], spreads: Optional[Tenso
         mean_c = float((s @ s - (X * X).sum()) / (K * (K - 1)))
         e2m = max(2.0 - 2.0 * mean_c, 1e-300)
         shift = float(_kernel_of(torch.tensor(e2m, dtype=torch.float64), kernel, d))
-    for i0, i1, j0, j1, C in _gram_tiles(X, b):
+    for i0, i1, j0, j1, C in _gram_tiles(X, b, part):
         native.pair_stats_fold(view(C), view(X[i0:i1]), view(X[j0:j1]),
                                view(radii[i0:i1] if cd else none), view(radii[j0:j1] if cd else none),
                                view(spreads[i0:i1] if cd else none), view(spreads[j0:j1] if cd else none),
                                j0 == i0, code, float(d - 2), float(cdnv_exponent), CLOSE_COS, shift,
                                view(max_cos[i0:i1]), view(max_cos[j0:j1]), view(acc))
+    if group is not None:  # the shift is the same on every rank, so the sums add up
+        import torch.distributed as dist
+
+        mx, sums, mn = max_cos.clone(), acc[:3].clone(), acc[3:].clone()
+        dist.all_reduce(mx, op=dist.ReduceOp.MAX, group=group)
+        dist.all_reduce(sums, group=group)
+        dist.all_reduce(mn, op=dist.ReduceOp.MIN, group=group)
+        max_cos, acc = mx, torch.cat([sums, mn])
     pairs = K * (K - 1) // 2
     out = PairStats(max_cos=max_cos, pairs=pairs)
     if cd or kernel is not None:

@@ -70,6 +70,7 @@ import numpy as np
 import torch
 
 from .. import _validate
+from .. import resources
 from .. import theory as _theory
 from ..ops.normalize import unit_rows_f64
 from . import _driver, _sphere
@@ -635,6 +636,7 @@ def softmax_code(
                            polish_iter=polish_iter, tol=tol, time_limit=time_limit, seed=seed,
                            progress=progress, device=device, init=init)
     d, K, restarts, batch, tol, dev, inits = a.d, a.K, a.restarts, a.batch, a.tol, a.device, a.inits
+    resources.ensure_fits(min(batch, max(restarts, 1)) * 2 * K * d * 8, what=f"softmax_code(d={d}, K={K}) codes and features", device=dev)
     polish_iter = a.polish_iter
     rattler_tol = _validate.positive_float(rattler_tol, "rattler_tol", allow_zero=True)
     _validate.boolean(use_constructions, "use_constructions")

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from .. import _validate
+from .. import resources
 from .. import theory as _theory
 from . import _driver, _sphere
 
@@ -309,6 +310,7 @@ def tammes(
                            polish_iter=polish_iter, tol=tol, time_limit=time_limit, seed=seed,
                            progress=progress, device=device, init=init)
     d, K, restarts, batch, tol, dev, inits = a.d, a.K, a.restarts, a.batch, a.tol, a.device, a.inits
+    resources.ensure_fits(min(batch, max(restarts, 1)) * K * K * 8 if d > 1 else K * 8, what=f"tammes(d={d}, K={K}) (batch, K, K) buffers", device=dev)
     hops = _validate.integer(hops, "hops", minimum=0)
     contact_tol = _validate.positive_float(contact_tol, "contact_tol", allow_zero=True)
 

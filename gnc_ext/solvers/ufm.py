@@ -30,6 +30,7 @@ from typing import Any, List, Optional
 import torch
 
 from .. import _progress, _validate
+from .. import resources
 from . import _sphere
 from .softmax_code import SoftmaxCodeResult, softmax_code
 
@@ -166,6 +167,7 @@ def train_ufm(
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
     progress = _progress.enabled(progress)
     dev = _validate.device(device)
+    resources.ensure_fits(3 * K * (n + 1) * d * dtype.itemsize, what=f"train_ufm(d={d}, K={K}, n={n}) W, H and their Adam states", device=dev)
 
     from ..losses import hardmax_loss, spherical_cross_entropy
     from ..metrics import GNCAccumulator
