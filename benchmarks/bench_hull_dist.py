@@ -113,14 +113,14 @@ def main():
     pred = predict(model, a.K, a.d)
     base_cpu = rows["1 process, 1 thread"]["cpu_s"]
     print("\n| run | wall s | speed-up (wall) | CPU s per process | speed-up (CPU: 1-thread CPU s / "
-          "largest rank CPU s) | rank busy s | rho | gap |\n|---|---|---|---|---|---|---|---|")
+          "largest rank CPU s) | rank busy s | rho | max_gap |\n|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         busy = r["stats"].get("rank_busy_s")
         busy_s = ", ".join(f"{b:.1f}" for b in busy) if busy and len(busy) > 1 else "-"
         cpus = r["rank_cpu_s"]
         cpu_sp = f"{base_cpu / max(cpus):.2f}x" if "threads" not in name else "-"
         print(f"| {name} | {r['wall_s']:.1f} | {base / r['wall_s']:.2f}x | {', '.join(f'{c:.1f}' for c in cpus)} | "
-              f"{cpu_sp} | {busy_s} | {r['rho']:.12f} | {r['gap']:.1e} |")
+              f"{cpu_sp} | {busy_s} | {r['rho']:.12f} | {r['max_gap']:.1e} |")
     ck = rows[f"{N} gloo ranks, 1 thread each, checkpoint every 60 s"]
     plain = rows[f"{N} gloo ranks, 1 thread each"]
     print(f"\ncheckpoint overhead: {100 * (ck['wall_s'] / plain['wall_s'] - 1):+.1f} % "
