@@ -148,6 +148,17 @@ def seed(v, name: str = "seed") -> Optional[int]:
     return v
 
 
+def choice(v, name: str, options) -> str:
+    """One of the strings ``options``: TypeError naming ``name`` for a non-string,
+    ValueError listing the options for any other string."""
+    listed = ", ".join(map(repr, options))
+    if not isinstance(v, str):
+        raise TypeError(f"{name}: expected one of {listed}, got {type(v).__name__}")
+    if v not in options:
+        raise ValueError(f"{name}: expected one of {listed}, got {v!r}")
+    return v
+
+
 def boolean(v, name: str) -> bool:
     if not isinstance(v, bool):
         raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")

@@ -68,14 +68,6 @@ def _resolve_layers(model, layers) -> Tuple[List[str], List[torch.nn.Module]]:
     return names, modules
 
 
-def _check_reduce(reduce) -> str:
-    if not isinstance(reduce, str):
-        raise TypeError(f"reduce: expected one of {', '.join(map(repr, REDUCTIONS))}, got {type(reduce).__name__}")
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce: expected one of {', '.join(map(repr, REDUCTIONS))}, got {reduce!r}")
-    return reduce
-
-
 def _check_loader(loader) -> None:
     if isinstance(loader, (str, bytes, dict)) or not (hasattr(type(loader), "__iter__")
                                                       or hasattr(type(loader), "__getitem__")):
@@ -258,7 +250,7 @@ def collect(model: torch.nn.Module, loader: Any, layers: Union[str, torch.nn.Mod
     (O(B·d) native work and a rank-B update of a d × d fp64 scatter).
     """
     names, modules = _resolve_layers(model, layers)
-    reduce = _check_reduce(reduce)
+    reduce = _validate.choice(reduce, "reduce", REDUCTIONS)
     num_classes = _validate.integer(num_classes, "num_classes", minimum=1)
     normalize = _validate.boolean(normalize, "normalize")
     sync = _validate.boolean(sync, "sync")
@@ -373,7 +365,7 @@ def layer_metrics(accumulators: Mapping[str, GNCAccumulator], *, classifiers: Op
                 raise ValueError(f"{what}: {key!r} is not one of the layers ({', '.join(map(repr, accumulators))})")
     clf = {n: _classifier_of(n, c) for n, c in classifiers.items()}
     kernel, cdnv_exponent = check_nc_options(kernel, cdnv_exponent)
-    reduce = _check_reduce(reduce)
+    reduce = _validate.choice(reduce, "reduce", REDUCTIONS)
     sync = _validate.boolean(sync, "sync")
     _progress.enabled(progress)
     if (model is None) != (loader is None):

@@ -266,12 +266,6 @@ def _duality_error(Wz: Tensor, Mt: Tensor) -> float:
     return math.sqrt(max(err2, 0.0))
 
 
-def _check_kernel(kernel) -> str:
-    if not isinstance(kernel, str):
-        raise TypeError(f"kernel: expected one of {', '.join(map(repr, KERNELS))}, got {type(kernel).__name__}")
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel: expected one of {', '.join(map(repr, KERNELS))}, got {kernel!r}")
-    return kernel
 
 
 def _check_exponent(p) -> float:
@@ -293,7 +287,7 @@ def check_ood_mean(ood_mean, dim: Optional[int]) -> None:
 
 def check_nc_options(kernel, cdnv_exponent) -> tuple:
     """Validated ``(kernel, cdnv_exponent)`` (errors name the argument)."""
-    return _check_kernel(kernel), _check_exponent(cdnv_exponent)
+    return _validate.choice(kernel, "kernel", KERNELS), _check_exponent(cdnv_exponent)
 
 
 def _feature_batches(features, batch_size: int) -> Iterable[Tensor]:
