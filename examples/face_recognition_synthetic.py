@@ -141,6 +141,12 @@ def train(rank: int, world: int, args, init_file: str | None = None) -> None:
                 dist.barrier()
     if distributed:
         dist.destroy_process_group()
+        # Leave the worker without interpreter finalisation, where gloo's threads can
+        # abort the process ("terminate called without an active exception", a c10d/gloo
+        # teardown race); the results above are printed and flushed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main() -> None:

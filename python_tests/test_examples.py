@@ -75,21 +75,25 @@ def test_recipe_killed_after_a_checkpoint_resumes_to_the_same_losses(world, tmp_
 def test_a_rank_that_skips_the_loss_gets_a_timeout_error_not_a_hang(tmp_path):
     script = tmp_path / "skip.py"
     script.write_text(textwrap.dedent('''
-        import datetime, sys, torch, torch.distributed as dist
+        import datetime, os, sys, torch, torch.distributed as dist
         from gnc_ext.nn import ShardedSphericalCELoss
         rank = int(sys.argv[1])
         dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2,
                                 timeout=datetime.timedelta(seconds=3))
         crit = ShardedSphericalCELoss(10, 4)
+        code = 0
         if rank == 0:
             try:
                 crit(torch.randn(3, 4), torch.tensor([0, 5, 9]))
             except RuntimeError as e:
                 print("timeout error:", type(e).__name__, flush=True)
-                sys.exit(3)
+                code = 3
         else:
             import time; time.sleep(8)  # never calls the loss
-        sys.exit(0)
+        # leave without interpreter finalisation: with a timed-out collective, gloo's worker
+        # threads can abort the process there ("terminate called without an active exception")
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
     '''))
     env = package_subprocess_env(OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "init")], env=env, cwd=tmp_path,
